@@ -1,0 +1,25 @@
+//! Consensus plumbing for keel on openraft.
+//!
+//! - [`types`]: the openraft type configuration (commands travel as opaque bytes).
+//! - [`machine`]: adapts the domain's deterministic state machine to the storage crate and
+//!   makes retried requests apply once.
+//! - [`network`] and [`service`]: peer RPCs over HTTP with bincode bodies and a cluster secret.
+//! - [`node`]: a node's lifecycle, membership changes, and forwarding of writes and
+//!   linearizable reads to the leader.
+//!
+//! The crate knows nothing of the REST API or of what commands mean.
+
+mod error;
+pub mod machine;
+pub mod network;
+pub mod node;
+pub mod service;
+pub mod types;
+
+pub use error::Error;
+pub use machine::StateMachine;
+pub use node::Consistency;
+pub use node::RaftConfig;
+pub use node::RaftNode;
+pub use types::KeelNode;
+pub use types::NodeId;

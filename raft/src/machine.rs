@@ -1,0 +1,104 @@
+//! The bridge between the storage crate's state store and the domain's state machine.
+//!
+//! The domain implements [`StateMachine`] over raw command bytes; [`Machine`] unwraps log
+//! entries for it and adds what every command needs: exactly-once application of retried
+//! requests. A proposal with a request id records its reply under that id; the same id
+//! proposed again (a client retry after a timeout, a forward that was re-sent) returns the
+//! recorded reply without touching the state. Records expire after [`REQUEST_ID_WINDOW`] log
+//! entries, counted in log indexes so every node expires the same records at the same entry.
+//!
+//! Keys starting with a zero byte belong to this module; the domain must not use them.
+
+use std::sync::Arc;
+
+use keel_storage::Application;
+use keel_storage::Error;
+use keel_storage::KvRead;
+use keel_storage::Txn;
+use openraft::entry::RaftEntry;
+use openraft::EntryPayload;
+use serde::Deserialize;
+use serde::Serialize;
+
+use crate::types::Entry;
+use crate::types::Reply;
+use crate::types::TypeConfig;
+
+/// How many log entries a request id is remembered for.
+pub const REQUEST_ID_WINDOW: u64 = 100_000;
+
+/// Longest request id accepted, in bytes.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+const REQUEST_PREFIX: &[u8] = b"\x00req/";
+const REQUEST_BY_INDEX_PREFIX: &[u8] = b"\x00req-index/";
+
+/// The domain's deterministic state machine.
+pub trait StateMachine: Send + Sync + 'static {
+    /// Applies the command at log `index` and returns the encoded reply. No clocks,
+    /// randomness or I/O: everything that varies is inside `command`.
+    fn apply(&self, index: u64, command: &[u8], txn: &mut Txn<'_>) -> Result<Vec<u8>, Error>;
+}
+
+#[derive(Serialize, Deserialize)]
+struct RequestRecord {
+    index: u64,
+    reply: Vec<u8>,
+}
+
+fn request_key(id: &str) -> Vec<u8> {
+    [REQUEST_PREFIX, id.as_bytes()].concat()
+}
+
+fn request_by_index_key(index: u64) -> Vec<u8> {
+    [REQUEST_BY_INDEX_PREFIX, &index.to_be_bytes()].concat()
+}
+
+/// The storage [`Application`] keel's Raft runs; see the module documentation.
+pub struct Machine {
+    domain: Arc<dyn StateMachine>,
+}
+
+impl Machine {
+    pub fn new(domain: Arc<dyn StateMachine>) -> Self {
+        Self { domain }
+    }
+
+    fn forget_expired_requests(index: u64, txn: &mut Txn<'_>) -> Result<(), Error> {
+        let Some(horizon) = index.checked_sub(REQUEST_ID_WINDOW) else {
+            return Ok(());
+        };
+        // A few per entry keeps the work per apply bounded and still outpaces new records.
+        let expired = txn.scan(&request_by_index_key(0), &request_by_index_key(horizon), 4)?;
+        for (index_key, id) in expired {
+            txn.delete(index_key);
+            txn.delete([REQUEST_PREFIX, &id].concat());
+        }
+        Ok(())
+    }
+}
+
+impl Application<TypeConfig> for Machine {
+    fn apply(&self, entry: &Entry, txn: &mut Txn<'_>) -> Result<Reply, Error> {
+        let EntryPayload::Normal(proposal) = &entry.payload else {
+            return Ok(Reply::default());
+        };
+        let index = entry.index();
+        Self::forget_expired_requests(index, txn)?;
+        let Some(id) = &proposal.request_id else {
+            return Ok(Reply(self.domain.apply(index, &proposal.command, txn)?));
+        };
+        if let Some(record) = txn.get(&request_key(id))? {
+            let record: RequestRecord = bincode::deserialize(&record)?;
+            return Ok(Reply(record.reply));
+        }
+        let reply = self.domain.apply(index, &proposal.command, txn)?;
+        let record = RequestRecord {
+            index,
+            reply: reply.clone(),
+        };
+        txn.put(request_key(id), bincode::serialize(&record)?);
+        txn.put(request_by_index_key(index), id.as_bytes().to_vec());
+        Ok(Reply(reply))
+    }
+}

@@ -1,0 +1,265 @@
+//! Raft peer traffic over HTTP: the client half.
+//!
+//! Every RPC is an HTTP POST of a bincode body to `/raft/...` on the peer's API address, with
+//! the cluster secret in a header so that a stranger cannot inject votes or entries. Every
+//! request has a deadline (openraft's per-RPC TTL); connection failures surface as
+//! `Unreachable`, which makes openraft back off instead of hammering a dead peer. Snapshots
+//! are streamed from their file; they are never held in memory whole.
+//!
+//! [`PeerClient`] is also what a follower uses to forward client requests to the leader.
+
+use std::future::Future;
+use std::time::Duration;
+
+use futures::StreamExt;
+use openraft::error::NetworkError;
+use openraft::error::RPCError;
+use openraft::error::RaftError;
+use openraft::error::ReplicationClosed;
+use openraft::error::StreamingError;
+use openraft::error::Unreachable;
+use openraft::network::RPCOption;
+use openraft::raft::AppendEntriesRequest;
+use openraft::raft::AppendEntriesResponse;
+use openraft::raft::SnapshotResponse;
+use openraft::raft::VoteRequest;
+use openraft::raft::VoteResponse;
+use openraft::type_config::alias::SnapshotOf;
+use openraft::RaftNetworkFactory;
+use openraft::RaftNetworkV2;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use keel_storage::SnapshotFile;
+
+use crate::types::KeelNode;
+use crate::types::NodeId;
+use crate::types::TypeConfig;
+use crate::types::Vote;
+
+/// Header carrying the cluster secret on peer traffic.
+pub const SECRET_HEADER: &str = "x-keel-cluster-secret";
+
+/// Why a peer call failed, before it is mapped to openraft's or keel's error types.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The connection could not be made or broke: the peer may be down.
+    #[error("cannot reach {addr}: {reason}")]
+    Unreachable { addr: String, reason: String },
+    /// The deadline passed.
+    #[error("{addr} did not answer within {timeout:?}")]
+    Timeout { addr: String, timeout: Duration },
+    /// The peer answered, but not with what was asked for.
+    #[error("{addr} answered {status}: {body}")]
+    Refused {
+        addr: String,
+        status: u16,
+        body: String,
+    },
+}
+
+/// An HTTP client for one cluster's peer RPCs.
+#[derive(Clone)]
+pub struct PeerClient {
+    http: reqwest::Client,
+    secret: String,
+}
+
+impl PeerClient {
+    pub fn new(secret: String) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .expect("building the peer HTTP client");
+        Self { http, secret }
+    }
+
+    /// POSTs `body` (bincode) to `path` on `addr` and decodes a bincode answer.
+    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        addr: &str,
+        path: &str,
+        body: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, CallError> {
+        let body = bincode::serialize(body).map_err(|e| CallError::Refused {
+            addr: addr.into(),
+            status: 0,
+            body: format!("cannot encode the request: {e}"),
+        })?;
+        self.send(addr, path, reqwest::Body::from(body), timeout)
+            .await
+    }
+
+    async fn send<Resp: DeserializeOwned>(
+        &self,
+        addr: &str,
+        path: &str,
+        body: reqwest::Body,
+        timeout: Duration,
+    ) -> Result<Resp, CallError> {
+        let request = self
+            .http
+            .post(format!("http://{addr}{path}"))
+            .header(SECRET_HEADER, &self.secret)
+            .timeout(timeout)
+            .body(body);
+        let response = request
+            .send()
+            .await
+            .map_err(|e| classify(addr, timeout, e))?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| classify(addr, timeout, e))?;
+        if !status.is_success() {
+            return Err(CallError::Refused {
+                addr: addr.into(),
+                status: status.as_u16(),
+                body: String::from_utf8_lossy(&bytes).into_owned(),
+            });
+        }
+        bincode::deserialize(&bytes).map_err(|e| CallError::Refused {
+            addr: addr.into(),
+            status: status.as_u16(),
+            body: format!("undecodable answer: {e}"),
+        })
+    }
+}
+
+fn classify(addr: &str, timeout: Duration, err: reqwest::Error) -> CallError {
+    if err.is_timeout() {
+        CallError::Timeout {
+            addr: addr.into(),
+            timeout,
+        }
+    } else {
+        CallError::Unreachable {
+            addr: addr.into(),
+            reason: err.to_string(),
+        }
+    }
+}
+
+/// Creates a [`Peer`] per target node for openraft.
+pub struct Network {
+    client: PeerClient,
+}
+
+impl Network {
+    pub fn new(client: PeerClient) -> Self {
+        Self { client }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Peer;
+
+    async fn new_client(&mut self, target: NodeId, node: &KeelNode) -> Peer {
+        Peer {
+            target,
+            addr: node.addr.clone(),
+            client: self.client.clone(),
+        }
+    }
+}
+
+/// openraft's connection to one peer.
+pub struct Peer {
+    target: NodeId,
+    addr: String,
+    client: PeerClient,
+}
+
+impl Peer {
+    async fn rpc<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        path: &str,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<TypeConfig>> {
+        let answer: Result<Resp, RaftError<TypeConfig>> = self
+            .client
+            .call(&self.addr, path, req, option.hard_ttl())
+            .await
+            .map_err(|e| to_rpc_error(self.target, e))?;
+        answer.map_err(|e| RPCError::Network(NetworkError::new(&e)))
+    }
+}
+
+fn to_rpc_error(target: NodeId, err: CallError) -> RPCError<TypeConfig> {
+    tracing::debug!(target, %err, "peer RPC failed");
+    match err {
+        CallError::Unreachable { .. } | CallError::Timeout { .. } => {
+            RPCError::Unreachable(Unreachable::new(&err))
+        }
+        CallError::Refused { .. } => RPCError::Network(NetworkError::new(&err)),
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for Peer {
+    type SnapshotData = SnapshotFile;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.rpc("/raft/append", &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.rpc("/raft/vote", &rpc, &option).await
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.rpc("/raft/pre-vote", &rpc, &option).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: SnapshotOf<TypeConfig, SnapshotFile>,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let header = bincode::serialize(&(vote, snapshot.meta))
+            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        let mut prefix = (header.len() as u32).to_le_bytes().to_vec();
+        prefix.extend_from_slice(&header);
+        let file = tokio::fs::File::from_std(snapshot.snapshot.file);
+        let body = futures::stream::once(async move { Ok(bytes::Bytes::from(prefix)) })
+            .chain(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20));
+        let send = self
+            .client
+            .send::<Result<SnapshotResponse<TypeConfig>, RaftError<TypeConfig>>>(
+                &self.addr,
+                "/raft/snapshot",
+                reqwest::Body::wrap_stream(body),
+                option.hard_ttl(),
+            );
+        let answer = tokio::select! {
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+            answer = send => answer,
+        };
+        match answer {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(remote)) => Err(StreamingError::Network(NetworkError::new(&remote))),
+            Err(err @ (CallError::Unreachable { .. } | CallError::Timeout { .. })) => {
+                Err(StreamingError::Unreachable(Unreachable::new(&err)))
+            }
+            Err(err) => Err(StreamingError::Network(NetworkError::new(&err))),
+        }
+    }
+}

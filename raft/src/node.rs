@@ -1,0 +1,435 @@
+//! One control node's Raft: start-up, membership, and requests that must reach the leader.
+//!
+//! Any node accepts any request. [`RaftNode::propose`] and [`RaftNode::read_barrier`] run
+//! locally when this node leads and are otherwise forwarded to the leader over the peer
+//! channel; when the leader changes or is unreachable they wait for the next one and try
+//! again, up to the request deadline. That retry is safe because every proposal carries a
+//! request id (the client's `Idempotency-Key`, or one this node makes up), and the state
+//! machine answers a repeated id with the first reply instead of applying it again.
+//!
+//! Linearizable reads use ReadIndex: the leader confirms with a quorum that it still leads and
+//! returns its commit index; the node that serves the read (leader or follower) waits until it
+//! has applied that far and then reads its own state. Followers thus serve linearizable reads
+//! without shipping the data through the leader.
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+
+use keel_storage::Reader;
+use keel_storage::StateStore;
+use keel_storage::Store;
+use openraft::async_runtime::WatchReceiver;
+use openraft::error::ClientWriteError;
+use openraft::error::ForwardToLeader;
+use openraft::error::LinearizableReadError;
+use openraft::error::RaftError;
+use openraft::raft::linearizable_read::Linearizer;
+use openraft::raft::linearizable_read::ReadLogId;
+use openraft::ChangeMembers;
+use openraft::ReadPolicy;
+use openraft::SnapshotPolicy;
+use serde::Deserialize;
+use serde::Serialize;
+
+use crate::machine::Machine;
+use crate::machine::StateMachine;
+use crate::network::CallError;
+use crate::network::Network;
+use crate::network::PeerClient;
+use crate::types::KeelNode;
+use crate::types::NodeId;
+use crate::types::Proposal;
+use crate::types::RaftMetrics;
+use crate::types::TypeConfig;
+use crate::Error;
+
+pub type KeelStateStore = StateStore<TypeConfig, Machine>;
+pub type KeelRaft = openraft::Raft<TypeConfig, KeelStateStore>;
+
+/// Timing and log-retention settings of a node.
+#[derive(Debug, Clone)]
+pub struct RaftConfig {
+    pub heartbeat: Duration,
+    pub election_timeout_min: Duration,
+    pub election_timeout_max: Duration,
+    /// Build a snapshot (and purge the log below it) after this many new entries.
+    pub snapshot_every: u64,
+    /// Log entries kept below the latest snapshot, so a briefly lagging follower can catch
+    /// up from the log instead of by snapshot.
+    pub keep_logs_after_snapshot: u64,
+    /// How long a client request may wait for a leader and an answer.
+    pub request_timeout: Duration,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_millis(100),
+            election_timeout_min: Duration::from_millis(500),
+            election_timeout_max: Duration::from_millis(1000),
+            snapshot_every: 20_000,
+            keep_logs_after_snapshot: 5_000,
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// How a read is made consistent before it is served from local state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Consistency {
+    /// ReadIndex: the leader confirms its leadership with a quorum for this read.
+    Linearizable,
+    /// The leader's lease stands in for the quorum round; correct while clocks drift little.
+    Lease,
+    /// Whatever this node has applied, with no coordination.
+    Stale,
+}
+
+/// A request that only the leader can carry out.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum LeaderRequest {
+    Propose(Proposal),
+    ReadIndex { lease: bool },
+    AddVoter { id: NodeId, node: KeelNode },
+    Remove { id: NodeId },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum LeaderAnswer {
+    Reply(Vec<u8>),
+    ReadIndex(ReadLogId<TypeConfig>),
+    Done,
+}
+
+/// Why the leader path did not produce an answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum NotDone {
+    /// This node does not lead; the leader is given if known.
+    NotLeader(Option<(NodeId, KeelNode)>),
+    Failed(Error),
+}
+
+impl From<ForwardToLeader<TypeConfig>> for NotDone {
+    fn from(f: ForwardToLeader<TypeConfig>) -> Self {
+        NotDone::NotLeader(f.leader_id.zip(f.leader_node))
+    }
+}
+
+/// One control node's Raft; see the module documentation.
+pub struct RaftNode {
+    id: NodeId,
+    raft: KeelRaft,
+    state: KeelStateStore,
+    peers: PeerClient,
+    secret: String,
+    config: RaftConfig,
+}
+
+impl RaftNode {
+    /// Starts the Raft node `id` on `store`, applying commands through `domain`.
+    pub async fn start(
+        id: NodeId,
+        store: &Store,
+        domain: Arc<dyn StateMachine>,
+        secret: String,
+        config: RaftConfig,
+    ) -> Result<Arc<Self>, Error> {
+        let raft_config = openraft::Config {
+            cluster_name: "keel".into(),
+            heartbeat_interval: config.heartbeat.as_millis() as u64,
+            election_timeout_min: config.election_timeout_min.as_millis() as u64,
+            election_timeout_max: config.election_timeout_max.as_millis() as u64,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+            max_in_snapshot_log_to_keep: config.keep_logs_after_snapshot,
+            install_snapshot_timeout: 600_000,
+            max_payload_entries: 1000,
+            ..Default::default()
+        };
+        let raft_config = Arc::new(
+            raft_config
+                .validate()
+                .map_err(|e| Error::Fatal(format!("invalid Raft settings: {e}")))?,
+        );
+        let state = store
+            .state_store(Machine::new(domain))
+            .map_err(|e| Error::Fatal(e.to_string()))?;
+        let peers = PeerClient::new(secret.clone());
+        let raft = KeelRaft::new(
+            id,
+            raft_config,
+            Network::new(peers.clone()),
+            store.log_store(),
+            state.clone(),
+        )
+        .await
+        .map_err(|e| Error::Fatal(e.to_string()))?;
+        Ok(Arc::new(Self {
+            id,
+            raft,
+            state,
+            peers,
+            secret,
+            config,
+        }))
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub fn raft(&self) -> &KeelRaft {
+        &self.raft
+    }
+
+    pub(crate) fn secret(&self) -> &str {
+        &self.secret
+    }
+
+    pub(crate) fn state(&self) -> &KeelStateStore {
+        &self.state
+    }
+
+    /// A read-only view of this node's applied state.
+    pub fn reader(&self) -> Reader {
+        self.state.reader()
+    }
+
+    pub fn metrics(&self) -> RaftMetrics {
+        self.raft.metrics().borrow_watched().clone()
+    }
+
+    /// Makes this node the single voter of a new cluster.
+    pub async fn initialize(&self, addr: String) -> Result<(), Error> {
+        let members = BTreeMap::from([(self.id, KeelNode { addr })]);
+        self.raft
+            .initialize(members)
+            .await
+            .map_err(|e| Error::Fatal(format!("cannot initialize the cluster: {e}")))
+    }
+
+    pub async fn is_initialized(&self) -> bool {
+        self.raft.is_initialized().await.unwrap_or(false)
+    }
+
+    /// Waits until some node leads, up to `timeout`.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<NodeId, Error> {
+        let metrics = self
+            .raft
+            .wait(Some(timeout))
+            .metrics(|m| m.current_leader.is_some(), "a leader")
+            .await
+            .map_err(|_| Error::NoLeader {
+                retry_after: Duration::from_secs(1),
+            })?;
+        Ok(metrics.current_leader.expect("waited for a leader"))
+    }
+
+    /// Commits `command` through the leader and returns the domain's reply.
+    pub async fn propose(
+        &self,
+        command: Vec<u8>,
+        request_id: Option<String>,
+    ) -> Result<Vec<u8>, Error> {
+        let request_id =
+            request_id.unwrap_or_else(|| format!("auto:{}", uuid::Uuid::new_v4().simple()));
+        let proposal = Proposal {
+            request_id: Some(request_id),
+            command,
+        };
+        match self
+            .on_leader(
+                LeaderRequest::Propose(proposal),
+                self.config.request_timeout,
+            )
+            .await?
+        {
+            LeaderAnswer::Reply(reply) => Ok(reply),
+            other => Err(Error::Fatal(format!(
+                "unexpected answer to a proposal: {other:?}"
+            ))),
+        }
+    }
+
+    /// Returns once this node's state is fresh enough to serve a read of `consistency`.
+    pub async fn read_barrier(&self, consistency: Consistency) -> Result<(), Error> {
+        let lease = match consistency {
+            Consistency::Stale => return Ok(()),
+            Consistency::Lease => true,
+            Consistency::Linearizable => false,
+        };
+        let answer = self
+            .on_leader(
+                LeaderRequest::ReadIndex { lease },
+                self.config.request_timeout,
+            )
+            .await?;
+        let LeaderAnswer::ReadIndex(read_log_id) = answer else {
+            return Err(Error::Fatal(format!(
+                "unexpected answer to ReadIndex: {answer:?}"
+            )));
+        };
+        let linearizer = Linearizer::new(self.id, read_log_id, None);
+        let deadline = self.config.request_timeout;
+        match tokio::time::timeout(deadline, linearizer.await_ready(&self.raft)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(fatal)) => Err(Error::Fatal(fatal.to_string())),
+            Err(_) => Err(Error::Timeout(
+                "this node did not catch up with the leader's commit index in time".into(),
+            )),
+        }
+    }
+
+    /// Adds a node as a learner, waits for it to catch up, then makes it a voter.
+    pub async fn add_voter(&self, id: NodeId, addr: String) -> Result<(), Error> {
+        let request = LeaderRequest::AddVoter {
+            id,
+            node: KeelNode { addr },
+        };
+        self.on_leader(request, Duration::from_secs(120))
+            .await
+            .map(|_| ())
+    }
+
+    /// Removes a node from the cluster (voter or learner).
+    pub async fn remove(&self, id: NodeId) -> Result<(), Error> {
+        self.on_leader(LeaderRequest::Remove { id }, Duration::from_secs(30))
+            .await
+            .map(|_| ())
+    }
+
+    /// Carries out `request` on the leader, wherever it is; see the module documentation.
+    async fn on_leader(
+        &self,
+        request: LeaderRequest,
+        timeout: Duration,
+    ) -> Result<LeaderAnswer, Error> {
+        let deadline = Instant::now() + timeout;
+        let mut last_problem = None;
+        loop {
+            let leader = match self.execute(&request).await {
+                Ok(answer) => return Ok(answer),
+                Err(NotDone::Failed(err)) => return Err(err),
+                Err(NotDone::NotLeader(leader)) => leader,
+            };
+            if let Some((leader_id, node)) = leader.filter(|(id, _)| *id != self.id) {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                let answer: Result<Result<LeaderAnswer, NotDone>, CallError> = self
+                    .peers
+                    .call(&node.addr, "/raft/forward", &request, remaining)
+                    .await;
+                match answer {
+                    Ok(Ok(answer)) => return Ok(answer),
+                    Ok(Err(NotDone::Failed(err))) => return Err(err),
+                    Ok(Err(NotDone::NotLeader(_))) => {}
+                    Err(err) => {
+                        tracing::debug!(leader_id, %err, "forwarding to the leader failed");
+                        last_problem = Some((node.addr.clone(), err));
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(match last_problem {
+                    Some((addr, CallError::Unreachable { reason, .. })) => {
+                        Error::LeaderUnreachable { addr, reason }
+                    }
+                    Some((_, err @ CallError::Timeout { .. })) => Error::Timeout(err.to_string()),
+                    _ => Error::NoLeader {
+                        retry_after: Duration::from_secs(1),
+                    },
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+    }
+
+    /// Carries out `request` if this node leads.
+    pub(crate) async fn execute(&self, request: &LeaderRequest) -> Result<LeaderAnswer, NotDone> {
+        match request {
+            LeaderRequest::Propose(proposal) => {
+                match self.raft.client_write(proposal.clone()).await {
+                    Ok(response) => Ok(LeaderAnswer::Reply(response.data.0)),
+                    Err(err) => Err(write_error(err)),
+                }
+            }
+            LeaderRequest::ReadIndex { lease } => {
+                let policy = if *lease {
+                    ReadPolicy::LeaseRead
+                } else {
+                    ReadPolicy::ReadIndex
+                };
+                match self.raft.get_read_log_id(policy).await {
+                    Ok((read_log_id, _)) => Ok(LeaderAnswer::ReadIndex(read_log_id)),
+                    Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
+                        Err(f.into())
+                    }
+                    // No quorum acknowledged this leader recently: wait like for an election.
+                    Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(_))) => {
+                        Err(NotDone::NotLeader(None))
+                    }
+                    Err(RaftError::Fatal(fatal)) => {
+                        Err(NotDone::Failed(Error::Fatal(fatal.to_string())))
+                    }
+                }
+            }
+            LeaderRequest::AddVoter { id, node } => {
+                self.raft
+                    .add_learner(*id, node.clone(), true)
+                    .await
+                    .map_err(write_error)?;
+                self.raft
+                    .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([*id])), false)
+                    .await
+                    .map_err(write_error)?;
+                Ok(LeaderAnswer::Done)
+            }
+            LeaderRequest::Remove { id } => {
+                let membership = self
+                    .raft
+                    .metrics()
+                    .borrow_watched()
+                    .membership_config
+                    .clone();
+                let membership = membership.membership();
+                let ids = BTreeSet::from([*id]);
+                let change = if membership.voter_ids().any(|voter| voter == *id) {
+                    ChangeMembers::RemoveVoters(ids)
+                } else if membership.get_node(id).is_some() {
+                    ChangeMembers::RemoveNodes(ids)
+                } else {
+                    return Err(NotDone::Failed(Error::Membership(format!(
+                        "node {id} is not a member of this cluster"
+                    ))));
+                };
+                self.raft
+                    .change_membership(change, false)
+                    .await
+                    .map_err(write_error)?;
+                Ok(LeaderAnswer::Done)
+            }
+        }
+    }
+
+    pub async fn shutdown(&self) {
+        if let Err(err) = self.raft.shutdown().await {
+            tracing::warn!(%err, "Raft did not shut down cleanly");
+        }
+    }
+}
+
+fn write_error(err: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> NotDone {
+    match err {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => f.into(),
+        // The entry was dropped by a new leader; its request id makes a retry safe.
+        RaftError::APIError(ClientWriteError::LogEntryDiscarded(f)) => f.into(),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            NotDone::Failed(Error::Membership(e.to_string()))
+        }
+        RaftError::APIError(ClientWriteError::PreconditionFailed(e)) => {
+            NotDone::Failed(Error::Membership(e.to_string()))
+        }
+        RaftError::Fatal(fatal) => NotDone::Failed(Error::Fatal(fatal.to_string())),
+    }
+}

@@ -1,0 +1,216 @@
+//! Raft peer traffic over HTTP: the server half, mounted under `/raft` on the node's API
+//! server.
+//!
+//! Every route checks the cluster secret first (in constant time) and answers 401 without
+//! touching Raft when it is wrong. Bodies are bincode; answers are bincode `Result`s, so a
+//! Raft-level refusal travels back as data and only transport failures are HTTP errors.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::OnceLock;
+
+use axum::body::Body;
+use axum::body::Bytes;
+use axum::extract::DefaultBodyLimit;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::response::Response;
+use axum::routing::post;
+use axum::Router;
+use futures::StreamExt;
+use openraft::raft::AppendEntriesRequest;
+use openraft::raft::VoteRequest;
+use openraft::type_config::alias::SnapshotMetaOf;
+use openraft::type_config::alias::SnapshotOf;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::io::AsyncWriteExt;
+
+use keel_storage::SnapshotFile;
+
+use crate::network::SECRET_HEADER;
+use crate::node::LeaderRequest;
+use crate::node::RaftNode;
+use crate::types::TypeConfig;
+use crate::types::Vote;
+
+/// Largest non-snapshot peer message accepted.
+const MAX_RPC_BYTES: usize = 256 << 20;
+
+/// Holds the node's Raft once it has one: the peer routes exist from the start, but a node
+/// answers them only after it has joined a cluster.
+pub type RaftSlot = Arc<OnceLock<Arc<RaftNode>>>;
+
+/// The `/raft/...` routes of the node in `slot`.
+pub fn router(slot: RaftSlot) -> Router {
+    Router::new()
+        .route("/raft/append", post(append))
+        .route("/raft/vote", post(vote))
+        .route("/raft/pre-vote", post(pre_vote))
+        .route("/raft/snapshot", post(snapshot))
+        .route("/raft/forward", post(forward))
+        .layer(DefaultBodyLimit::max(MAX_RPC_BYTES))
+        .with_state(slot)
+}
+
+/// Compares in time independent of where the strings differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Why a peer request was turned away before reaching Raft.
+type Refusal = (StatusCode, String);
+
+fn authorized<'a>(slot: &'a RaftSlot, headers: &HeaderMap) -> Result<&'a Arc<RaftNode>, Refusal> {
+    let Some(node) = slot.get() else {
+        return Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this node has not joined a cluster yet".into(),
+        ));
+    };
+    let given = headers
+        .get(SECRET_HEADER)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    if constant_time_eq(given, node.secret().as_bytes()) {
+        Ok(node)
+    } else {
+        Err((
+            StatusCode::UNAUTHORIZED,
+            "wrong or missing cluster secret".into(),
+        ))
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Response {
+    match bincode::serialize(value) {
+        Ok(bytes) => bytes.into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode answer: {e}"),
+        )
+            .into_response(),
+    }
+}
+
+/// Authenticates, decodes the bincode request, runs `handle` and encodes its answer.
+async fn rpc<Req, Resp, Fut>(
+    slot: &RaftSlot,
+    headers: &HeaderMap,
+    body: &[u8],
+    handle: impl FnOnce(Arc<RaftNode>, Req) -> Fut,
+) -> Response
+where
+    Req: DeserializeOwned,
+    Resp: Serialize,
+    Fut: Future<Output = Resp>,
+{
+    let node = match authorized(slot, headers) {
+        Ok(node) => node.clone(),
+        Err(refusal) => return refusal.into_response(),
+    };
+    match bincode::deserialize(body) {
+        Ok(request) => encode(&handle(node, request).await),
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            format!("undecodable peer message: {e}"),
+        )
+            .into_response(),
+    }
+}
+
+async fn append(State(slot): State<RaftSlot>, headers: HeaderMap, body: Bytes) -> Response {
+    rpc(
+        &slot,
+        &headers,
+        &body,
+        |node, request: AppendEntriesRequest<TypeConfig>| async move {
+            node.raft().append_entries(request).await
+        },
+    )
+    .await
+}
+
+async fn vote(State(slot): State<RaftSlot>, headers: HeaderMap, body: Bytes) -> Response {
+    rpc(
+        &slot,
+        &headers,
+        &body,
+        |node, request: VoteRequest<TypeConfig>| async move { node.raft().vote(request).await },
+    )
+    .await
+}
+
+async fn pre_vote(State(slot): State<RaftSlot>, headers: HeaderMap, body: Bytes) -> Response {
+    rpc(
+        &slot,
+        &headers,
+        &body,
+        |node, request: VoteRequest<TypeConfig>| async move { node.raft().pre_vote(request).await },
+    )
+    .await
+}
+
+async fn forward(State(slot): State<RaftSlot>, headers: HeaderMap, body: Bytes) -> Response {
+    rpc(
+        &slot,
+        &headers,
+        &body,
+        |node, request: LeaderRequest| async move { node.execute(&request).await },
+    )
+    .await
+}
+
+/// Receives a streamed snapshot into a file, then hands it to Raft.
+async fn snapshot(State(slot): State<RaftSlot>, headers: HeaderMap, body: Body) -> Response {
+    let node = match authorized(&slot, &headers) {
+        Ok(node) => node,
+        Err(refusal) => return refusal.into_response(),
+    };
+    match receive_snapshot(node, body).await {
+        Ok((vote, snapshot)) => encode(&node.raft().install_full_snapshot(vote, snapshot).await),
+        Err(reason) => (StatusCode::BAD_REQUEST, reason).into_response(),
+    }
+}
+
+async fn receive_snapshot(
+    node: &RaftNode,
+    body: Body,
+) -> Result<(Vote, SnapshotOf<TypeConfig, SnapshotFile>), String> {
+    let path = node.state().incoming_snapshot_path();
+    let target = SnapshotFile::create(path.clone()).map_err(|e| e.to_string())?;
+    let mut out = tokio::fs::File::from_std(target.file.try_clone().map_err(|e| e.to_string())?);
+    let mut stream = body.into_data_stream();
+    let mut head = Vec::new();
+    let mut header: Option<(Vote, SnapshotMetaOf<TypeConfig>)> = None;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| format!("snapshot transfer broke: {e}"))?;
+        if header.is_some() {
+            out.write_all(&chunk).await.map_err(|e| e.to_string())?;
+            continue;
+        }
+        head.extend_from_slice(&chunk);
+        if head.len() < 4 {
+            continue;
+        }
+        let len = u32::from_le_bytes(head[..4].try_into().expect("4 bytes")) as usize;
+        if head.len() < 4 + len {
+            continue;
+        }
+        header = Some(bincode::deserialize(&head[4..4 + len]).map_err(|e| e.to_string())?);
+        out.write_all(&head[4 + len..])
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let (vote, meta) = header.ok_or("snapshot transfer ended before its header")?;
+    out.sync_all().await.map_err(|e| e.to_string())?;
+    Ok((
+        vote,
+        SnapshotOf::<TypeConfig, SnapshotFile> {
+            meta,
+            snapshot: target,
+        },
+    ))
+}

@@ -1,0 +1,86 @@
+//! `GET /metrics` in Prometheus text format: the node's Raft state, for dashboards and
+//! alerts (leader changes, apply lag, snapshot progress).
+
+use std::fmt::Write;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use openraft::ServerState;
+
+use crate::node::Node;
+
+pub fn routes(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(node)
+}
+
+async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, value: u64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+        );
+    };
+    gauge(
+        "keel_up_seconds",
+        "Seconds since this process started.",
+        node.started.elapsed().as_secs(),
+    );
+    gauge(
+        "keel_data_bytes",
+        "Bytes of the node's data directory.",
+        node.store_size(),
+    );
+    if let Ok(raft) = node.raft() {
+        let m = raft.metrics();
+        gauge("keel_raft_node_id", "This node's uid.", m.id);
+        gauge("keel_raft_term", "Current Raft term.", m.current_term);
+        gauge(
+            "keel_raft_is_leader",
+            "1 if this node leads.",
+            u64::from(m.state == ServerState::Leader),
+        );
+        gauge(
+            "keel_raft_leader_id",
+            "uid of the known leader, 0 if none.",
+            m.current_leader.unwrap_or(0),
+        );
+        gauge(
+            "keel_raft_last_log_index",
+            "Index of the last log entry.",
+            m.last_log_index.unwrap_or(0),
+        );
+        gauge(
+            "keel_raft_commit_index",
+            "Index of the last committed entry.",
+            m.local_committed.map_or(0, |id| id.index),
+        );
+        gauge(
+            "keel_raft_applied_index",
+            "Index of the last applied entry.",
+            m.last_applied.map_or(0, |id| id.index),
+        );
+        gauge(
+            "keel_raft_snapshot_index",
+            "Index covered by the latest snapshot.",
+            m.snapshot.map_or(0, |id| id.index),
+        );
+        gauge(
+            "keel_raft_purged_index",
+            "Index up to which the log is purged.",
+            m.purged.map_or(0, |id| id.index),
+        );
+        gauge(
+            "keel_raft_voters",
+            "Number of voters.",
+            m.membership_config.membership().voter_ids().count() as u64,
+        );
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}

@@ -1,0 +1,185 @@
+//! Command-line interface and settings.
+//!
+//! Every setting can come from a flag, a `KEEL_*` environment variable or a TOML file given
+//! with `--config` (in that order of precedence), and has a default that makes
+//! `keel serve` with no flags a ready single-node cluster on loopback.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use clap::Subcommand;
+use clap::ValueEnum;
+use serde::Deserialize;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "keel",
+    version,
+    about = "A Raft-replicated control plane for fleets of database clusters"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a keel control node.
+    Serve(ServeArgs),
+}
+
+/// How a node that has no cluster yet gets one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BootstrapMode {
+    /// Create a single-node cluster at once (or join the `--join` targets, if given).
+    Auto,
+    /// Wait for `POST /v1/bootstrap/create_cluster` or `join_cluster`.
+    Api,
+}
+
+#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ServeArgs {
+    /// TOML file with any of these settings (flag names as keys, e.g. `data-dir = "/var/lib/keel"`).
+    #[arg(long, env = "KEEL_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Address the HTTP server (REST API and Raft peer traffic) listens on. [default: 127.0.0.1:7799]
+    #[arg(long, env = "KEEL_LISTEN")]
+    pub listen: Option<SocketAddr>,
+
+    /// Address other nodes and clients reach this node at (host:port). [default: the listen address]
+    #[arg(long, env = "KEEL_ADVERTISE")]
+    pub advertise: Option<String>,
+
+    /// Directory for the RocksDB store, snapshots and the node's identity. [default: ./keel-data]
+    #[arg(long, env = "KEEL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// How a node without a cluster gets one. [default: auto]
+    #[arg(long, env = "KEEL_BOOTSTRAP", value_enum)]
+    pub bootstrap: Option<BootstrapMode>,
+
+    /// Members (host:port) to join on first start, comma separated; implies --bootstrap auto.
+    #[arg(long, env = "KEEL_JOIN", value_delimiter = ',')]
+    pub join: Option<Vec<String>>,
+
+    /// Name of the cluster auto-bootstrap creates. [default: keel]
+    #[arg(long, env = "KEEL_CLUSTER_NAME")]
+    pub cluster_name: Option<String>,
+
+    /// Cluster username for auto-bootstrap (create or join).
+    #[arg(long, env = "KEEL_USER")]
+    pub user: Option<String>,
+
+    /// Cluster password for auto-bootstrap (create or join).
+    #[arg(long, env = "KEEL_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+
+    /// Route families served without credentials, comma separated (kv, cluster, metrics).
+    #[arg(long, env = "KEEL_OPEN_ROUTES", value_delimiter = ',')]
+    pub open_routes: Option<Vec<String>>,
+
+    /// Raft heartbeat interval in milliseconds. [default: 100]
+    #[arg(long, env = "KEEL_HEARTBEAT_MS")]
+    pub heartbeat_ms: Option<u64>,
+
+    /// Minimum election timeout in milliseconds; the maximum is twice this. [default: 500]
+    #[arg(long, env = "KEEL_ELECTION_TIMEOUT_MS")]
+    pub election_timeout_ms: Option<u64>,
+
+    /// Take a snapshot and purge the log after this many entries. [default: 20000]
+    #[arg(long, env = "KEEL_SNAPSHOT_EVERY")]
+    pub snapshot_every: Option<u64>,
+
+    /// How long a request may wait for a leader, in milliseconds. [default: 5000]
+    #[arg(long, env = "KEEL_REQUEST_TIMEOUT_MS")]
+    pub request_timeout_ms: Option<u64>,
+}
+
+/// Settings after flags, environment, file and defaults are merged.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub advertise: String,
+    pub data_dir: PathBuf,
+    pub bootstrap: BootstrapMode,
+    pub join: Vec<String>,
+    pub cluster_name: String,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub open_routes: Vec<String>,
+    pub raft: keel_raft::RaftConfig,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7799";
+
+/// Route families `--open-routes` accepts.
+pub const ROUTE_FAMILIES: [&str; 3] = ["kv", "cluster", "metrics"];
+
+impl ServeArgs {
+    /// Merges flags and environment (`self`) over the `--config` file over the defaults.
+    pub fn resolve(self) -> Result<Settings, String> {
+        let file = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+                toml::from_str::<ServeArgs>(&text)
+                    .map_err(|e| format!("config file {}: {e}", path.display()))?
+            }
+            None => ServeArgs::default(),
+        };
+        macro_rules! pick {
+            ($field:ident) => {
+                self.$field.or(file.$field)
+            };
+        }
+        let listen =
+            pick!(listen).unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("default address"));
+        let join = pick!(join).unwrap_or_default();
+        let open_routes = pick!(open_routes).unwrap_or_default();
+        if let Some(bad) = open_routes
+            .iter()
+            .find(|r| !ROUTE_FAMILIES.contains(&r.as_str()))
+        {
+            return Err(format!(
+                "--open-routes: unknown route family {bad:?}; known: {}",
+                ROUTE_FAMILIES.join(", ")
+            ));
+        }
+        let defaults = keel_raft::RaftConfig::default();
+        let election = pick!(election_timeout_ms).map(Duration::from_millis);
+        let raft = keel_raft::RaftConfig {
+            heartbeat: pick!(heartbeat_ms).map_or(defaults.heartbeat, Duration::from_millis),
+            election_timeout_min: election.unwrap_or(defaults.election_timeout_min),
+            election_timeout_max: election.map_or(defaults.election_timeout_max, |e| e * 2),
+            snapshot_every: pick!(snapshot_every).unwrap_or(defaults.snapshot_every),
+            keep_logs_after_snapshot: defaults.keep_logs_after_snapshot,
+            request_timeout: pick!(request_timeout_ms)
+                .map_or(defaults.request_timeout, Duration::from_millis),
+        };
+        if raft.heartbeat >= raft.election_timeout_min {
+            return Err("--heartbeat-ms must be smaller than --election-timeout-ms".into());
+        }
+        Ok(Settings {
+            advertise: pick!(advertise).unwrap_or_else(|| listen.to_string()),
+            listen,
+            data_dir: pick!(data_dir).unwrap_or_else(|| PathBuf::from("keel-data")),
+            bootstrap: if join.is_empty() {
+                pick!(bootstrap).unwrap_or(BootstrapMode::Auto)
+            } else {
+                BootstrapMode::Auto
+            },
+            join,
+            cluster_name: pick!(cluster_name).unwrap_or_else(|| "keel".into()),
+            user: pick!(user),
+            password: pick!(password),
+            open_routes,
+            raft,
+        })
+    }
+}

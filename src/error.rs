@@ -1,0 +1,158 @@
+//! The `keel` crate's one error type and its mapping to HTTP.
+//!
+//! Every variant names an `error_code` (the Redis Enterprise dialect's field, which the other
+//! dialects reuse) and a message that says what to do next. Nothing maps to 500 except a
+//! failure of this node itself.
+
+use std::time::Duration;
+
+use axum::http::header;
+use axum::http::HeaderValue;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::response::Response;
+use axum::Json;
+use serde_json::json;
+use serde_json::Value;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed or breaks a limit.
+    #[error("{message}")]
+    BadRequest { code: &'static str, message: String },
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// Missing or wrong credentials.
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{message}")]
+    NotFound { code: &'static str, message: String },
+    /// The request conflicts with the current state; `details` says with what.
+    #[error("{message}")]
+    Conflict {
+        code: &'static str,
+        message: String,
+        details: Value,
+    },
+    /// The cluster cannot serve this now (no leader, no quorum, not bootstrapped); retry.
+    #[error("{message}")]
+    Unavailable {
+        code: &'static str,
+        message: String,
+        retry_after: Duration,
+    },
+    /// A failure of this node (storage, an undecodable reply).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::BadRequest {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Error::NotFound { .. } => StatusCode::NOT_FOUND,
+            Error::Conflict { .. } => StatusCode::CONFLICT,
+            Error::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::BadRequest { code, .. }
+            | Error::NotFound { code, .. }
+            | Error::Conflict { code, .. }
+            | Error::Unavailable { code, .. } => code,
+            Error::PayloadTooLarge(_) => "payload_too_large",
+            Error::Unauthorized(_) => "access_denied",
+            Error::Internal(_) => "internal_error",
+        }
+    }
+}
+
+impl From<keel_raft::Error> for Error {
+    fn from(err: keel_raft::Error) -> Self {
+        use keel_raft::Error as Raft;
+        let message = err.to_string();
+        match err {
+            Raft::NoLeader { retry_after } => Error::Unavailable {
+                code: "no_leader",
+                message,
+                retry_after,
+            },
+            Raft::Timeout(_) | Raft::LeaderUnreachable { .. } | Raft::Indeterminate => {
+                Error::Unavailable {
+                    code: "leader_unavailable",
+                    message,
+                    retry_after: Duration::from_secs(1),
+                }
+            }
+            Raft::NotInitialized => Error::Unavailable {
+                code: "not_bootstrapped",
+                message,
+                retry_after: Duration::from_secs(5),
+            },
+            Raft::Membership(_) => Error::Conflict {
+                code: "membership_change_refused",
+                message,
+                details: Value::Null,
+            },
+            Raft::Fatal(_) => Error::Internal(message),
+        }
+    }
+}
+
+impl From<keel_storage::Error> for Error {
+    fn from(err: keel_storage::Error) -> Self {
+        Error::Internal(format!(
+            "storage failure: {err}; check this node's disk and log"
+        ))
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::warn!(error = %self, "request failed");
+        }
+        let mut body = json!({ "error_code": self.code(), "message": self.to_string() });
+        let mut retry_after = None;
+        match self {
+            Error::Conflict {
+                details: Value::Object(details),
+                ..
+            } => {
+                body.as_object_mut().expect("object").extend(details);
+            }
+            Error::Unavailable {
+                retry_after: after, ..
+            } => retry_after = Some(after),
+            _ => {}
+        }
+        let mut response = (status, Json(body)).into_response();
+        if let Some(after) = retry_after {
+            let secs = after.as_secs().max(1).to_string();
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_str(&secs).expect("digits"),
+            );
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"keel\""),
+            );
+        }
+        response
+    }
+}

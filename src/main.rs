@@ -1,0 +1,88 @@
+//! keel: a Raft-replicated control plane for fleets of database clusters.
+//!
+//! The binary wires the parts together: [`config`] reads flags, environment and file;
+//! [`node`] owns the store, the node's identity and bootstrap, and its Raft; [`domain`] is the
+//! deterministic state machine; [`api`] serves the REST dialects and the Raft peer routes on
+//! one address.
+
+mod api;
+mod auth;
+mod config;
+mod domain;
+mod error;
+mod machine_info;
+mod node;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+pub use error::Error;
+pub use keel_raft::service::constant_time_eq;
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("KEEL_LOG")
+                .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = config::Cli::parse();
+    let config::Command::Serve(args) = cli.command;
+    let settings = match args.resolve() {
+        Ok(settings) => settings,
+        Err(message) => {
+            eprintln!("keel: {message}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("starting the tokio runtime");
+    match runtime.block_on(serve(settings)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(message) => {
+            tracing::error!("{message}");
+            eprintln!("keel: {message}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(settings: config::Settings) -> Result<(), String> {
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
+    let bootstrap = settings.bootstrap;
+    let node = node::Node::open(settings).await?;
+    if bootstrap == config::BootstrapMode::Auto {
+        node.auto_bootstrap()?;
+    }
+    tracing::info!(
+        listen = %node.settings.listen,
+        advertise = %node.settings.advertise,
+        data_dir = %node.settings.data_dir.display(),
+        member = node.is_member(),
+        "keel is serving"
+    );
+    let app = api::router(node.clone());
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|e| format!("HTTP server failed: {e}"))?;
+    if let Ok(raft) = node.raft() {
+        raft.shutdown().await;
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,514 @@
+//! A running keel control node: its store, its identity, its bootstrap state and, once it
+//! belongs to a cluster, its Raft node.
+//!
+//! A node's identity (uid, cluster name, peer secret) is written to `identity.json` in the
+//! data directory the moment the node gets one, before Raft starts; on restart its presence
+//! means "member of a cluster: start Raft and serve". Without it the node is idle and waits
+//! for bootstrap: an API call (`create_cluster`, `join_cluster`) or, in auto mode, the
+//! embedded default (a single-node cluster) or `--join`.
+//!
+//! Joining is two calls to any member, both authenticated with the cluster credentials:
+//! `POST /v1/cluster/join` reserves a uid through the log and returns the peer secret; the
+//! joiner then starts Raft and calls `POST /v1/cluster/members`, which adds it as a learner,
+//! waits until it has caught up, and promotes it to voter.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+use std::time::Instant;
+use std::time::SystemTime;
+
+use keel_raft::service::RaftSlot;
+use keel_raft::RaftNode;
+use keel_storage::Store;
+use serde::Deserialize;
+use serde::Serialize;
+
+use crate::auth;
+use crate::config::Settings;
+use crate::domain;
+use crate::domain::cluster::ClusterCommand;
+use crate::domain::cluster::ClusterConfig;
+use crate::domain::cluster::ClusterReply;
+use crate::domain::cluster::Credentials;
+use crate::domain::Command;
+use crate::domain::Reply;
+use crate::Error;
+
+/// What a node must remember about itself to rejoin its cluster after a restart.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Identity {
+    pub uid: u64,
+    pub cluster_name: String,
+    pub secret: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BootstrapState {
+    Idle,
+    Initiated,
+    CreatingCluster,
+    JoiningCluster,
+    RecoveringCluster,
+    Error,
+    Completed,
+}
+
+/// `bootstrap_status` of `GET /v1/bootstrap`.
+#[derive(Debug, Clone, Serialize)]
+pub struct BootstrapStatus {
+    pub state: BootstrapState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end_time: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_details: Option<serde_json::Value>,
+}
+
+/// A bootstrap that failed, with the seed's error code.
+#[derive(Debug)]
+pub struct BootstrapError {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl BootstrapError {
+    fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// What the caller of a bootstrap action asked for, validated.
+#[derive(Debug, Clone)]
+pub enum BootstrapPlan {
+    Create {
+        name: String,
+        credentials: Option<(String, String)>,
+    },
+    Join {
+        members: Vec<String>,
+        username: String,
+        password: String,
+    },
+}
+
+/// The answer of `POST /v1/cluster/join`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JoinGrant {
+    pub uid: u64,
+    pub cluster_name: String,
+    pub secret: String,
+}
+
+/// The body of `POST /v1/cluster/members`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MemberRequest {
+    pub uid: u64,
+    pub addr: String,
+}
+
+pub struct Node {
+    pub settings: Settings,
+    store: Store,
+    raft: RaftSlot,
+    status: Mutex<BootstrapStatus>,
+    pub verifier: auth::Verifier,
+    pub started: Instant,
+}
+
+fn now_rfc3339() -> String {
+    rfc3339(SystemTime::now())
+}
+
+fn rfc3339(time: SystemTime) -> String {
+    let secs = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since the epoch (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+impl Node {
+    /// Opens the node's store and, if it already belongs to a cluster, starts its Raft.
+    pub async fn open(settings: Settings) -> Result<Arc<Self>, String> {
+        let store = Store::open(&settings.data_dir).map_err(|e| {
+            format!(
+                "cannot open the data directory {}: {e}",
+                settings.data_dir.display()
+            )
+        })?;
+        let node = Arc::new(Self {
+            settings,
+            store,
+            raft: RaftSlot::default(),
+            status: Mutex::new(BootstrapStatus {
+                state: BootstrapState::Idle,
+                start_time: None,
+                end_time: None,
+                error_code: None,
+                error_details: None,
+            }),
+            verifier: auth::Verifier::default(),
+            started: Instant::now(),
+        });
+        if let Some(identity) = node.read_identity()? {
+            node.set_state(BootstrapState::RecoveringCluster);
+            node.start_raft(&identity).await.map_err(|e| e.message)?;
+            node.finish(Ok(()));
+        }
+        Ok(node)
+    }
+
+    fn identity_path(&self) -> PathBuf {
+        self.settings.data_dir.join("identity.json")
+    }
+
+    fn read_identity(&self) -> Result<Option<Identity>, String> {
+        let path = self.identity_path();
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| format!("{} is corrupt: {e}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        }
+    }
+
+    fn write_identity(&self, identity: &Identity) -> Result<(), BootstrapError> {
+        let path = self.identity_path();
+        let partial = path.with_extension("json.partial");
+        let write = || -> std::io::Result<()> {
+            let file = std::fs::File::create(&partial)?;
+            serde_json::to_writer_pretty(&file, identity)?;
+            file.sync_all()?;
+            std::fs::rename(&partial, &path)?;
+            std::fs::File::open(&self.settings.data_dir)?.sync_all()
+        };
+        write().map_err(|e| {
+            BootstrapError::new(
+                "path_error",
+                format!("cannot write {}: {e}", path.display()),
+            )
+        })
+    }
+
+    async fn start_raft(&self, identity: &Identity) -> Result<Arc<RaftNode>, BootstrapError> {
+        let raft = RaftNode::start(
+            identity.uid,
+            &self.store,
+            Arc::new(domain::Domain),
+            identity.secret.clone(),
+            self.settings.raft.clone(),
+        )
+        .await
+        .map_err(|e| BootstrapError::new("internal_error", e.to_string()))?;
+        let _ = self.raft.set(raft.clone());
+        Ok(raft)
+    }
+
+    /// The node's Raft, or an error saying the node is not bootstrapped yet.
+    pub fn raft(&self) -> Result<&Arc<RaftNode>, Error> {
+        self.raft
+            .get()
+            .ok_or_else(|| keel_raft::Error::NotInitialized.into())
+    }
+
+    pub fn raft_slot(&self) -> RaftSlot {
+        self.raft.clone()
+    }
+
+    pub fn is_member(&self) -> bool {
+        self.raft.get().is_some()
+    }
+
+    pub fn store_size(&self) -> u64 {
+        self.store.disk_usage()
+    }
+
+    pub fn status(&self) -> BootstrapStatus {
+        self.status.lock().expect("bootstrap status").clone()
+    }
+
+    fn set_state(&self, state: BootstrapState) {
+        let mut status = self.status.lock().expect("bootstrap status");
+        if status.start_time.is_none() || state == BootstrapState::Initiated {
+            status.start_time = Some(now_rfc3339());
+        }
+        status.state = state;
+        status.end_time = None;
+        status.error_code = None;
+        status.error_details = None;
+    }
+
+    fn finish(&self, result: Result<(), BootstrapError>) {
+        let mut status = self.status.lock().expect("bootstrap status");
+        status.end_time = Some(now_rfc3339());
+        match result {
+            Ok(()) => status.state = BootstrapState::Completed,
+            Err(err) => {
+                tracing::error!(code = err.code, message = %err.message, "bootstrap failed");
+                status.state = BootstrapState::Error;
+                status.error_code = Some(err.code.to_string());
+                status.error_details = Some(serde_json::json!({ "message": err.message }));
+            }
+        }
+    }
+
+    /// Starts a bootstrap in the background; refused unless the node is idle or failed.
+    pub fn begin_bootstrap(self: &Arc<Self>, plan: BootstrapPlan) -> Result<(), Error> {
+        {
+            let status = self.status.lock().expect("bootstrap status");
+            if !matches!(status.state, BootstrapState::Idle | BootstrapState::Error)
+                || self.is_member()
+            {
+                return Err(Error::Conflict {
+                    code: "bootstrap_in_progress",
+                    message: format!(
+                        "bootstrap is allowed only from the idle or error state; this node is {:?}",
+                        status.state
+                    ),
+                    details: serde_json::json!({ "state": status.state }),
+                });
+            }
+        }
+        self.set_state(BootstrapState::Initiated);
+        let node = self.clone();
+        tokio::spawn(async move {
+            let result = match plan {
+                BootstrapPlan::Create { name, credentials } => {
+                    node.create_cluster(name, credentials).await
+                }
+                BootstrapPlan::Join {
+                    members,
+                    username,
+                    password,
+                } => node.join_cluster(&members, &username, &password).await,
+            };
+            node.finish(result);
+        });
+        Ok(())
+    }
+
+    async fn create_cluster(
+        &self,
+        name: String,
+        credentials: Option<(String, String)>,
+    ) -> Result<(), BootstrapError> {
+        self.set_state(BootstrapState::CreatingCluster);
+        let credentials = match credentials {
+            Some((username, password)) => Some(Credentials {
+                username,
+                password_hash: auth::hash_password(&password)
+                    .map_err(|e| BootstrapError::new("internal_error", e))?,
+            }),
+            None => None,
+        };
+        let identity = Identity {
+            uid: 1,
+            cluster_name: name.clone(),
+            secret: uuid::Uuid::new_v4().simple().to_string(),
+        };
+        self.write_identity(&identity)?;
+        let raft = self.start_raft(&identity).await?;
+        raft.initialize(self.settings.advertise.clone())
+            .await
+            .map_err(|e| BootstrapError::new("internal_error", e.to_string()))?;
+        let command = Command::Cluster(ClusterCommand::Init {
+            name,
+            credentials,
+            secret: identity.secret.clone(),
+            founder: identity.uid,
+        });
+        match self.propose(command, None).await {
+            Ok(Reply::Cluster(ClusterReply::Initialized | ClusterReply::AlreadyInitialized)) => {
+                Ok(())
+            }
+            Ok(other) => Err(BootstrapError::new(
+                "internal_error",
+                format!("unexpected reply to cluster init: {other:?}"),
+            )),
+            Err(e) => Err(BootstrapError::new("internal_error", e.to_string())),
+        }
+    }
+
+    async fn join_cluster(
+        &self,
+        members: &[String],
+        username: &str,
+        password: &str,
+    ) -> Result<(), BootstrapError> {
+        self.set_state(BootstrapState::JoiningCluster);
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(150))
+            .build()
+            .map_err(|e| BootstrapError::new("internal_error", e.to_string()))?;
+        let auth = auth::basic_header(username, password);
+        let mut last_error = BootstrapError::new("connect_error", "no cluster nodes were given");
+        for member in members {
+            let grant = match call_member::<_, JoinGrant>(
+                &client,
+                member,
+                "/v1/cluster/join",
+                &auth,
+                &serde_json::json!({ "addr": self.settings.advertise }),
+            )
+            .await
+            {
+                Ok(grant) => grant,
+                Err(err) if err.code == "access_denied" => return Err(err),
+                Err(err) => {
+                    last_error = err;
+                    continue;
+                }
+            };
+            let identity = Identity {
+                uid: grant.uid,
+                cluster_name: grant.cluster_name,
+                secret: grant.secret,
+            };
+            self.write_identity(&identity)?;
+            self.start_raft(&identity).await?;
+            let request = MemberRequest {
+                uid: identity.uid,
+                addr: self.settings.advertise.clone(),
+            };
+            return call_member::<_, serde_json::Value>(
+                &client,
+                member,
+                "/v1/cluster/members",
+                &auth,
+                &request,
+            )
+            .await
+            .map(|_| ());
+        }
+        Err(last_error)
+    }
+
+    /// Bootstraps without an API call, as `--bootstrap auto` asks.
+    pub fn auto_bootstrap(self: &Arc<Self>) -> Result<(), String> {
+        if self.is_member() {
+            return Ok(());
+        }
+        let settings = &self.settings;
+        let credentials = settings.user.clone().zip(settings.password.clone());
+        let plan = if settings.join.is_empty() {
+            if credentials.is_none() && !settings.listen.ip().is_loopback() {
+                return Err(format!(
+                    "refusing to create a cluster without credentials on {}: set --user and --password \
+                     (KEEL_USER/KEEL_PASSWORD), or listen on loopback only",
+                    settings.listen
+                ));
+            }
+            BootstrapPlan::Create {
+                name: settings.cluster_name.clone(),
+                credentials,
+            }
+        } else {
+            let (username, password) = credentials
+                .ok_or("--join needs the cluster credentials: set --user and --password")?;
+            BootstrapPlan::Join {
+                members: settings.join.clone(),
+                username,
+                password,
+            }
+        };
+        self.begin_bootstrap(plan).map_err(|e| e.to_string())
+    }
+
+    /// Commits `command` through the cluster's leader and decodes the reply.
+    pub async fn propose(
+        &self,
+        command: Command,
+        request_id: Option<String>,
+    ) -> Result<Reply, Error> {
+        let bytes = bincode::serialize(&command).map_err(|e| Error::Internal(e.to_string()))?;
+        let reply = self.raft()?.propose(bytes, request_id).await?;
+        match bincode::deserialize(&reply) {
+            Ok(Reply::Undecodable(reason)) => Err(Error::Internal(format!(
+                "the state machine could not decode the command ({reason}); are all nodes running the same keel version?"
+            ))),
+            Ok(reply) => Ok(reply),
+            Err(e) => Err(Error::Internal(format!("undecodable reply: {e}"))),
+        }
+    }
+
+    /// The replicated cluster config as this node has applied it.
+    pub fn cluster_config(&self) -> Result<Option<ClusterConfig>, Error> {
+        match self.raft.get() {
+            Some(raft) => Ok(domain::cluster::config(&raft.reader())?),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Calls a member's cluster API during a join, mapping failures to the seed's error codes.
+async fn call_member<B: Serialize, R: for<'de> Deserialize<'de>>(
+    client: &reqwest::Client,
+    member: &str,
+    path: &str,
+    auth: &str,
+    body: &B,
+) -> Result<R, BootstrapError> {
+    let response = client
+        .post(format!("http://{member}{path}"))
+        .header("authorization", auth)
+        .json(body)
+        .send()
+        .await
+        .map_err(|e| BootstrapError::new("connect_error", format!("cannot reach {member}: {e}")))?;
+    let status = response.status();
+    if status == reqwest::StatusCode::UNAUTHORIZED {
+        return Err(BootstrapError::new(
+            "access_denied",
+            format!("{member} refused the credentials"),
+        ));
+    }
+    if !status.is_success() {
+        let body = response.text().await.unwrap_or_default();
+        return Err(BootstrapError::new(
+            "connect_error",
+            format!("{member} answered {status}: {body}"),
+        ));
+    }
+    response
+        .json()
+        .await
+        .map_err(|e| BootstrapError::new("connect_error", format!("bad answer from {member}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_rfc3339_utc() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_409_311_189);
+        assert_eq!(rfc3339(t), "2014-08-29T11:19:49Z");
+        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00Z");
+    }
+}

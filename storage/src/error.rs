@@ -1,0 +1,42 @@
+//! The storage crate's one error type.
+//!
+//! openraft wants `std::io::Error` from every storage call, so [`Error`] converts into it; the
+//! message keeps the RocksDB or file-system cause so an operator can act on it (disk full,
+//! permissions, a corrupt file).
+
+use std::path::Path;
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("encoding: {0}")]
+    Codec(#[from] bincode::Error),
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+}
+
+impl Error {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+impl From<Error> for std::io::Error {
+    fn from(err: Error) -> Self {
+        match err {
+            Error::Io { source, .. } => source,
+            Error::Corrupt(msg) => std::io::Error::new(std::io::ErrorKind::InvalidData, msg),
+            other => std::io::Error::other(other.to_string()),
+        }
+    }
+}

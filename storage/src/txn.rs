@@ -1,0 +1,141 @@
+//! Key-value access to the state machine's data for the domain.
+//!
+//! [`Txn`] is what `apply` writes through: it buffers the changes of a whole batch of entries
+//! in memory (so a later entry sees an earlier one's writes) and hands them to the state store,
+//! which commits them in one RocksDB write together with `last_applied`. [`Reader`] is the
+//! read-only view the API serves reads from. Both implement [`KvRead`], so a query written once
+//! runs against either.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::Arc;
+
+use rocksdb::ColumnFamily;
+use rocksdb::IteratorMode;
+use rocksdb::ReadOptions;
+use rocksdb::WriteBatch;
+use rocksdb::DB;
+
+use crate::cf;
+use crate::Error;
+
+/// A key and its value, as returned by scans.
+pub type Pair = (Vec<u8>, Vec<u8>);
+
+/// Reads of the state machine's data.
+pub trait KvRead {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error>;
+
+    /// Pairs with `from <= key < to` in key order, at most `limit` of them.
+    fn scan(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<Pair>, Error>;
+}
+
+fn scan_db(
+    db: &DB,
+    cf: &ColumnFamily,
+    from: &[u8],
+    to: &[u8],
+    limit: usize,
+) -> Result<Vec<Pair>, Error> {
+    let mut opts = ReadOptions::default();
+    opts.set_iterate_upper_bound(to.to_vec());
+    let iter = db.iterator_cf_opt(
+        cf,
+        opts,
+        IteratorMode::From(from, rocksdb::Direction::Forward),
+    );
+    let mut out = Vec::new();
+    for item in iter.take(limit) {
+        let (key, value) = item?;
+        out.push((key.into_vec(), value.into_vec()));
+    }
+    Ok(out)
+}
+
+/// The write side of one apply batch; see the module documentation.
+pub struct Txn<'a> {
+    db: &'a DB,
+    cf: &'a ColumnFamily,
+    overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl<'a> Txn<'a> {
+    pub(crate) fn new(db: &'a DB) -> Self {
+        Self {
+            db,
+            cf: db.cf_handle(cf::SM_DATA).expect("state column family"),
+            overlay: BTreeMap::new(),
+        }
+    }
+
+    pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.overlay.insert(key, Some(value));
+    }
+
+    pub fn delete(&mut self, key: Vec<u8>) {
+        self.overlay.insert(key, None);
+    }
+
+    /// Adds the buffered changes to `batch`.
+    pub(crate) fn write_into(self, batch: &mut WriteBatch) {
+        for (key, value) in self.overlay {
+            match value {
+                Some(value) => batch.put_cf(self.cf, key, value),
+                None => batch.delete_cf(self.cf, key),
+            }
+        }
+    }
+}
+
+impl KvRead for Txn<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        match self.overlay.get(key) {
+            Some(value) => Ok(value.clone()),
+            None => Ok(self.db.get_cf(self.cf, key)?),
+        }
+    }
+
+    fn scan(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<Pair>, Error> {
+        // Read enough from RocksDB that deletions in the overlay cannot starve the result.
+        let pending = self
+            .overlay
+            .range::<[u8], _>((Bound::Included(from), Bound::Excluded(to)));
+        let deletions = pending.clone().filter(|(_, v)| v.is_none()).count();
+        let stored = scan_db(self.db, self.cf, from, to, limit.saturating_add(deletions))?;
+
+        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = stored.into_iter().collect();
+        for (key, value) in pending {
+            match value {
+                Some(value) => merged.insert(key.clone(), value.clone()),
+                None => merged.remove(key),
+            };
+        }
+        Ok(merged.into_iter().take(limit).collect())
+    }
+}
+
+/// A read-only view of the latest applied state.
+#[derive(Clone)]
+pub struct Reader {
+    db: Arc<DB>,
+}
+
+impl Reader {
+    pub(crate) fn new(db: Arc<DB>) -> Self {
+        Self { db }
+    }
+
+    fn cf(&self) -> &ColumnFamily {
+        self.db.cf_handle(cf::SM_DATA).expect("state column family")
+    }
+}
+
+impl KvRead for Reader {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self.db.get_cf(self.cf(), key)?)
+    }
+
+    fn scan(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<Pair>, Error> {
+        scan_db(&self.db, self.cf(), from, to, limit)
+    }
+}

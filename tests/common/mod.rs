@@ -1,0 +1,302 @@
+//! Test harness: keel clusters of real `keel` processes on loopback, each with its own
+//! RocksDB data directory, bootstrapped through the REST API exactly as an operator would.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Child;
+use std::process::Command;
+use std::process::Stdio;
+use std::time::Duration;
+use std::time::Instant;
+
+use serde_json::json;
+use serde_json::Value;
+
+pub const USER: &str = "admin";
+pub const PASSWORD: &str = "test-password";
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct KeelProcess {
+    pub port: u16,
+    pub dir: PathBuf,
+    pub extra_args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl KeelProcess {
+    pub fn new(dir: PathBuf, extra_args: &[&str]) -> Self {
+        Self {
+            port: free_port(),
+            dir,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "node already running");
+        std::fs::create_dir_all(&self.dir).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.with_extension("log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_keel"))
+            .arg("serve")
+            .arg("--listen")
+            .arg(self.addr())
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .arg("--bootstrap")
+            .arg("api")
+            .args(&self.extra_args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawning keel");
+        self.child = Some(child);
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.with_extension("log")).unwrap_or_default()
+    }
+}
+
+impl Drop for KeelProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub struct Cluster {
+    pub nodes: Vec<KeelProcess>,
+    pub client: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl Cluster {
+    /// Starts `size` nodes, creates the cluster on the first and joins the others.
+    pub async fn start(size: usize, extra_args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut nodes: Vec<KeelProcess> = (1..=size)
+            .map(|i| KeelProcess::new(dir.path().join(format!("node{i}")), extra_args))
+            .collect();
+        for node in &mut nodes {
+            node.start();
+        }
+        let cluster = Self {
+            nodes,
+            client: client(),
+            _dir: dir,
+        };
+        for i in 0..size {
+            cluster.wait_http(i).await;
+        }
+        let create = json!({
+            "action": "create_cluster",
+            "cluster": { "name": "test.cluster" },
+            "credentials": { "username": USER, "password": PASSWORD }
+        });
+        cluster.bootstrap(0, "create_cluster", create).await;
+        for i in 1..size {
+            cluster.join(i).await;
+        }
+        cluster
+    }
+
+    pub async fn wait_http(&self, i: usize) {
+        let url = self.nodes[i].url("/v1/bootstrap");
+        let client = self.client.clone();
+        wait_until("the node's HTTP server", Duration::from_secs(20), || {
+            let (client, url) = (client.clone(), url.clone());
+            async move { client.get(&url).send().await.is_ok() }
+        })
+        .await;
+    }
+
+    pub async fn bootstrap(&self, i: usize, action: &str, body: Value) {
+        let response = self
+            .client
+            .post(self.nodes[i].url(&format!("/v1/bootstrap/{action}")))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+        self.wait_bootstrap_completed(i).await;
+    }
+
+    pub async fn wait_bootstrap_completed(&self, i: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let status: Value = self
+                .client
+                .get(self.nodes[i].url("/v1/bootstrap"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            match status["bootstrap_status"]["state"].as_str().unwrap() {
+                "completed" => return,
+                "error" => panic!("bootstrap of node {i} failed: {status}"),
+                _ => {}
+            }
+            assert!(
+                Instant::now() < deadline,
+                "bootstrap of node {i} did not finish: {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Joins node `i` through node 0 (or whichever node is up).
+    pub async fn join(&self, i: usize) {
+        let members: Vec<String> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(j, n)| *j != i && n.is_running())
+            .map(|(_, n)| n.addr())
+            .collect();
+        let join = json!({
+            "action": "join_cluster",
+            "cluster": { "nodes": members },
+            "credentials": { "username": USER, "password": PASSWORD }
+        });
+        self.bootstrap(i, "join_cluster", join).await;
+    }
+
+    pub fn get(&self, i: usize, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .get(self.nodes[i].url(path))
+            .basic_auth(USER, Some(PASSWORD))
+    }
+
+    pub fn put(&self, i: usize, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .put(self.nodes[i].url(path))
+            .basic_auth(USER, Some(PASSWORD))
+    }
+
+    pub fn post(&self, i: usize, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .post(self.nodes[i].url(path))
+            .basic_auth(USER, Some(PASSWORD))
+    }
+
+    pub fn delete(&self, i: usize, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .delete(self.nodes[i].url(path))
+            .basic_auth(USER, Some(PASSWORD))
+    }
+
+    pub async fn cluster_info(&self, i: usize) -> Option<Value> {
+        let response = self.get(i, "/v1/cluster").send().await.ok()?;
+        response.json().await.ok()
+    }
+
+    /// Index (into `nodes`) of the leader, waiting for one.
+    pub async fn leader(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            for (i, node) in self.nodes.iter().enumerate() {
+                if !node.is_running() {
+                    continue;
+                }
+                if let Some(info) = self.cluster_info(i).await {
+                    if info["this_node"]["role"] == "leader" {
+                        return i;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// PUTs `key = value` on node `i` and returns the new revision.
+    pub async fn put_kv(&self, i: usize, key: &str, value: &str) -> u64 {
+        let response = self
+            .put(i, &format!("/v1/kv/{key}"))
+            .json(&json!({ "value": value }))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(status, 200, "put {key} on node {i}: {body}");
+        body["revision"].as_u64().unwrap()
+    }
+
+    /// GETs `key` from node `i` with `consistency`; `None` if absent.
+    pub async fn get_kv(&self, i: usize, key: &str, consistency: &str) -> Option<String> {
+        let response = self
+            .get(i, &format!("/v1/kv/{key}?consistency={consistency}"))
+            .send()
+            .await
+            .unwrap();
+        match response.status().as_u16() {
+            200 => Some(
+                response.json::<Value>().await.unwrap()["value"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            ),
+            404 => None,
+            status => panic!(
+                "get {key} on node {i}: {status} {}",
+                response.text().await.unwrap()
+            ),
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! `keel serve` with no flags: a ready single-node cluster on 127.0.0.1:7799 with its data in
+//! ./keel-data, open without credentials because it listens on loopback only.
+
+mod common;
+
+use std::process::Command;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::json;
+use serde_json::Value;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keel_serve_without_flags_is_a_ready_single_node_cluster_that_keeps_its_data() {
+    let cwd = tempfile::tempdir().unwrap();
+    let client = common::client();
+    let base = "http://127.0.0.1:7799";
+    for round in 0..2 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
+            .arg("serve")
+            .current_dir(cwd.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        common::wait_until(
+            "the embedded node to serve writes",
+            Duration::from_secs(30),
+            || {
+                let client = client.clone();
+                async move {
+                    let Ok(response) = client.get(format!("{base}/v1/bootstrap")).send().await
+                    else {
+                        return false;
+                    };
+                    let status: Value = response.json().await.unwrap();
+                    status["bootstrap_status"]["state"] == "completed"
+                }
+            },
+        )
+        .await;
+        if round == 0 {
+            let response = client
+                .put(format!("{base}/v1/kv/greeting"))
+                .json(&json!({"value": "hello"}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+        }
+        let kv: Value = client
+            .get(format!("{base}/v1/kv/greeting"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(kv["value"], "hello", "round {round}");
+        let cluster: Value = client
+            .get(format!("{base}/v1/cluster"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(cluster["this_node"]["role"], "leader");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    assert!(cwd.path().join("keel-data/identity.json").exists());
+}

@@ -3,12 +3,13 @@
 mod common;
 
 use std::time::Duration;
+use std::time::Instant;
 
+use common::send_json;
 use common::Cluster;
 use common::PASSWORD;
 use common::USER;
 use serde_json::json;
-use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn writes_on_any_node_are_read_linearizably_on_every_node() {
@@ -31,25 +32,40 @@ async fn writes_on_any_node_are_read_linearizably_on_every_node() {
         }
     }
     let info = cluster.cluster_info(1).await.unwrap();
-    assert_eq!(info["members"].as_array().unwrap().len(), 3);
-    assert!(info["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|m| m["voter"] == true));
+    let members = info["members"].as_array().unwrap();
+    assert_eq!(members.len(), 3, "{info}");
+    assert!(members.iter().all(|m| m["voter"] == true), "{info}");
     assert_eq!(info["name"], "test.cluster");
 
-    let listing: Value = cluster
-        .get(2, "/v1/kv?prefix=from-node-&limit=2")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (status, listing) = send_json(cluster.get(2, "/v1/kv?prefix=from-node-&limit=2")).await;
+    assert_eq!(status, 200);
     assert_eq!(listing["kvs"].as_array().unwrap().len(), 2);
     assert_eq!(listing["more"], true);
     assert_eq!(listing["kvs"][0]["key"], "from-node-0");
+    let (_, rest) = send_json(cluster.get(0, "/v1/kv?prefix=from-node-&start=from-node-2")).await;
+    assert_eq!(rest["kvs"].as_array().unwrap().len(), 1);
+    assert_eq!(rest["more"], false);
+
+    let (_, status) = send_json(cluster.client.get(cluster.nodes[2].url("/v1/bootstrap"))).await;
+    assert_eq!(status["bootstrap_status"]["state"], "completed");
+    let info = &status["local_node_info"];
+    assert!(info["uid"].as_u64().unwrap() >= 1, "{info}");
+    assert!(info["cores"].as_u64().unwrap() >= 1, "{info}");
+    assert!(info["total_memory"].as_u64().unwrap() > 0, "{info}");
+    assert!(
+        info["persistent_storage_size"].as_f64().unwrap() > 0.0,
+        "{info}"
+    );
+
+    let metrics = cluster
+        .get(0, "/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("keel_raft_voters 3"), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -109,15 +125,7 @@ async fn killing_every_node_and_restarting_loses_no_acknowledged_write() {
         revisions.windows(2).all(|w| w[0] < w[1]),
         "revisions must grow: {revisions:?}"
     );
-    for node in &mut cluster.nodes {
-        node.kill();
-    }
-    for node in &mut cluster.nodes {
-        node.start();
-    }
-    for i in 0..3 {
-        cluster.wait_http(i).await;
-    }
+    cluster.kill_and_restart_all().await;
     for n in 0..30 {
         assert_eq!(
             cluster
@@ -144,14 +152,11 @@ async fn a_follower_down_for_many_writes_catches_up_by_snapshot() {
         let url = cluster.nodes[leader].url("");
         handles.push(tokio::spawn(async move {
             for n in (worker..writes).step_by(8) {
-                let response = client
+                let request = client
                     .put(format!("{url}/v1/kv/bulk/{n:05}"))
                     .basic_auth(USER, Some(PASSWORD))
-                    .json(&json!({ "value": format!("v{n}") }))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(response.status(), 200);
+                    .json(&json!({ "value": format!("v{n}") }));
+                assert_eq!(send_json(request).await.0, 200);
             }
         }));
     }
@@ -181,17 +186,11 @@ async fn a_follower_down_for_many_writes_catches_up_by_snapshot() {
         "the follower must hold a snapshot: {info}"
     );
     // Its own state (a stale read, no help from the leader) has every write.
-    let listing: Value = cluster
-        .get(
-            follower,
-            "/v1/kv?prefix=bulk/&limit=10000&consistency=stale",
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, listing) = send_json(cluster.get(
+        follower,
+        "/v1/kv?prefix=bulk/&limit=10000&consistency=stale",
+    ))
+    .await;
     assert_eq!(listing["kvs"].as_array().unwrap().len(), writes);
 }
 
@@ -204,6 +203,28 @@ async fn a_fourth_node_joins_and_is_removed_online() {
     fourth.start();
     cluster.nodes.push(fourth);
     cluster.wait_http(3).await;
+
+    // Wrong credentials: the join fails with the seed's access_denied and the node stays out.
+    let bad_join = json!({
+        "cluster": { "nodes": [cluster.nodes[0].addr()] },
+        "credentials": { "username": USER, "password": "wrong" }
+    });
+    let request = cluster
+        .client
+        .post(cluster.nodes[3].url("/v1/bootstrap/join_cluster"));
+    assert_eq!(send_json(request.json(&bad_join)).await.0, 200);
+    common::wait_until(
+        "the failed join to be reported",
+        Duration::from_secs(20),
+        || {
+            let request = cluster.client.get(cluster.nodes[3].url("/v1/bootstrap"));
+            async move {
+                send_json(request).await.1["bootstrap_status"]["error_code"] == "access_denied"
+            }
+        },
+    )
+    .await;
+
     cluster.join(3).await;
     let info = cluster.cluster_info(3).await.unwrap();
     assert_eq!(info["members"].as_array().unwrap().len(), 4, "{info}");
@@ -216,177 +237,180 @@ async fn a_fourth_node_joins_and_is_removed_online() {
         Some("1")
     );
 
-    let response = cluster
-        .post(1, &format!("/v1/nodes/{uid}/actions/remove"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    let (status, body) =
+        send_json(cluster.post(1, &format!("/v1/nodes/{uid}/actions/remove"))).await;
+    assert_eq!(status, 200, "{body}");
     let info = cluster.cluster_info(0).await.unwrap();
     let members = info["members"].as_array().unwrap();
     assert_eq!(members.len(), 3, "{info}");
     assert!(members.iter().all(|m| m["uid"] != uid));
     cluster.put_kv(2, "after-remove", "1").await;
 
-    let response = cluster
-        .post(0, "/v1/nodes/999/actions/remove")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 409);
+    assert_eq!(
+        send_json(cluster.post(0, "/v1/nodes/999/actions/remove"))
+            .await
+            .0,
+        409
+    );
+    assert_eq!(
+        send_json(cluster.post(0, "/v1/nodes/abc/actions/remove"))
+            .await
+            .0,
+        400
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn credentials_are_required_and_bad_requests_get_clear_errors() {
     let cluster = Cluster::start(1, &[]).await;
     let url = cluster.nodes[0].url("/v1/kv/secret");
-    let anonymous = cluster.client.get(&url).send().await.unwrap();
-    assert_eq!(anonymous.status(), 401);
-    let wrong = cluster
-        .client
-        .get(&url)
-        .basic_auth(USER, Some("wrong"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(wrong.status(), 401);
-    let body: Value = wrong.json().await.unwrap();
+    assert_eq!(send_json(cluster.client.get(&url)).await.0, 401);
+    let (status, body) = send_json(cluster.client.get(&url).basic_auth(USER, Some("wrong"))).await;
+    assert_eq!(status, 401);
     assert_eq!(body["error_code"], "access_denied");
+    // Raft peer routes refuse a caller without the cluster secret.
+    let stranger = cluster
+        .client
+        .post(cluster.nodes[0].url("/raft/vote"))
+        .body(vec![0u8; 16]);
+    assert_eq!(send_json(stranger).await.0, 401);
     // The bootstrap status stays readable, and a second bootstrap is refused.
     assert_eq!(
-        cluster
-            .client
-            .get(cluster.nodes[0].url("/v1/bootstrap"))
-            .send()
+        send_json(cluster.client.get(cluster.nodes[0].url("/v1/bootstrap")))
             .await
-            .unwrap()
-            .status(),
+            .0,
         200
     );
-    let again = cluster
-        .post(0, "/v1/bootstrap/create_cluster")
-        .json(&json!({"cluster": {"name": "x"}, "credentials": {"username": "a", "password": "b"}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(again.status(), 409);
+    let again =
+        json!({"cluster": {"name": "x"}, "credentials": {"username": "a", "password": "b"}});
+    assert_eq!(
+        send_json(cluster.post(0, "/v1/bootstrap/create_cluster").json(&again))
+            .await
+            .0,
+        409
+    );
 
-    for (body, status, code) in [
-        ("not json", 400, "config_error"),
-        ("{\"value\": 5}", 400, "config_error"),
-        ("{\"other\": \"x\"}", 400, "config_error"),
-    ] {
-        let response = cluster.put(0, "/v1/kv/k").body(body).send().await.unwrap();
-        assert_eq!(response.status(), status, "{body}");
-        let error: Value = response.json().await.unwrap();
-        assert_eq!(error["error_code"], code, "{body}");
+    for body in ["not json", "{\"value\": 5}", "{\"other\": \"x\"}"] {
+        let (status, error) = send_json(cluster.put(0, "/v1/kv/k").body(body)).await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(error["error_code"], "config_error", "{body}");
         assert!(error["message"].as_str().unwrap().len() > 10);
     }
     let huge = "x".repeat(3 << 20);
-    let response = cluster
-        .put(0, "/v1/kv/k")
-        .json(&json!({ "value": huge }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 413);
-    let long_key = "k".repeat(2000);
-    let response = cluster
-        .put(0, &format!("/v1/kv/{long_key}"))
-        .json(&json!({"value": "v"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 400);
-    let response = cluster
-        .get(0, "/v1/kv/k?consistency=eventual")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 400);
-    let response = cluster.get(0, "/v1/kv/missing").send().await.unwrap();
-    assert_eq!(response.status(), 404);
     assert_eq!(
-        response.json::<Value>().await.unwrap()["error_code"],
-        "key_not_found"
+        send_json(cluster.put(0, "/v1/kv/k").json(&json!({ "value": huge })))
+            .await
+            .0,
+        413
+    );
+    let long_key = "k".repeat(2000);
+    let request = cluster
+        .put(0, &format!("/v1/kv/{long_key}"))
+        .json(&json!({"value": "v"}));
+    assert_eq!(send_json(request).await.0, 400);
+    let (status, error) = send_json(cluster.get(0, "/v1/kv/k?consistency=eventual")).await;
+    assert_eq!(
+        (status, error["error_code"].as_str()),
+        (400, Some("invalid_consistency"))
+    );
+    let (status, error) = send_json(
+        cluster
+            .put(0, "/v1/kv/k?prev_revision=abc")
+            .json(&json!({"value": "v"})),
+    )
+    .await;
+    assert_eq!(
+        (status, error["error_code"].as_str()),
+        (400, Some("invalid_query"))
+    );
+    let (status, error) = send_json(cluster.get(0, "/v1/kv/missing")).await;
+    assert_eq!(
+        (status, error["error_code"].as_str()),
+        (404, Some("key_not_found"))
     );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn compare_and_set_and_idempotent_retries() {
     let cluster = Cluster::start(3, &[]).await;
-    let created = cluster
-        .put(0, "/v1/kv/cas?prev_revision=0")
-        .json(&json!({"value": "a"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 200);
-    let revision = created.json::<Value>().await.unwrap()["revision"]
-        .as_u64()
-        .unwrap();
-    let again = cluster
-        .put(1, "/v1/kv/cas?prev_revision=0")
-        .json(&json!({"value": "b"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(again.status(), 409);
-    assert_eq!(
-        again.json::<Value>().await.unwrap()["current_revision"],
-        revision
-    );
-    let swapped = cluster
+    let create = |i: usize, value: &str| {
+        cluster
+            .put(i, "/v1/kv/cas?prev_revision=0")
+            .json(&json!({ "value": value }))
+    };
+    let (status, created) = send_json(create(0, "a")).await;
+    assert_eq!(status, 200);
+    let revision = created["revision"].as_u64().unwrap();
+    let (status, conflict) = send_json(create(1, "b")).await;
+    assert_eq!(status, 409);
+    assert_eq!(conflict["current_revision"], revision);
+    let swap = cluster
         .put(2, &format!("/v1/kv/cas?prev_revision={revision}"))
-        .json(&json!({"value": "c"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(swapped.status(), 200);
+        .json(&json!({"value": "c"}));
+    assert_eq!(send_json(swap).await.0, 200);
     assert_eq!(
         cluster.get_kv(0, "cas", "linearizable").await.as_deref(),
         Some("c")
     );
 
     // The same Idempotency-Key through two different nodes applies once.
-    let first: Value = cluster
-        .put(1, "/v1/kv/counter")
-        .header("Idempotency-Key", "req-42")
-        .json(&json!({"value": "1"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let retry: Value = cluster
-        .put(2, "/v1/kv/counter")
-        .header("Idempotency-Key", "req-42")
-        .json(&json!({"value": "1"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let keyed_put = |i: usize| {
+        cluster
+            .put(i, "/v1/kv/counter")
+            .header("Idempotency-Key", "req-42")
+            .json(&json!({"value": "1"}))
+    };
+    let first = send_json(keyed_put(1)).await;
+    let retry = send_json(keyed_put(2)).await;
     assert_eq!(first, retry);
-    let kv: Value = cluster
-        .get(0, "/v1/kv/counter")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(kv["version"], 1);
+    assert_eq!(
+        send_json(cluster.get(0, "/v1/kv/counter")).await.1["version"],
+        1
+    );
 
-    let deleted = cluster.delete(0, "/v1/kv/cas").send().await.unwrap();
-    assert_eq!(deleted.status(), 200);
+    assert_eq!(send_json(cluster.delete(0, "/v1/kv/cas")).await.0, 200);
     assert_eq!(cluster.get_kv(1, "cas", "linearizable").await, None);
+    assert_eq!(send_json(cluster.delete(0, "/v1/kv/cas")).await.0, 404);
     let stale = cluster
         .get(1, "/v1/kv/counter?consistency=stale")
         .send()
         .await
         .unwrap();
     assert_eq!(stale.headers()["x-keel-consistency"], "stale");
+    let lease = cluster
+        .get(2, "/v1/kv/counter?consistency=lease")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lease.headers()["x-keel-consistency"], "lease");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_quorum_requests_wait_a_bounded_time_then_get_503() {
+    let mut cluster = Cluster::start(3, &["--request-timeout-ms", "1500"]).await;
+    cluster.put_kv(0, "k", "v").await;
+    let survivor = cluster.leader().await;
+    for i in (0..3).filter(|i| *i != survivor) {
+        cluster.nodes[i].kill();
+    }
+    let started = Instant::now();
+    let response = cluster
+        .put(survivor, "/v1/kv/k")
+        .json(&json!({"value": "lost?"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the wait must be bounded"
+    );
+    let (status, _) = send_json(cluster.get(survivor, "/v1/kv/k")).await;
+    assert_eq!(
+        status, 503,
+        "a linearizable read without a quorum must not answer"
+    );
+    let (status, body) = send_json(cluster.get(survivor, "/v1/kv/k?consistency=stale")).await;
+    assert_eq!((status, body["value"].as_str()), (200, Some("v")));
 }

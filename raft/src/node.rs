@@ -309,10 +309,17 @@ impl RaftNode {
         let deadline = Instant::now() + timeout;
         let mut last_problem = None;
         loop {
-            let leader = match self.execute(&request).await {
-                Ok(answer) => return Ok(answer),
-                Err(NotDone::Failed(err)) => return Err(err),
-                Err(NotDone::NotLeader(leader)) => leader,
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            // A leader that lost its quorum keeps a write pending; the deadline bounds it.
+            let leader = match tokio::time::timeout(remaining, self.execute(&request)).await {
+                Err(_) => {
+                    return Err(Error::Timeout(
+                        "the leader could not confirm the request with a quorum in time".into(),
+                    ))
+                }
+                Ok(Ok(answer)) => return Ok(answer),
+                Ok(Err(NotDone::Failed(err))) => return Err(err),
+                Ok(Err(NotDone::NotLeader(leader))) => leader,
             };
             if let Some((leader_id, node)) = leader.filter(|(id, _)| *id != self.id) {
                 let remaining = deadline.saturating_duration_since(Instant::now());

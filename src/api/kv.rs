@@ -12,7 +12,6 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::DefaultBodyLimit;
 use axum::extract::Path;
-use axum::extract::Query;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::http::HeaderValue;
@@ -26,6 +25,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::parse_json;
+use super::Params;
 use crate::domain::kv;
 use crate::domain::kv::KvCommand;
 use crate::domain::kv::KvError;
@@ -144,7 +144,7 @@ async fn fresh_read<T>(
 async fn read(
     State(node): State<Arc<Node>>,
     Path(key): Path<String>,
-    Query(params): Query<ReadParams>,
+    Params(params): Params<ReadParams>,
 ) -> Result<Response, Error> {
     check_key(&key)?;
     let consistency = parse_consistency(params.consistency.as_deref())?;
@@ -161,7 +161,7 @@ async fn read(
 
 async fn list(
     State(node): State<Arc<Node>>,
-    Query(params): Query<ListParams>,
+    Params(params): Params<ListParams>,
 ) -> Result<Response, Error> {
     let consistency = parse_consistency(params.consistency.as_deref())?;
     let limit = params.limit.unwrap_or(DEFAULT_LIST_LIMIT);
@@ -222,7 +222,7 @@ fn body_error(rejection: BytesRejection) -> Error {
 async fn put(
     State(node): State<Arc<Node>>,
     Path(key): Path<String>,
-    Query(params): Query<WriteParams>,
+    Params(params): Params<WriteParams>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Error> {
@@ -244,7 +244,7 @@ async fn put(
 async fn delete(
     State(node): State<Arc<Node>>,
     Path(key): Path<String>,
-    Query(params): Query<WriteParams>,
+    Params(params): Params<WriteParams>,
     headers: HeaderMap,
 ) -> Result<Response, Error> {
     check_key(&key)?;

@@ -82,6 +82,25 @@ fn authorize(node: &Node, family: &str, header: Option<&header::HeaderValue>) ->
     }
 }
 
+/// Query parameters, refused in the API's own error format when they do not parse.
+pub(crate) struct Params<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestParts<S>
+    for Params<T>
+{
+    type Rejection = Error;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Error> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(params)| Params(params))
+            .map_err(|e| Error::bad_request("invalid_query", e.body_text()))
+    }
+}
+
 /// Parses a JSON body, answering in the API's own error format.
 pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
     serde_json::from_slice(body)

@@ -110,6 +110,15 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// Sends `request` and returns the status and the JSON body.
+pub async fn send_json(request: reqwest::RequestBuilder) -> (u16, Value) {
+    let response = request.send().await.expect("request failed");
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, body)
+}
+
 pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)
 where
     F: FnMut() -> Fut,
@@ -163,29 +172,18 @@ impl Cluster {
     }
 
     pub async fn bootstrap(&self, i: usize, action: &str, body: Value) {
-        let response = self
+        let request = self
             .client
-            .post(self.nodes[i].url(&format!("/v1/bootstrap/{action}")))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+            .post(self.nodes[i].url(&format!("/v1/bootstrap/{action}")));
+        let (status, answer) = send_json(request.json(&body)).await;
+        assert_eq!(status, 200, "{answer}");
         self.wait_bootstrap_completed(i).await;
     }
 
     pub async fn wait_bootstrap_completed(&self, i: usize) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let status: Value = self
-                .client
-                .get(self.nodes[i].url("/v1/bootstrap"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let (_, status) = send_json(self.client.get(self.nodes[i].url("/v1/bootstrap"))).await;
             match status["bootstrap_status"]["state"].as_str().unwrap() {
                 "completed" => return,
                 "error" => panic!("bootstrap of node {i} failed: {status}"),
@@ -245,6 +243,19 @@ impl Cluster {
         response.json().await.ok()
     }
 
+    /// Kills every node (kill -9) and starts them all again.
+    pub async fn kill_and_restart_all(&mut self) {
+        for node in &mut self.nodes {
+            node.kill();
+        }
+        for node in &mut self.nodes {
+            node.start();
+        }
+        for i in 0..self.nodes.len() {
+            self.wait_http(i).await;
+        }
+    }
+
     /// Index (into `nodes`) of the leader, waiting for one.
     pub async fn leader(&self) -> usize {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -266,14 +277,10 @@ impl Cluster {
 
     /// PUTs `key = value` on node `i` and returns the new revision.
     pub async fn put_kv(&self, i: usize, key: &str, value: &str) -> u64 {
-        let response = self
+        let request = self
             .put(i, &format!("/v1/kv/{key}"))
-            .json(&json!({ "value": value }))
-            .send()
-            .await
-            .unwrap();
-        let status = response.status();
-        let body: Value = response.json().await.unwrap();
+            .json(&json!({ "value": value }));
+        let (status, body) = send_json(request).await;
         assert_eq!(status, 200, "put {key} on node {i}: {body}");
         body["revision"].as_u64().unwrap()
     }

@@ -28,6 +28,8 @@ pub struct Cli {
 pub enum Command {
     /// Run a keel control node.
     Serve(ServeArgs),
+    /// Drive a keel or etcd cluster with a key-value load and print throughput and latency.
+    Bench(crate::bench::BenchArgs),
 }
 
 /// How a node that has no cluster yet gets one.

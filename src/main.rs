@@ -7,6 +7,7 @@
 
 mod api;
 mod auth;
+mod bench;
 mod config;
 mod domain;
 mod error;
@@ -27,20 +28,21 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = config::Cli::parse();
-    let config::Command::Serve(args) = cli.command;
-    let settings = match args.resolve() {
-        Ok(settings) => settings,
-        Err(message) => {
-            eprintln!("keel: {message}");
-            return std::process::ExitCode::from(2);
-        }
-    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("starting the tokio runtime");
-    match runtime.block_on(serve(settings)) {
+    let result = match config::Cli::parse().command {
+        config::Command::Serve(args) => match args.resolve() {
+            Ok(settings) => runtime.block_on(serve(settings)),
+            Err(message) => {
+                eprintln!("keel: {message}");
+                return std::process::ExitCode::from(2);
+            }
+        },
+        config::Command::Bench(args) => runtime.block_on(bench::run(args)),
+    };
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(message) => {
             tracing::error!("{message}");

@@ -44,14 +44,18 @@ use crate::Error;
 type FlushCallback = Box<dyn FnOnce(Result<(), String>) + Send>;
 
 /// Makes the WAL durable on behalf of many appends at once.
+///
+/// Dropping it waits for the thread to finish, so the thread never outlives the stores and
+/// never closes RocksDB while the process is exiting.
 struct WalFlusher {
-    queue: mpsc::Sender<FlushCallback>,
+    queue: Option<mpsc::Sender<FlushCallback>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl WalFlusher {
     fn start(db: Arc<DB>) -> Self {
         let (queue, pending) = mpsc::channel::<FlushCallback>();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("keel-wal-flush".into())
             .spawn(move || {
                 while let Ok(first) = pending.recv() {
@@ -64,12 +68,28 @@ impl WalFlusher {
                 }
             })
             .expect("spawning the WAL flusher thread");
-        Self { queue }
+        Self {
+            queue: Some(queue),
+            thread: Some(thread),
+        }
     }
 
     fn after_fsync(&self, callback: FlushCallback) {
-        if let Err(mpsc::SendError(callback)) = self.queue.send(callback) {
+        let queue = self
+            .queue
+            .as_ref()
+            .expect("the queue lives as long as the flusher");
+        if let Err(mpsc::SendError(callback)) = queue.send(callback) {
             callback(Err("the WAL flusher has stopped".into()));
+        }
+    }
+}
+
+impl Drop for WalFlusher {
+    fn drop(&mut self) {
+        drop(self.queue.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
 }

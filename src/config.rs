@@ -82,7 +82,7 @@ pub struct ServeArgs {
     #[arg(long, env = "KEEL_PASSWORD", hide_env_values = true)]
     pub password: Option<String>,
 
-    /// Route families served without credentials, comma separated (kv, cluster, metrics).
+    /// Route families served without credentials, comma separated (kv, cluster, metrics, clusterflux).
     #[arg(long, env = "KEEL_OPEN_ROUTES", value_delimiter = ',')]
     pub open_routes: Option<Vec<String>>,
 
@@ -121,7 +121,7 @@ pub struct Settings {
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7799";
 
 /// Route families `--open-routes` accepts.
-pub const ROUTE_FAMILIES: [&str; 3] = ["kv", "cluster", "metrics"];
+pub const ROUTE_FAMILIES: [&str; 4] = ["kv", "cluster", "metrics", "clusterflux"];
 
 impl ServeArgs {
     /// Merges flags and environment (`self`) over the `--config` file over the defaults.

@@ -41,6 +41,9 @@ pub enum Error {
         message: String,
         retry_after: Duration,
     },
+    /// The history a watch asked for is gone; start again from a fresh read.
+    #[error("revision {requested} is compacted; the oldest revision still kept is {oldest}")]
+    Compacted { requested: u64, oldest: u64 },
     /// A failure of this node (storage, an undecodable reply).
     #[error("{0}")]
     Internal(String),
@@ -62,6 +65,7 @@ impl Error {
             Error::NotFound { .. } => StatusCode::NOT_FOUND,
             Error::Conflict { .. } => StatusCode::CONFLICT,
             Error::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Compacted { .. } => StatusCode::GONE,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -74,6 +78,7 @@ impl Error {
             | Error::Unavailable { code, .. } => code,
             Error::PayloadTooLarge(_) => "payload_too_large",
             Error::Unauthorized(_) => "access_denied",
+            Error::Compacted { .. } => "compacted",
             Error::Internal(_) => "internal_error",
         }
     }

@@ -11,6 +11,7 @@ mod bench;
 mod config;
 mod domain;
 mod error;
+mod lessor;
 mod machine_info;
 mod node;
 
@@ -61,6 +62,7 @@ async fn serve(settings: config::Settings) -> Result<(), String> {
     if bootstrap == config::BootstrapMode::Auto {
         node.auto_bootstrap()?;
     }
+    tokio::spawn(node.lessor.clone().run(node.clone()));
     tracing::info!(
         listen = %node.settings.listen,
         advertise = %node.settings.advertise,

@@ -34,6 +34,7 @@ use crate::domain::cluster::ClusterReply;
 use crate::domain::cluster::Credentials;
 use crate::domain::Command;
 use crate::domain::Reply;
+use crate::lessor::Lessor;
 use crate::Error;
 
 /// What a node must remember about itself to rejoin its cluster after a restart.
@@ -121,6 +122,9 @@ pub struct Node {
     raft: RaftSlot,
     status: Mutex<BootstrapStatus>,
     pub verifier: auth::Verifier,
+    pub lessor: Arc<Lessor>,
+    /// Client for calls to other nodes' REST APIs (joins, requests relayed to the leader).
+    pub http: reqwest::Client,
     pub started: Instant,
 }
 
@@ -173,6 +177,11 @@ impl Node {
                 error_details: None,
             }),
             verifier: auth::Verifier::default(),
+            lessor: Arc::default(),
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_millis(500))
+                .build()
+                .map_err(|e| format!("cannot build the HTTP client: {e}"))?,
             started: Instant::now(),
         });
         if let Some(identity) = node.read_identity()? {
@@ -455,6 +464,15 @@ impl Node {
             Ok(reply) => Ok(reply),
             Err(e) => Err(Error::Internal(format!("undecodable reply: {e}"))),
         }
+    }
+
+    /// The address of the current leader, unless it is this node or unknown.
+    pub fn remote_leader_addr(&self) -> Option<String> {
+        let raft = self.raft().ok()?;
+        let metrics = raft.metrics();
+        let leader = metrics.current_leader.filter(|id| *id != raft.id())?;
+        let membership = metrics.membership_config.membership();
+        membership.get_node(&leader).map(|node| node.addr.clone())
     }
 
     /// The replicated cluster config as this node has applied it.

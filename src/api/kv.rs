@@ -3,28 +3,44 @@
 //!
 //! Reads are linearizable unless `?consistency=lease` or `?consistency=stale` asks for less;
 //! the answer says which it got in `X-Keel-Consistency`, and the store revision it saw in
-//! `X-Keel-Revision`. Writes take `?prev_revision=N` for compare-and-set (`0`: create only)
-//! and an `Idempotency-Key` header that makes a retried write apply once.
+//! `X-Keel-Revision`. Writes take `?prev_revision=N` for compare-and-set (`0`: create only),
+//! `?lease=ID` to die with a lease, and an `Idempotency-Key` header that makes a retried
+//! write apply once.
+//!
+//! `?watch=true&revision=N` on a key or a prefix listing streams every change after revision
+//! `N` as JSON lines (`{"revision","type","kv"}`), in order, none skipped, and waits for more;
+//! a client that reconnects (to any node) with the last revision it saw resumes exactly
+//! there. History older than the last `kv::HISTORY` revisions is compacted: asking for it
+//! answers `410` with `compact_revision`, as etcd does. Idle streams get a
+//! `{"progress_revision"}` line every few seconds.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
 
+use axum::body::Body;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::DefaultBodyLimit;
 use axum::extract::Path;
 use axum::extract::State;
+use axum::http::header;
 use axum::http::HeaderMap;
+use axum::http::HeaderName;
 use axum::http::HeaderValue;
 use axum::response::IntoResponse;
 use axum::response::Response;
 use axum::routing::get;
 use axum::Json;
 use axum::Router;
+use futures::StreamExt;
 use keel_raft::Consistency;
 use serde::Deserialize;
 use serde_json::json;
 
 use super::parse_json;
+use super::ChangeWatch;
 use super::Params;
 use crate::domain::kv;
 use crate::domain::kv::KvCommand;
@@ -51,6 +67,9 @@ pub fn routes(node: Arc<Node>) -> Router {
 #[derive(Debug, Deserialize)]
 struct ReadParams {
     consistency: Option<String>,
+    #[serde(default)]
+    watch: bool,
+    revision: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -60,11 +79,143 @@ struct ListParams {
     start: Option<String>,
     limit: Option<usize>,
     consistency: Option<String>,
+    #[serde(default)]
+    watch: bool,
+    revision: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
 struct WriteParams {
     prev_revision: Option<u64>,
+    lease: Option<u64>,
+}
+
+/// How long an idle watch stream goes without a line.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// Events read per batch while streaming.
+const WATCH_BATCH: usize = 256;
+
+/// Which keys a watch follows.
+enum KeyFilter {
+    Exact(String),
+    Prefix(String),
+}
+
+impl KeyFilter {
+    fn matches(&self, key: &str) -> bool {
+        match self {
+            KeyFilter::Exact(k) => k == key,
+            KeyFilter::Prefix(p) => key.starts_with(p.as_str()),
+        }
+    }
+}
+
+struct WatchStream {
+    node: Arc<Node>,
+    changes: ChangeWatch,
+    after: u64,
+    filter: KeyFilter,
+    pending: VecDeque<Bytes>,
+    ended: bool,
+}
+
+impl WatchStream {
+    fn line(value: serde_json::Value) -> Bytes {
+        let mut line = value.to_string().into_bytes();
+        line.push(b'\n');
+        Bytes::from(line)
+    }
+
+    /// Queues the next events, or waits for some; false once the stream must end.
+    async fn fill(&mut self) -> Result<(), Error> {
+        let raft = self.node.raft()?;
+        let events = kv::events_after(&raft.reader(), self.after, WATCH_BATCH)?;
+        if let Some(first) = events.first() {
+            if first.revision != self.after + 1 {
+                // The history the client needs was compacted while it fell behind.
+                let error = Error::Compacted {
+                    requested: self.after + 1,
+                    oldest: first.revision,
+                };
+                self.pending.push_back(Self::line(json!({
+                    "error_code": error.code(),
+                    "message": error.to_string(),
+                    "compact_revision": first.revision - 1,
+                })));
+                self.ended = true;
+                return Ok(());
+            }
+            for event in events {
+                self.after = event.revision;
+                if self.filter.matches(&event.kv.key) {
+                    self.pending.push_back(Self::line(json!(event)));
+                }
+            }
+            return Ok(());
+        }
+        if !self.changes.next(Instant::now() + PROGRESS_EVERY).await? {
+            self.pending
+                .push_back(Self::line(json!({ "progress_revision": self.after })));
+        }
+        Ok(())
+    }
+
+    async fn next_line(mut self) -> Option<(Result<Bytes, Error>, Self)> {
+        loop {
+            if let Some(line) = self.pending.pop_front() {
+                return Some((Ok(line), self));
+            }
+            if self.ended {
+                return None;
+            }
+            if let Err(err) = self.fill().await {
+                self.ended = true;
+                return Some((Err(err), self));
+            }
+        }
+    }
+}
+
+async fn watch(
+    node: Arc<Node>,
+    filter: KeyFilter,
+    revision: Option<u64>,
+) -> Result<Response, Error> {
+    let raft = node.raft()?;
+    let changes = ChangeWatch::new(&node)?;
+    raft.read_barrier(Consistency::Linearizable).await?;
+    let current = kv::revision(&raft.reader())?;
+    // Without a revision, the watch starts with the next change.
+    let after = revision.unwrap_or(current);
+    let oldest = kv::oldest_kept(current);
+    if after + 1 < oldest {
+        return Err(Error::Compacted {
+            requested: after + 1,
+            oldest,
+        });
+    }
+    let stream = WatchStream {
+        node: node.clone(),
+        changes,
+        after,
+        filter,
+        pending: VecDeque::new(),
+        ended: false,
+    };
+    let lines = futures::stream::unfold(stream, WatchStream::next_line)
+        .map(|line| line.map_err(|e| std::io::Error::other(e.to_string())));
+    let headers = [
+        (
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-ndjson"),
+        ),
+        (
+            HeaderName::from_static("x-keel-revision"),
+            HeaderValue::from(current),
+        ),
+    ];
+    Ok((headers, Body::from_stream(lines)).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -147,6 +298,9 @@ async fn read(
     Params(params): Params<ReadParams>,
 ) -> Result<Response, Error> {
     check_key(&key)?;
+    if params.watch {
+        return watch(node, KeyFilter::Exact(key), params.revision).await;
+    }
     let consistency = parse_consistency(params.consistency.as_deref())?;
     let (found, _, headers) =
         fresh_read(&node, consistency, |reader| Ok(kv::get(reader, &key)?)).await?;
@@ -163,6 +317,9 @@ async fn list(
     State(node): State<Arc<Node>>,
     Params(params): Params<ListParams>,
 ) -> Result<Response, Error> {
+    if params.watch {
+        return watch(node, KeyFilter::Prefix(params.prefix), params.revision).await;
+    }
     let consistency = parse_consistency(params.consistency.as_deref())?;
     let limit = params.limit.unwrap_or(DEFAULT_LIST_LIMIT);
     if limit == 0 || limit > MAX_LIST_LIMIT {
@@ -205,6 +362,10 @@ async fn write(node: &Node, command: KvCommand, headers: &HeaderMap) -> Result<R
             code: "key_not_found",
             message: "the key does not exist".into(),
         }),
+        Reply::Kv(Err(KvError::LeaseNotFound)) => Err(Error::NotFound {
+            code: "lease_not_found",
+            message: "the lease does not exist (it expired or was revoked); grant a new one".into(),
+        }),
         other => Err(Error::Internal(format!("unexpected reply to a kv write: {other:?}"))),
     }
 }
@@ -237,6 +398,7 @@ async fn put(
         key,
         value: body.value,
         prev_revision: params.prev_revision,
+        lease: params.lease.filter(|lease| *lease != 0),
     };
     write(&node, command, &headers).await
 }

@@ -3,7 +3,8 @@
 //!
 //! - [`bootstrap`]: Redis Enterprise style node bootstrap (`/v1/bootstrap`).
 //! - [`cluster`]: the control cluster itself (`/v1/cluster`, `/v1/nodes`).
-//! - [`kv`]: the revisioned key-value store (`/v1/kv`).
+//! - [`kv`]: the revisioned key-value store with watches (`/v1/kv`) and leases (`/v1/leases`).
+//! - [`clusterflux`]: ClusterFlux node registry and versioned metadata (`/nodes`, `/clusters`).
 //! - [`metrics`]: Prometheus text (`/metrics`).
 //!
 //! Authentication is per route family: once the cluster has credentials, every family
@@ -11,11 +12,16 @@
 
 mod bootstrap;
 mod cluster;
+mod clusterflux;
 mod kv;
+mod leases;
 mod metrics;
 
 use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
 
+use axum::body::Bytes;
 use axum::extract::Request;
 use axum::extract::State;
 use axum::http::header;
@@ -35,7 +41,11 @@ pub fn router(node: Arc<Node>) -> Router {
             "cluster",
             cluster::routes(node.clone()).merge(bootstrap::member_routes(node.clone())),
         ),
-        ("kv", kv::routes(node.clone())),
+        (
+            "kv",
+            kv::routes(node.clone()).merge(leases::routes(node.clone())),
+        ),
+        ("clusterflux", clusterflux::routes(node.clone())),
         ("metrics", metrics::routes(node.clone())),
     ] {
         let guard = Arc::new((node.clone(), family));
@@ -105,4 +115,128 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestP
 pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
     serde_json::from_slice(body)
         .map_err(|e| Error::bad_request("config_error", format!("invalid JSON body: {e}")))
+}
+
+/// Marks a request relayed to the leader, so it is never relayed twice.
+const RELAYED_HEADER: &str = "x-keel-relayed";
+
+/// A request kept whole so it can be relayed to the leader's REST API.
+pub(crate) struct Relayable {
+    method: axum::http::Method,
+    path_and_query: String,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+}
+
+impl Relayable {
+    pub(crate) fn new(parts: &axum::http::request::Parts, body: Bytes) -> Self {
+        Self {
+            method: parts.method.clone(),
+            path_and_query: parts
+                .uri
+                .path_and_query()
+                .map_or("/".into(), |p| p.to_string()),
+            headers: parts.headers.clone(),
+            body,
+        }
+    }
+
+    async fn relay(&self, node: &Node, leader: &str) -> Result<Response, Error> {
+        let mut request = node
+            .http
+            .request(
+                self.method.clone(),
+                format!("http://{leader}{}", self.path_and_query),
+            )
+            .timeout(node.settings.raft.request_timeout)
+            .header(RELAYED_HEADER, "1")
+            .body(self.body.clone());
+        for name in [header::AUTHORIZATION, header::CONTENT_TYPE] {
+            if let Some(value) = self.headers.get(&name) {
+                request = request.header(name, value);
+            }
+        }
+        let answer = request.send().await.map_err(|e| Error::Unavailable {
+            code: "leader_unavailable",
+            message: format!("the leader at {leader} did not answer: {e}"),
+            retry_after: Duration::from_secs(1),
+        })?;
+        let status = answer.status();
+        let content_type = answer.headers().get(header::CONTENT_TYPE).cloned();
+        let body = answer.bytes().await.map_err(|e| Error::Unavailable {
+            code: "leader_unavailable",
+            message: format!("the leader's answer broke off: {e}"),
+            retry_after: Duration::from_secs(1),
+        })?;
+        let mut response = (status, body).into_response();
+        if let Some(content_type) = content_type {
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, content_type);
+        }
+        Ok(response)
+    }
+}
+
+/// The outcome of [`on_leader`]: served here, or the leader's answer relayed.
+pub(crate) enum LeaderOnly<T> {
+    Here(T),
+    Relayed(Response),
+}
+
+/// Serves a request that only the leader can answer (lease refreshes live in the leader's
+/// memory). `attempt` serves it if this node leads and returns `None` otherwise; then the
+/// request is relayed to the leader, or, during an election, retried until the deadline.
+pub(crate) async fn on_leader<T>(
+    node: &Node,
+    request: &Relayable,
+    mut attempt: impl FnMut() -> Result<Option<T>, Error>,
+) -> Result<LeaderOnly<T>, Error> {
+    let deadline = Instant::now() + node.settings.raft.request_timeout;
+    let relayed = request.headers.contains_key(RELAYED_HEADER);
+    loop {
+        if let Some(done) = attempt()? {
+            return Ok(LeaderOnly::Here(done));
+        }
+        if let Some(leader) = node.remote_leader_addr().filter(|_| !relayed) {
+            return request.relay(node, &leader).await.map(LeaderOnly::Relayed);
+        }
+        if Instant::now() >= deadline {
+            return Err(keel_raft::Error::NoLeader {
+                retry_after: Duration::from_secs(1),
+            }
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Wakes a waiting reader when this node's Raft state changes (an entry applied, a leader
+/// elected). Created before the first read, it cannot miss a change that happens between a
+/// read and the wait; a wake-up with nothing new for the reader just means reading again.
+pub(crate) struct ChangeWatch {
+    metrics: openraft::type_config::alias::WatchReceiverOf<
+        keel_raft::types::TypeConfig,
+        keel_raft::types::RaftMetrics,
+    >,
+}
+
+impl ChangeWatch {
+    pub(crate) fn new(node: &Node) -> Result<Self, Error> {
+        Ok(Self {
+            metrics: node.raft()?.raft().metrics(),
+        })
+    }
+
+    /// Waits for the next change; false when `deadline` passes first.
+    pub(crate) async fn next(&mut self, deadline: Instant) -> Result<bool, Error> {
+        use openraft::async_runtime::WatchReceiver;
+        tokio::select! {
+            changed = self.metrics.changed() => match changed {
+                Ok(()) => Ok(true),
+                Err(_) => Err(Error::Internal("Raft has stopped on this node".into())),
+            },
+            _ = tokio::time::sleep_until(deadline.into()) => Ok(false),
+        }
+    }
 }

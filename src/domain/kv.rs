@@ -1,7 +1,13 @@
 //! The revisioned key-value store (`/v1/kv`), modelled on etcd's: one store-wide revision that
-//! every write bumps, and per key the revision that created it, the one that last changed
+//! every change bumps, and per key the revision that created it, the one that last changed
 //! it and how many times it changed. Compare-and-set compares the key's `mod_revision`;
-//! `prev_revision = 0` means "only if absent".
+//! `prev_revision = 0` means "only if absent". A key may be attached to a lease and dies with
+//! it.
+//!
+//! Every change is also recorded as an event under its revision, so watchers can ask for
+//! "everything after revision N" and get each change exactly once, in order, from any node.
+//! The most recent [`HISTORY`] revisions are kept; older ones are compacted as new ones are
+//! written, at the same revision on every node.
 
 use keel_storage::Error as StorageError;
 use keel_storage::KvRead;
@@ -11,9 +17,15 @@ use serde::Serialize;
 
 use super::decode;
 use super::encode;
+use super::lease;
+use super::lease::Attachment;
 
 const PREFIX: &[u8] = b"kv/";
+const EVENT_PREFIX: &[u8] = b"kv-event/";
 const REVISION_KEY: &[u8] = b"kv-meta/revision";
+
+/// Revisions of history kept for watchers.
+pub const HISTORY: u64 = 100_000;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum KvCommand {
@@ -21,6 +33,7 @@ pub enum KvCommand {
         key: String,
         value: String,
         prev_revision: Option<u64>,
+        lease: Option<u64>,
     },
     Delete {
         key: String,
@@ -36,6 +49,8 @@ pub struct KeyValue {
     pub create_revision: u64,
     pub mod_revision: u64,
     pub version: u64,
+    /// The lease the key is attached to, 0 for none.
+    pub lease: u64,
 }
 
 /// The outcome of a successful write.
@@ -54,10 +69,32 @@ pub enum KvError {
         current: u64,
     },
     NotFound,
+    LeaseNotFound,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    Put,
+    Delete,
+}
+
+/// One change, as watchers see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub revision: u64,
+    #[serde(rename = "type")]
+    pub kind: EventKind,
+    /// The key after a put; before a delete.
+    pub kv: KeyValue,
 }
 
 fn data_key(key: &str) -> Vec<u8> {
     [PREFIX, key.as_bytes()].concat()
+}
+
+fn event_key(revision: u64) -> Vec<u8> {
+    [EVENT_PREFIX, &revision.to_be_bytes()].concat()
 }
 
 /// The smallest byte string greater than every string starting with `prefix`.
@@ -77,12 +114,16 @@ pub fn revision(read: &impl KvRead) -> Result<u64, StorageError> {
     read.get(REVISION_KEY)?.map_or(Ok(0), |b| decode(&b))
 }
 
+/// The oldest revision whose event is still kept (history before it is compacted).
+pub fn oldest_kept(revision: u64) -> u64 {
+    revision.saturating_sub(HISTORY - 1).max(1)
+}
+
 pub fn get(read: &impl KvRead, key: &str) -> Result<Option<KeyValue>, StorageError> {
     read.get(&data_key(key))?.map(|b| decode(&b)).transpose()
 }
 
-/// Keys in `[from, to)` (or, without `to`, every key starting with `prefix`), at most `limit`,
-/// and whether more follow.
+/// Keys starting with `prefix` from `from` on, at most `limit`, and whether more follow.
 pub fn range(
     read: &impl KvRead,
     prefix: &str,
@@ -99,6 +140,53 @@ pub fn range(
         .map(|(_, v)| decode(&v))
         .collect::<Result<_, _>>()?;
     Ok((kvs, more))
+}
+
+/// The events with revision in `(after, ..]`, oldest first, at most `limit`. The first one
+/// is `after + 1` unless that history is compacted.
+pub fn events_after(
+    read: &impl KvRead,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<Event>, StorageError> {
+    let start = event_key(after.saturating_add(1));
+    let end = prefix_end(EVENT_PREFIX);
+    read.scan(&start, &end, limit)?
+        .into_iter()
+        .map(|(_, bytes)| decode(&bytes))
+        .collect()
+}
+
+/// Bumps the revision and records `event` for watchers, compacting the oldest.
+fn record(txn: &mut Txn<'_>, kind: EventKind, mut kv: KeyValue) -> Result<KvWrite, StorageError> {
+    let revision = revision(txn)? + 1;
+    if kind == EventKind::Put {
+        kv.mod_revision = revision;
+        if kv.create_revision == 0 {
+            kv.create_revision = revision;
+        }
+        txn.put(data_key(&kv.key), encode(&kv)?);
+    } else {
+        txn.delete(data_key(&kv.key));
+    }
+    txn.put(REVISION_KEY.to_vec(), encode(&revision)?);
+    let event = Event { revision, kind, kv };
+    txn.put(event_key(revision), encode(&event)?);
+    if let Some(compacted) = revision.checked_sub(HISTORY) {
+        txn.delete(event_key(compacted));
+    }
+    Ok(KvWrite {
+        revision,
+        kv: event.kv,
+    })
+}
+
+/// Deletes `key` because lease `lease` ended (if the key still belongs to it).
+pub(crate) fn remove_leased(txn: &mut Txn<'_>, key: &str, lease: u64) -> Result<(), StorageError> {
+    if let Some(kv) = get(txn, key)?.filter(|kv| kv.lease == lease) {
+        record(txn, EventKind::Delete, kv)?;
+    }
+    Ok(())
 }
 
 pub fn apply(
@@ -118,29 +206,39 @@ pub fn apply(
             current: current_revision,
         }));
     }
-    let revision = revision(txn)? + 1;
-    let kv = match command {
-        KvCommand::Put { key, value, .. } => {
+    let old_lease = current.as_ref().map_or(0, |kv| kv.lease);
+    let attachment = Attachment::Key(key.clone());
+    match command {
+        KvCommand::Put {
+            key, value, lease, ..
+        } => {
+            let lease = lease.unwrap_or(0);
+            if lease != 0 && !lease::attach(txn, lease, attachment.clone())? {
+                return Ok(Err(KvError::LeaseNotFound));
+            }
+            if old_lease != 0 && old_lease != lease {
+                lease::detach(txn, old_lease, &attachment)?;
+            }
             let kv = KeyValue {
-                create_revision: current.as_ref().map_or(revision, |kv| kv.create_revision),
+                create_revision: current.as_ref().map_or(0, |kv| kv.create_revision),
                 version: current.as_ref().map_or(1, |kv| kv.version + 1),
-                mod_revision: revision,
+                mod_revision: 0,
                 key,
                 value,
+                lease,
             };
-            txn.put(data_key(&kv.key), encode(&kv)?);
-            kv
+            Ok(Ok(record(txn, EventKind::Put, kv)?))
         }
-        KvCommand::Delete { key, .. } => {
+        KvCommand::Delete { .. } => {
             let Some(kv) = current else {
                 return Ok(Err(KvError::NotFound));
             };
-            txn.delete(data_key(&key));
-            kv
+            if old_lease != 0 {
+                lease::detach(txn, old_lease, &attachment)?;
+            }
+            Ok(Ok(record(txn, EventKind::Delete, kv)?))
         }
-    };
-    txn.put(REVISION_KEY.to_vec(), encode(&revision)?);
-    Ok(Ok(KvWrite { revision, kv }))
+    }
 }
 
 #[cfg(test)]
@@ -152,5 +250,12 @@ mod tests {
         assert_eq!(prefix_end(b"kv/a"), b"kv/b".to_vec());
         assert_eq!(prefix_end(b"kv/a\xff"), b"kv/b".to_vec());
         assert_eq!(prefix_end(b"kv/"), b"kv0".to_vec());
+    }
+
+    #[test]
+    fn history_keeps_the_last_revisions() {
+        assert_eq!(oldest_kept(5), 1);
+        assert_eq!(oldest_kept(HISTORY), 1);
+        assert_eq!(oldest_kept(HISTORY + 10), 11);
     }
 }

@@ -8,6 +8,8 @@
 
 pub mod cluster;
 pub mod kv;
+pub mod lease;
+pub mod registry;
 
 use keel_raft::StateMachine;
 use keel_storage::Error as StorageError;
@@ -20,6 +22,8 @@ use serde::Serialize;
 pub enum Command {
     Cluster(cluster::ClusterCommand),
     Kv(kv::KvCommand),
+    Lease(lease::LeaseCommand),
+    Registry(registry::RegistryCommand),
 }
 
 /// The answer to a [`Command`].
@@ -27,6 +31,8 @@ pub enum Command {
 pub enum Reply {
     Cluster(cluster::ClusterReply),
     Kv(Result<kv::KvWrite, kv::KvError>),
+    Lease(Result<Vec<lease::Lease>, lease::LeaseError>),
+    Registry(registry::RegistryReply),
     /// The command could not be decoded: a node running a newer keel proposed it.
     Undecodable(String),
 }
@@ -44,6 +50,8 @@ impl StateMachine for Domain {
         let reply = match bincode::deserialize::<Command>(command) {
             Ok(Command::Cluster(command)) => Reply::Cluster(cluster::apply(command, txn)?),
             Ok(Command::Kv(command)) => Reply::Kv(kv::apply(command, txn)?),
+            Ok(Command::Lease(command)) => Reply::Lease(lease::apply(command, txn)?),
+            Ok(Command::Registry(command)) => Reply::Registry(registry::apply(command, txn)?),
             Err(err) => Reply::Undecodable(err.to_string()),
         };
         Ok(bincode::serialize(&reply)?)

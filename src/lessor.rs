@@ -1,0 +1,142 @@
+//! The leader's lessor: the clock half of leases (see `domain::lease`).
+//!
+//! Only the leader keeps deadlines, in memory. A refresh moves a deadline and costs no log
+//! entry, so thousands of agents refreshing every few seconds add no Raft traffic. Every tick
+//! the lessor reconciles its deadlines with the replicated lease table (new leases get
+//! now + TTL, revoked ones are dropped) and proposes one `Expire` command for every lease
+//! whose deadline has passed. When a node becomes leader it first catches up with the log,
+//! then starts every deadline at now + TTL: a lease refreshed just before the old leader
+//! died cannot expire early because the new one never saw that refresh.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+use std::time::Instant;
+
+use keel_raft::Consistency;
+use openraft::ServerState;
+
+use crate::domain::lease;
+use crate::domain::lease::LeaseCommand;
+use crate::domain::Command;
+use crate::node::Node;
+use crate::Error;
+
+/// How often deadlines are checked; expiry happens at most this late.
+const TICK: Duration = Duration::from_millis(100);
+
+/// Most leases expired by one command.
+const MAX_EXPIRE_BATCH: usize = 1000;
+
+#[derive(Default)]
+struct Deadlines {
+    /// The term in which these deadlines were set; a new term starts them afresh.
+    term: Option<u64>,
+    by_lease: HashMap<u64, Instant>,
+}
+
+#[derive(Default)]
+pub struct Lessor {
+    deadlines: Mutex<Deadlines>,
+}
+
+/// Why a refresh could not be done here.
+pub enum RefreshError {
+    /// This node does not lead; the request belongs on the leader.
+    NotLeader,
+    NotFound,
+    Failed(Error),
+}
+
+impl Lessor {
+    /// Moves lease `id`'s deadline to now + TTL; returns the TTL.
+    pub fn refresh(&self, node: &Node, id: u64) -> Result<Duration, RefreshError> {
+        let raft = node.raft().map_err(RefreshError::Failed)?;
+        let metrics = raft.metrics();
+        let mut deadlines = self.deadlines.lock().expect("lessor");
+        if metrics.state != ServerState::Leader || deadlines.term != Some(metrics.current_term) {
+            return Err(RefreshError::NotLeader);
+        }
+        let lease = lease::get(&raft.reader(), id)
+            .map_err(|e| RefreshError::Failed(e.into()))?
+            .ok_or(RefreshError::NotFound)?;
+        let ttl = Duration::from_millis(lease.ttl_ms);
+        deadlines.by_lease.insert(id, Instant::now() + ttl);
+        Ok(ttl)
+    }
+
+    /// Runs the expiry loop for as long as the node runs.
+    pub async fn run(self: Arc<Self>, node: Arc<Node>) {
+        let mut ticker = tokio::time::interval(TICK);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            if let Err(err) = self.tick(&node).await {
+                tracing::debug!(%err, "lessor tick failed");
+            }
+        }
+    }
+
+    async fn tick(&self, node: &Node) -> Result<(), Error> {
+        let Ok(raft) = node.raft() else {
+            return Ok(());
+        };
+        let metrics = raft.metrics();
+        if metrics.state != ServerState::Leader {
+            let mut deadlines = self.deadlines.lock().expect("lessor");
+            deadlines.term = None;
+            deadlines.by_lease.clear();
+            return Ok(());
+        }
+        let new_term = self.deadlines.lock().expect("lessor").term != Some(metrics.current_term);
+        if new_term {
+            // Apply everything the previous leaders committed before trusting the table.
+            raft.read_barrier(Consistency::Linearizable).await?;
+        }
+        let leases = lease::all(&raft.reader())?;
+        let now = Instant::now();
+        let expired: Vec<u64> = {
+            let mut deadlines = self.deadlines.lock().expect("lessor");
+            if new_term {
+                deadlines.term = Some(metrics.current_term);
+                deadlines.by_lease.clear();
+            }
+            let mut live = HashMap::with_capacity(leases.len());
+            for lease in &leases {
+                let deadline = deadlines
+                    .by_lease
+                    .get(&lease.id)
+                    .copied()
+                    .unwrap_or(now + Duration::from_millis(lease.ttl_ms));
+                live.insert(lease.id, deadline);
+            }
+            deadlines.by_lease = live;
+            let mut expired: Vec<u64> = deadlines
+                .by_lease
+                .iter()
+                .filter(|(_, deadline)| **deadline <= now)
+                .map(|(id, _)| *id)
+                .collect();
+            expired.sort_unstable();
+            expired.truncate(MAX_EXPIRE_BATCH);
+            expired
+        };
+        if expired.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(leases = ?expired, "leases expired");
+        node.propose(
+            Command::Lease(LeaseCommand::Expire {
+                ids: expired.clone(),
+            }),
+            None,
+        )
+        .await?;
+        let mut deadlines = self.deadlines.lock().expect("lessor");
+        for id in expired {
+            deadlines.by_lease.remove(&id);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,163 @@
+//! The network the cluster under test runs on: one Linux network namespace per node, each
+//! with its own address on a private bridge, so that partitions and packet loss cut real
+//! links. The harness (the clients) sits on the bridge in the host namespace at
+//! [`HARNESS_IP`]; faults never touch its traffic, only node-to-node links.
+//!
+//! Faults are iptables rules inside the node namespaces (this kernel has no netem, so there is
+//! no delay or jitter). Everything is named with the run's prefix and removed by
+//! [`Network::teardown`], which also runs on drop, and by `scripts/faults.sh` before a run.
+
+use std::process::Command;
+
+/// The harness's address on the bridge.
+pub const HARNESS_IP: &str = "10.77.0.254";
+const SUBNET: &str = "10.77.0";
+const BRIDGE: &str = "kf-br0";
+
+fn run(args: &[&str]) -> Result<(), String> {
+    let output = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .map_err(|e| format!("{}: {e}", args.join(" ")))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
+}
+
+/// Node `n`'s (1-based) namespace, address and interface names.
+pub fn namespace(n: usize) -> String {
+    format!("kf-n{n}")
+}
+
+pub fn node_ip(n: usize) -> String {
+    format!("{SUBNET}.{n}")
+}
+
+pub struct Network {
+    nodes: usize,
+}
+
+impl Network {
+    /// Removes whatever an earlier run left behind.
+    pub fn teardown_leftovers(max_nodes: usize) {
+        for n in 1..=max_nodes {
+            let _ = run(&["ip", "netns", "del", &namespace(n)]);
+            let _ = run(&["ip", "link", "del", &format!("kf-v{n}")]);
+        }
+        let _ = run(&["ip", "link", "del", BRIDGE]);
+    }
+
+    pub fn create(nodes: usize) -> Result<Self, String> {
+        Self::teardown_leftovers(nodes.max(5));
+        run(&["ip", "link", "add", BRIDGE, "type", "bridge"])?;
+        run(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{HARNESS_IP}/24"),
+            "dev",
+            BRIDGE,
+        ])?;
+        run(&["ip", "link", "set", BRIDGE, "up"])?;
+        let network = Self { nodes };
+        for n in 1..=nodes {
+            let ns = namespace(n);
+            let host_side = format!("kf-v{n}");
+            let node_side = format!("kf-e{n}");
+            run(&["ip", "netns", "add", &ns])?;
+            run(&[
+                "ip", "link", "add", &host_side, "type", "veth", "peer", "name", &node_side,
+            ])?;
+            run(&["ip", "link", "set", &node_side, "netns", &ns])?;
+            run(&["ip", "link", "set", &host_side, "master", BRIDGE])?;
+            run(&["ip", "link", "set", &host_side, "up"])?;
+            run(&[
+                "ip",
+                "netns",
+                "exec",
+                &ns,
+                "ip",
+                "addr",
+                "add",
+                &format!("{}/24", node_ip(n)),
+                "dev",
+                &node_side,
+            ])?;
+            run(&[
+                "ip", "netns", "exec", &ns, "ip", "link", "set", &node_side, "up",
+            ])?;
+            run(&["ip", "netns", "exec", &ns, "ip", "link", "set", "lo", "up"])?;
+        }
+        Ok(network)
+    }
+
+    fn iptables(&self, n: usize, rule: &[&str]) -> Result<(), String> {
+        let ns = namespace(n);
+        let mut args = vec!["ip", "netns", "exec", &ns, "iptables", "-w"];
+        args.extend_from_slice(rule);
+        run(&args)
+    }
+
+    /// Cuts every link between a node of `a` and a node of `b` (both directions).
+    pub fn partition(&self, a: &[usize], b: &[usize]) -> Result<(), String> {
+        for &x in a {
+            for &y in b {
+                self.iptables(x, &["-A", "INPUT", "-s", &node_ip(y), "-j", "DROP"])?;
+                self.iptables(y, &["-A", "INPUT", "-s", &node_ip(x), "-j", "DROP"])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops `percent` of the packets between nodes (not those of the harness).
+    pub fn lose_packets(&self, percent: u32) -> Result<(), String> {
+        let probability = format!("{:.2}", f64::from(percent) / 100.0);
+        for n in 1..=self.nodes {
+            self.iptables(
+                n,
+                &[
+                    "-A",
+                    "INPUT",
+                    "-s",
+                    &format!("{SUBNET}.0/24"),
+                    "!",
+                    "-s",
+                    HARNESS_IP,
+                    "-m",
+                    "statistic",
+                    "--mode",
+                    "random",
+                    "--probability",
+                    &probability,
+                    "-j",
+                    "DROP",
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Removes every fault rule.
+    pub fn heal(&self) -> Result<(), String> {
+        for n in 1..=self.nodes {
+            self.iptables(n, &["-F", "INPUT"])?;
+        }
+        Ok(())
+    }
+
+    pub fn teardown(&self) {
+        Self::teardown_leftovers(self.nodes);
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}

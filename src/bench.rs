@@ -32,6 +32,8 @@ pub enum Workload {
     StaleGet,
     /// 90% linearizable reads of one key, 10% writes of unique keys.
     Mixed,
+    /// Lease keep-alives (keel only): what one heartbeat of a registered agent costs.
+    Keepalive,
 }
 
 #[derive(Debug, clap::Args)]
@@ -60,6 +62,8 @@ pub struct BenchArgs {
 
 struct Shared {
     args: BenchArgs,
+    /// The lease the keepalive workload refreshes.
+    lease: u64,
     http: reqwest::Client,
     value: String,
     next_key: AtomicU64,
@@ -108,6 +112,10 @@ impl Shared {
     }
 
     fn request(&self, endpoint: &str, write: bool) -> reqwest::RequestBuilder {
+        if self.args.workload == Workload::Keepalive {
+            let url = format!("http://{endpoint}/v1/leases/{}/keepalive", self.lease);
+            return self.authenticated(self.http.post(url));
+        }
         if write {
             let key = format!("{:08x}", self.next_key.fetch_add(1, Ordering::Relaxed));
             self.write_request(endpoint, &key)
@@ -119,7 +127,7 @@ impl Shared {
     fn is_write(&self, n: u64) -> bool {
         match self.args.workload {
             Workload::Put => true,
-            Workload::Get | Workload::StaleGet => false,
+            Workload::Get | Workload::StaleGet | Workload::Keepalive => false,
             Workload::Mixed => n % 10 == 0,
         }
     }
@@ -152,6 +160,29 @@ async fn client(shared: Arc<Shared>, id: usize, until: Instant) -> Histogram<u64
     histogram
 }
 
+async fn grant_lease(http: &reqwest::Client, args: &BenchArgs) -> Result<u64, String> {
+    if args.target != Target::Keel {
+        return Err("the keepalive workload is keel's".into());
+    }
+    let mut request = http
+        .post(format!("http://{}/v1/leases", args.endpoints[0]))
+        .json(&json!({ "ttl": 600 }));
+    if let Some(user) = &args.user {
+        request = request.basic_auth(user, args.password.as_ref());
+    }
+    let response = request
+        .send()
+        .await
+        .map_err(|e| format!("granting a lease: {e}"))?;
+    let body: serde_json::Value = response
+        .json()
+        .await
+        .map_err(|e| format!("granting a lease: {e}"))?;
+    body["id"]
+        .as_u64()
+        .ok_or_else(|| format!("granting a lease: {body}"))
+}
+
 pub async fn run(args: BenchArgs) -> Result<(), String> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
@@ -159,14 +190,23 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         .tcp_nodelay(true)
         .build()
         .map_err(|e| e.to_string())?;
+    let lease = if args.workload == Workload::Keepalive {
+        grant_lease(&http, &args).await?
+    } else {
+        0
+    };
     let shared = Arc::new(Shared {
         value: "v".repeat(args.value_size),
+        lease,
         args,
         http,
         next_key: AtomicU64::new(0),
         errors: AtomicU64::new(0),
     });
-    if shared.args.workload != Workload::Put {
+    if matches!(
+        shared.args.workload,
+        Workload::Get | Workload::StaleGet | Workload::Mixed
+    ) {
         let response = shared
             .write_request(&shared.args.endpoints[0], "hot")
             .send()

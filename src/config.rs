@@ -101,6 +101,11 @@ pub struct ServeArgs {
     /// How long a request may wait for a leader, in milliseconds. [default: 5000]
     #[arg(long, env = "KEEL_REQUEST_TIMEOUT_MS")]
     pub request_timeout_ms: Option<u64>,
+
+    /// Local IP address for connections to other nodes (multi-homed hosts; the fault suite's
+    /// proxies tell nodes apart by it). [default: chosen by the system]
+    #[arg(long, env = "KEEL_PEER_SOURCE_IP")]
+    pub peer_source_ip: Option<std::net::IpAddr>,
 }
 
 /// Settings after flags, environment, file and defaults are merged.
@@ -163,6 +168,7 @@ impl ServeArgs {
             keep_logs_after_snapshot: defaults.keep_logs_after_snapshot,
             request_timeout: pick!(request_timeout_ms)
                 .map_or(defaults.request_timeout, Duration::from_millis),
+            peer_source_ip: pick!(peer_source_ip),
         };
         if raft.heartbeat >= raft.election_timeout_min {
             return Err("--heartbeat-ms must be smaller than --election-timeout-ms".into());

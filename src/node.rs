@@ -159,6 +159,9 @@ fn rfc3339(time: SystemTime) -> String {
 impl Node {
     /// Opens the node's store and, if it already belongs to a cluster, starts its Raft.
     pub async fn open(settings: Settings) -> Result<Arc<Self>, String> {
+        let http = keel_raft::network::node_to_node_client(settings.raft.peer_source_ip)
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         let store = Store::open(&settings.data_dir).map_err(|e| {
             format!(
                 "cannot open the data directory {}: {e}",
@@ -178,10 +181,7 @@ impl Node {
             }),
             verifier: auth::Verifier::default(),
             lessor: Arc::default(),
-            http: reqwest::Client::builder()
-                .connect_timeout(Duration::from_millis(500))
-                .build()
-                .map_err(|e| format!("cannot build the HTTP client: {e}"))?,
+            http,
             started: Instant::now(),
         });
         if let Some(identity) = node.read_identity()? {
@@ -371,7 +371,7 @@ impl Node {
         password: &str,
     ) -> Result<(), BootstrapError> {
         self.set_state(BootstrapState::JoiningCluster);
-        let client = reqwest::Client::builder()
+        let client = keel_raft::network::node_to_node_client(self.settings.raft.peer_source_ip)
             .timeout(Duration::from_secs(150))
             .build()
             .map_err(|e| BootstrapError::new("internal_error", e.to_string()))?;

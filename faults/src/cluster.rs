@@ -11,11 +11,10 @@ use std::time::Instant;
 use serde_json::json;
 use serde_json::Value;
 
-use crate::net;
+use crate::net::Network;
 
 pub const USER: &str = "jepsen";
 pub const PASSWORD: &str = "jepsen-password";
-const PORT: u16 = 7799;
 
 /// A clock fault applied to a node when it (re)starts, through libfaketime.
 #[derive(Debug, Clone)]
@@ -27,6 +26,7 @@ pub enum Clock {
 pub struct NodeProcess {
     pub n: usize,
     pub uid: u64,
+    addr: String,
     dir: PathBuf,
     child: Option<Child>,
     paused: bool,
@@ -35,7 +35,7 @@ pub struct NodeProcess {
 
 impl NodeProcess {
     pub fn addr(&self) -> String {
-        format!("{}:{PORT}", net::node_ip(self.n))
+        self.addr.clone()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -53,17 +53,19 @@ impl NodeProcess {
 
 pub struct Cluster {
     pub nodes: Vec<NodeProcess>,
-    keel_bin: PathBuf,
+    /// Per node, the program and arguments that start it on the network under test.
+    commands: Vec<(std::ffi::OsString, Vec<std::ffi::OsString>)>,
     pub http: reqwest::Client,
     pub election_timeout_ms: u64,
 }
 
 impl Cluster {
-    pub fn new(size: usize, keel_bin: PathBuf, data: PathBuf) -> Self {
+    pub fn new(size: usize, keel_bin: PathBuf, data: PathBuf, network: &Network) -> Self {
         let nodes = (1..=size)
             .map(|n| NodeProcess {
                 n,
                 uid: 0,
+                addr: network.advertised_addr(n),
                 dir: data.join(format!("node{n}")),
                 child: None,
                 paused: false,
@@ -72,7 +74,13 @@ impl Cluster {
             .collect();
         Self {
             nodes,
-            keel_bin,
+            commands: (1..=size)
+                .map(|n| {
+                    let command = network.keel_command(n, &keel_bin);
+                    let args = command.get_args().map(|a| a.to_os_string()).collect();
+                    (command.get_program().to_os_string(), args)
+                })
+                .collect(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()
@@ -92,11 +100,11 @@ impl Cluster {
             .append(true)
             .open(node.dir.with_extension("log"))
             .map_err(|e| e.to_string())?;
-        let mut command = Command::new("ip");
+        let (program, args) = &self.commands[i];
+        let mut command = Command::new(program);
         command
-            .args(["netns", "exec", &net::namespace(node.n)])
-            .arg(&self.keel_bin)
-            .args(["serve", "--listen", &node.addr(), "--bootstrap", "api"])
+            .args(args)
+            .args(["--bootstrap", "api"])
             .arg("--data-dir")
             .arg(&node.dir)
             .args([

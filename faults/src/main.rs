@@ -13,6 +13,7 @@ mod cluster;
 mod history;
 mod nemesis;
 mod net;
+mod proxy;
 mod report;
 mod workload;
 
@@ -56,6 +57,9 @@ struct Args {
     /// The keel binary to test.
     #[arg(long)]
     keel_bin: PathBuf,
+    /// The network: auto (namespaces as root, proxies otherwise), netns or proxy.
+    #[arg(long, default_value = "auto")]
+    net: String,
     /// Where runs are written (one folder per run).
     #[arg(long, default_value = "fault-results")]
     out: PathBuf,
@@ -97,8 +101,14 @@ async fn run(args: Args) -> Result<Verdict, String> {
         out.display()
     );
 
-    let network = net::Network::create(args.nodes)?;
-    let mut cluster = cluster::Cluster::new(args.nodes, args.keel_bin.clone(), out.join("data"));
+    let network = net::Network::create(args.nodes, &args.net).await?;
+    eprintln!("keel-faults: network: {}", network.name());
+    let mut cluster = cluster::Cluster::new(
+        args.nodes,
+        args.keel_bin.clone(),
+        out.join("data"),
+        &network,
+    );
     cluster.form().await?;
     let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.addr()).collect();
 
@@ -175,6 +185,7 @@ async fn run(args: Args) -> Result<Verdict, String> {
         "nodes": args.nodes,
         "duration_s": duration_s,
         "nemesis": args.nemesis.join(","),
+        "network": network.name(),
         "operations": history.len(),
         "faults": windows,
         "checks": {

@@ -27,13 +27,14 @@ pub enum Fault {
     PartitionHalves,
     PartitionBridge,
     PacketLoss,
+    Delay,
     ClockSkew,
     ClockDrift,
     Membership,
 }
 
 /// The fault families `--nemesis` accepts, and what each enables.
-pub const FAMILIES: [(&str, &[Fault]); 6] = [
+pub const FAMILIES: [(&str, &[Fault]); 7] = [
     (
         "kill",
         &[Fault::KillLeader, Fault::KillOne, Fault::KillMajority],
@@ -48,6 +49,7 @@ pub const FAMILIES: [(&str, &[Fault]); 6] = [
         ],
     ),
     ("loss", &[Fault::PacketLoss]),
+    ("delay", &[Fault::Delay]),
     ("clock", &[Fault::ClockSkew, Fault::ClockDrift]),
     ("membership", &[Fault::Membership]),
 ];
@@ -56,13 +58,19 @@ pub fn parse_families(names: &[String]) -> Result<Vec<Fault>, String> {
     let mut faults = Vec::new();
     for name in names {
         if name == "all" {
-            faults.extend(FAMILIES.iter().flat_map(|(_, f)| f.iter().copied()));
+            // Delay needs the proxy network; it is asked for by name.
+            faults.extend(
+                FAMILIES
+                    .iter()
+                    .filter(|(family, _)| *family != "delay")
+                    .flat_map(|(_, f)| f.iter().copied()),
+            );
             continue;
         }
         let (_, family) = FAMILIES
             .iter()
             .find(|(family, _)| family == name)
-            .ok_or_else(|| format!("unknown nemesis {name:?}; known: all, kill, pause, partition, loss, clock, membership"))?;
+            .ok_or_else(|| format!("unknown nemesis {name:?}; known: all, kill, pause, partition, loss, delay, clock, membership"))?;
         faults.extend(family.iter().copied());
     }
     faults.dedup();
@@ -184,6 +192,15 @@ impl Nemesis {
                 let percent = self.rng.gen_range(10..40);
                 net.lose_packets(percent)?;
                 (Undo::Heal, format!("{percent}% packet loss between nodes"))
+            }
+            Fault::Delay => {
+                let latency = Duration::from_millis(self.rng.gen_range(20..200));
+                let jitter = Duration::from_millis(self.rng.gen_range(0..100));
+                net.delay(latency, jitter)?;
+                (
+                    Undo::Heal,
+                    format!("{latency:?} delay with {jitter:?} jitter between nodes"),
+                )
             }
             Fault::ClockSkew | Fault::ClockDrift => {
                 let victim = self.random_node(cluster);

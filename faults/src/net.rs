@@ -1,13 +1,116 @@
-//! The network the cluster under test runs on: one Linux network namespace per node, each
-//! with its own address on a private bridge, so that partitions and packet loss cut real
-//! links. The harness (the clients) sits on the bridge in the host namespace at
-//! [`HARNESS_IP`]; faults never touch its traffic, only node-to-node links.
+//! The network the cluster under test runs on.
 //!
-//! Faults are iptables rules inside the node namespaces (this kernel has no netem, so there is
-//! no delay or jitter). Everything is named with the run's prefix and removed by
-//! [`Network::teardown`], which also runs on drop, and by `scripts/faults.sh` before a run.
+//! With root, [`Namespaces`]: one Linux network namespace per node, each with its own address
+//! on a private bridge, so that partitions and packet loss cut real links. The harness (the
+//! clients) sits on the bridge in the host namespace at [`HARNESS_IP`]; faults never touch
+//! its traffic, only node-to-node links. Faults are iptables rules inside the node
+//! namespaces (this kernel has no netem, so there is no delay or jitter). Everything is
+//! removed by [`Namespaces::teardown`], which also runs on drop, and before every run.
+//!
+//! Without root, the userspace proxies of [`crate::proxy`], which also give delay and jitter.
 
 use std::process::Command;
+use std::time::Duration;
+
+use crate::proxy;
+use crate::proxy::Proxies;
+
+/// Where the cluster's nodes live and how faults reach their links.
+pub enum Network {
+    Namespaces(Namespaces),
+    Proxies(Proxies),
+}
+
+impl Network {
+    /// Namespaces when running as root, proxies otherwise (or as `mode` says).
+    pub async fn create(nodes: usize, mode: &str) -> Result<Self, String> {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        match mode {
+            "netns" if !root => Err("--net netns needs root".into()),
+            "netns" => Ok(Self::Namespaces(Namespaces::create(nodes)?)),
+            "auto" if root => Ok(Self::Namespaces(Namespaces::create(nodes)?)),
+            "auto" | "proxy" => Ok(Self::Proxies(Proxies::start(nodes).await?)),
+            other => Err(format!("--net {other:?}: use auto, netns or proxy")),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Network::Namespaces(_) => "network namespaces + iptables",
+            Network::Proxies(_) => "userspace TCP proxies",
+        }
+    }
+
+    /// The address node `n` (1-based) serves on, as clients and peers reach it.
+    pub fn advertised_addr(&self, n: usize) -> String {
+        match self {
+            Network::Namespaces(_) => format!("{}:7799", node_ip(n)),
+            Network::Proxies(_) => proxy::advertised_addr(n),
+        }
+    }
+
+    /// The command that starts `keel serve` for node `n`, with its addresses.
+    pub fn keel_command(&self, n: usize, keel_bin: &std::path::Path) -> Command {
+        match self {
+            Network::Namespaces(_) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", &namespace(n)]).arg(keel_bin);
+                command.args(["serve", "--listen", &self.advertised_addr(n)]);
+                command
+            }
+            Network::Proxies(_) => {
+                let mut command = Command::new(keel_bin);
+                command.args(["serve", "--listen", &proxy::listen_addr(n)]);
+                command.args(["--advertise", &self.advertised_addr(n)]);
+                command.args(["--peer-source-ip", &proxy::source_ip(n).to_string()]);
+                command
+            }
+        }
+    }
+
+    pub fn partition(&self, a: &[usize], b: &[usize]) -> Result<(), String> {
+        match self {
+            Network::Namespaces(ns) => ns.partition(a, b),
+            Network::Proxies(p) => {
+                p.partition(a, b);
+                Ok(())
+            }
+        }
+    }
+
+    pub fn lose_packets(&self, percent: u32) -> Result<(), String> {
+        match self {
+            Network::Namespaces(ns) => ns.lose_packets(percent),
+            Network::Proxies(p) => {
+                p.lose_packets(percent);
+                Ok(())
+            }
+        }
+    }
+
+    pub fn delay(&self, latency: Duration, jitter: Duration) -> Result<(), String> {
+        match self {
+            Network::Namespaces(_) => {
+                Err("this kernel has no netem: delay needs --net proxy".into())
+            }
+            Network::Proxies(p) => {
+                p.delay(latency, jitter);
+                Ok(())
+            }
+        }
+    }
+
+    pub fn heal(&self) -> Result<(), String> {
+        match self {
+            Network::Namespaces(ns) => ns.heal(),
+            Network::Proxies(p) => {
+                p.heal();
+                Ok(())
+            }
+        }
+    }
+}
 
 /// The harness's address on the bridge.
 pub const HARNESS_IP: &str = "10.77.0.254";
@@ -39,11 +142,11 @@ pub fn node_ip(n: usize) -> String {
     format!("{SUBNET}.{n}")
 }
 
-pub struct Network {
+pub struct Namespaces {
     nodes: usize,
 }
 
-impl Network {
+impl Namespaces {
     /// Removes whatever an earlier run left behind.
     pub fn teardown_leftovers(max_nodes: usize) {
         for n in 1..=max_nodes {
@@ -156,7 +259,7 @@ impl Network {
     }
 }
 
-impl Drop for Network {
+impl Drop for Namespaces {
     fn drop(&mut self) {
         self.teardown();
     }

@@ -65,12 +65,21 @@ pub struct PeerClient {
     secret: String,
 }
 
+/// An HTTP client for traffic to other keel nodes: no environment proxies (peer traffic must
+/// not wander through a proxy meant for the outside world), and outgoing connections from
+/// `source_ip` when the operator pins one (multi-homed hosts, the fault suite's proxies).
+pub fn node_to_node_client(source_ip: Option<std::net::IpAddr>) -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .no_proxy()
+        .local_address(source_ip)
+        .connect_timeout(Duration::from_millis(500))
+        .tcp_nodelay(true)
+        .pool_idle_timeout(Duration::from_secs(30))
+}
+
 impl PeerClient {
-    pub fn new(secret: String) -> Self {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(500))
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(30))
+    pub fn new(secret: String, source_ip: Option<std::net::IpAddr>) -> Self {
+        let http = node_to_node_client(source_ip)
             .build()
             .expect("building the peer HTTP client");
         Self { http, secret }
@@ -145,13 +154,23 @@ fn classify(addr: &str, timeout: Duration, err: reqwest::Error) -> CallError {
 }
 
 /// Creates a [`Peer`] per target node for openraft.
+///
+/// openraft gives appends and heartbeats a deadline of one heartbeat interval. On a link
+/// slower than that (a congested network, the fault suite's 150 ms delays) every RPC would
+/// time out and replication would stop altogether, so RPCs get at least `min_rpc_timeout`
+/// (the minimum election timeout): a slow link then slows the cluster down instead of
+/// freezing it, and a dead peer is still detected well before anyone calls an election.
 pub struct Network {
     client: PeerClient,
+    min_rpc_timeout: Duration,
 }
 
 impl Network {
-    pub fn new(client: PeerClient) -> Self {
-        Self { client }
+    pub fn new(client: PeerClient, min_rpc_timeout: Duration) -> Self {
+        Self {
+            client,
+            min_rpc_timeout,
+        }
     }
 }
 
@@ -163,6 +182,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             addr: node.addr.clone(),
             client: self.client.clone(),
+            min_rpc_timeout: self.min_rpc_timeout,
         }
     }
 }
@@ -172,6 +192,7 @@ pub struct Peer {
     target: NodeId,
     addr: String,
     client: PeerClient,
+    min_rpc_timeout: Duration,
 }
 
 impl Peer {
@@ -183,7 +204,12 @@ impl Peer {
     ) -> Result<Resp, RPCError<TypeConfig>> {
         let answer: Result<Resp, RaftError<TypeConfig>> = self
             .client
-            .call(&self.addr, path, req, option.hard_ttl())
+            .call(
+                &self.addr,
+                path,
+                req,
+                option.hard_ttl().max(self.min_rpc_timeout),
+            )
             .await
             .map_err(|e| to_rpc_error(self.target, e))?;
         answer.map_err(|e| RPCError::Network(NetworkError::new(&e)))

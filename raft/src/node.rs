@@ -62,6 +62,8 @@ pub struct RaftConfig {
     pub keep_logs_after_snapshot: u64,
     /// How long a client request may wait for a leader and an answer.
     pub request_timeout: Duration,
+    /// Local address for connections to other nodes (`None`: the system picks).
+    pub peer_source_ip: Option<std::net::IpAddr>,
 }
 
 impl Default for RaftConfig {
@@ -73,6 +75,7 @@ impl Default for RaftConfig {
             snapshot_every: 20_000,
             keep_logs_after_snapshot: 5_000,
             request_timeout: Duration::from_secs(5),
+            peer_source_ip: None,
         }
     }
 }
@@ -156,11 +159,11 @@ impl RaftNode {
         let state = store
             .state_store(Machine::new(domain))
             .map_err(|e| Error::Fatal(e.to_string()))?;
-        let peers = PeerClient::new(secret.clone());
+        let peers = PeerClient::new(secret.clone(), config.peer_source_ip);
         let raft = KeelRaft::new(
             id,
             raft_config,
-            Network::new(peers.clone()),
+            Network::new(peers.clone(), config.election_timeout_min),
             store.log_store(),
             state.clone(),
         )

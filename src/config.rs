@@ -27,7 +27,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a keel control node.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Drive a keel or etcd cluster with a key-value load and print throughput and latency.
     Bench(crate::bench::BenchArgs),
 }

@@ -34,7 +34,7 @@ fn main() -> std::process::ExitCode {
         .build()
         .expect("starting the tokio runtime");
     let result = match config::Cli::parse().command {
-        config::Command::Serve(args) => match args.resolve() {
+        config::Command::Serve(args) => match (*args).resolve() {
             Ok(settings) => runtime.block_on(serve(settings)),
             Err(message) => {
                 eprintln!("keel: {message}");

@@ -122,7 +122,7 @@ pub fn linearizable(ops: &[&Operation], budget: Duration) -> Verdict {
     let mut steps = 0u64;
     while next[head] != usize::MAX {
         steps += 1;
-        if steps % 4096 == 0 && started.elapsed() > budget {
+        if steps.is_multiple_of(4096) && started.elapsed() > budget {
             return Verdict::Unknown;
         }
         if cursor == usize::MAX {

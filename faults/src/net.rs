@@ -221,27 +221,25 @@ impl Namespaces {
     /// Drops `percent` of the packets between nodes (not those of the harness).
     pub fn lose_packets(&self, percent: u32) -> Result<(), String> {
         let probability = format!("{:.2}", f64::from(percent) / 100.0);
+        let subnet = format!("{SUBNET}.0/24");
         for n in 1..=self.nodes {
-            self.iptables(
-                n,
-                &[
-                    "-A",
-                    "INPUT",
-                    "-s",
-                    &format!("{SUBNET}.0/24"),
-                    "!",
-                    "-s",
-                    HARNESS_IP,
-                    "-m",
-                    "statistic",
-                    "--mode",
-                    "random",
-                    "--probability",
-                    &probability,
-                    "-j",
-                    "DROP",
-                ],
-            )?;
+            // The harness's own traffic is accepted first, so only node links lose packets.
+            self.iptables(n, &["-A", "INPUT", "-s", HARNESS_IP, "-j", "ACCEPT"])?;
+            let drop = [
+                "-m",
+                "statistic",
+                "--mode",
+                "random",
+                "--probability",
+                &probability,
+                "-j",
+                "DROP",
+            ];
+            let rule: Vec<&str> = ["-A", "INPUT", "-s", &subnet]
+                .into_iter()
+                .chain(drop)
+                .collect();
+            self.iptables(n, &rule)?;
         }
         Ok(())
     }

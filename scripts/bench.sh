@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# keel and etcd side by side on this machine: two 3-member clusters on loopback, both with
+# durable fsync, run one after the other and driven by the same load generator (`keel bench`)
+# over HTTP/JSON: keel through /v1/kv, etcd through its /v3/kv/* JSON gateway.
+#
+#   scripts/bench.sh [SECONDS_PER_RUN]       (default 5)
+#
+# Workloads: put (unique 8-byte keys, 256-byte values), get (linearizable, one key),
+# stale-get (serializable/stale), mixed (90 % get / 10 % put), at 1, 16, 64 and 256 clients.
+# Results go to bench-results/ (results.jsonl, table.txt, throughput.svg); the table with the
+# keel/etcd ratio per row is printed at the end. Installs Debian's etcd-server if missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECONDS_PER_RUN=${1:-5}
+CLIENTS=${BENCH_CLIENTS:-"1 16 64 256"}
+WORKLOADS=${BENCH_WORKLOADS:-"put get stale-get mixed"}
+OUT=bench-results
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/keel-target}"
+export KEEL_PROFILE=release KEEL_BASE_PORT=7760 KEEL_CLUSTER_DATA=$OUT/keel-cluster
+export KEEL_USER=${KEEL_USER:-admin} KEEL_PASSWORD=${KEEL_PASSWORD:-keel-admin}
+mkdir -p "$OUT"
+: >"$OUT/results.jsonl"
+
+if ! command -v etcd >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null
+fi
+cargo build --release --quiet --bin keel
+KEEL="$CARGO_TARGET_DIR/release/keel"
+
+run_workloads() {
+  local target=$1 endpoints=$2
+  for workload in $WORKLOADS; do
+    for clients in $CLIENTS; do
+      "$KEEL" bench --target "$target" --endpoints "$endpoints" --workload "$workload" \
+        --clients "$clients" --seconds "$SECONDS_PER_RUN" | tee -a "$OUT/results.jsonl"
+    done
+  done
+}
+
+# keel
+scripts/cluster.sh clean >/dev/null 2>&1 || true
+scripts/cluster.sh start
+run_workloads keel 127.0.0.1:7761,127.0.0.1:7762,127.0.0.1:7763
+scripts/cluster.sh clean >/dev/null
+
+# etcd (fsyncs its WAL by default)
+ETCD_DATA=$OUT/etcd-cluster
+rm -rf "$ETCD_DATA"
+cluster="e1=http://127.0.0.1:2381,e2=http://127.0.0.1:2382,e3=http://127.0.0.1:2383"
+pids=()
+for n in 1 2 3; do
+  etcd --name "e$n" --data-dir "$ETCD_DATA/e$n" \
+    --listen-client-urls "http://127.0.0.1:237$n" --advertise-client-urls "http://127.0.0.1:237$n" \
+    --listen-peer-urls "http://127.0.0.1:238$n" --initial-advertise-peer-urls "http://127.0.0.1:238$n" \
+    --initial-cluster "$cluster" --initial-cluster-state new --log-level error \
+    >"$ETCD_DATA.e$n.log" 2>&1 &
+  pids+=($!)
+done
+trap 'kill ${pids[*]} 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do
+  curl -sf -X POST http://127.0.0.1:2371/v3/kv/put -d '{"key":"cmVhZHk=","value":"MQ=="}' >/dev/null && break
+  sleep 0.2
+done
+run_workloads etcd 127.0.0.1:2371,127.0.0.1:2372,127.0.0.1:2373
+kill "${pids[@]}" 2>/dev/null || true
+
+python3 scripts/bench-report.py "$OUT"

@@ -34,13 +34,15 @@ for round in $(seq 1 "$ROUNDS"); do
   leader=$(leader_node 1 || leader_node 2 || leader_node 3)
   survivor=$(( leader % 3 + 1 ))
   curl -sf -u "$AUTH" -X PUT "http://127.0.0.1:$(port "$survivor")/v1/kv/failover/warm" -d '{"value":"x"}' >/dev/null
+  pid=$(cat "$KEEL_CLUSTER_DATA/node$leader.pid")
   t0=$(now_ms)
-  scripts/cluster.sh kill "$leader"
+  kill -9 "$pid"
   until [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 10 -u "$AUTH" -X PUT \
       "http://127.0.0.1:$(port "$survivor")/v1/kv/failover/$round" -d '{"value":"x"}') == 200 ]]; do :; done
   t1=$(now_ms)
   results+=($((t1 - t0)))
   echo "round $round: killed node $leader, first write acknowledged after $((t1 - t0)) ms"
+  scripts/cluster.sh kill "$leader"
   scripts/cluster.sh restart "$leader" >/dev/null
   sleep 2
 done

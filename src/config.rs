@@ -86,11 +86,11 @@ pub struct ServeArgs {
     #[arg(long, env = "KEEL_OPEN_ROUTES", value_delimiter = ',')]
     pub open_routes: Option<Vec<String>>,
 
-    /// Raft heartbeat interval in milliseconds. [default: 100]
+    /// Raft heartbeat interval in milliseconds. [default: 50]
     #[arg(long, env = "KEEL_HEARTBEAT_MS")]
     pub heartbeat_ms: Option<u64>,
 
-    /// Minimum election timeout in milliseconds; the maximum is twice this. [default: 500]
+    /// Minimum election timeout in milliseconds; the maximum is twice this. [default: 250]
     #[arg(long, env = "KEEL_ELECTION_TIMEOUT_MS")]
     pub election_timeout_ms: Option<u64>,
 
@@ -189,5 +189,69 @@ impl ServeArgs {
             open_routes,
             raft,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> ServeArgs {
+        let Command::Serve(args) = Cli::parse_from(["keel", "serve"].iter().chain(args)).command
+        else {
+            panic!("not serve");
+        };
+        *args
+    }
+
+    #[test]
+    fn defaults_make_the_embedded_single_node_cluster() {
+        let settings = parse(&[]).resolve().unwrap();
+        assert_eq!(settings.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(settings.advertise, DEFAULT_LISTEN);
+        assert_eq!(settings.data_dir, PathBuf::from("keel-data"));
+        assert_eq!(settings.bootstrap, BootstrapMode::Auto);
+        assert!(settings.raft.heartbeat < settings.raft.election_timeout_min);
+    }
+
+    #[test]
+    fn flags_win_over_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("keel.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:7000\"\ndata-dir = \"/var/lib/keel\"\nbootstrap = \"api\"\nelection-timeout-ms = 400\n",
+        )
+        .unwrap();
+        let config = file.to_str().unwrap();
+        let settings = parse(&["--config", config, "--listen", "127.0.0.1:7001"])
+            .resolve()
+            .unwrap();
+        assert_eq!(settings.listen.to_string(), "127.0.0.1:7001");
+        assert_eq!(settings.data_dir, PathBuf::from("/var/lib/keel"));
+        assert_eq!(settings.bootstrap, BootstrapMode::Api);
+        assert_eq!(
+            settings.raft.election_timeout_max,
+            Duration::from_millis(800)
+        );
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_a_reason() {
+        let err = parse(&["--open-routes", "everything"])
+            .resolve()
+            .unwrap_err();
+        assert!(err.contains("unknown route family"), "{err}");
+        let err = parse(&["--heartbeat-ms", "500", "--election-timeout-ms", "400"])
+            .resolve()
+            .unwrap_err();
+        assert!(err.contains("smaller"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "listen-address = \"x\"\n").unwrap();
+        let err = parse(&["--config", file.to_str().unwrap()])
+            .resolve()
+            .unwrap_err();
+        assert!(err.contains("bad.toml"), "{err}");
     }
 }

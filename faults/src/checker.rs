@@ -227,12 +227,17 @@ pub fn check_registers(history: &[Operation], budget: Duration) -> Vec<KeyResult
 pub struct SetResult {
     pub verdict: Verdict,
     pub acknowledged: usize,
+    pub lost_count: usize,
+    /// The first lost elements (at most [`SHOWN`]).
     pub lost: Vec<i64>,
     /// Adds whose outcome was unknown and that did land.
     pub recovered: usize,
     /// Elements present that no client ever tried to add.
     pub unexpected: Vec<i64>,
 }
+
+/// How many lost or unexpected elements a result lists.
+const SHOWN: usize = 100;
 
 pub fn check_set(history: &[Operation], final_read: &[i64]) -> SetResult {
     let present: HashSet<i64> = final_read.iter().copied().collect();
@@ -266,9 +271,10 @@ pub fn check_set(history: &[Operation], final_read: &[i64]) -> SetResult {
             Verdict::Invalid
         },
         acknowledged: acknowledged.len(),
-        lost,
+        lost_count: lost.len(),
+        lost: lost.into_iter().take(SHOWN).collect(),
         recovered,
-        unexpected,
+        unexpected: unexpected.into_iter().take(SHOWN).collect(),
     }
 }
 

@@ -56,7 +56,6 @@ pub struct Cluster {
     /// Per node, the program and arguments that start it on the network under test.
     commands: Vec<(std::ffi::OsString, Vec<std::ffi::OsString>)>,
     pub http: reqwest::Client,
-    pub election_timeout_ms: u64,
 }
 
 impl Cluster {
@@ -85,7 +84,6 @@ impl Cluster {
                 .timeout(Duration::from_secs(10))
                 .build()
                 .expect("HTTP client"),
-            election_timeout_ms: 500,
         }
     }
 
@@ -107,10 +105,6 @@ impl Cluster {
             .args(["--bootstrap", "api"])
             .arg("--data-dir")
             .arg(&node.dir)
-            .args([
-                "--election-timeout-ms",
-                &self.election_timeout_ms.to_string(),
-            ])
             .env("KEEL_LOG", "info,openraft=warn")
             .stdout(Stdio::null())
             .stderr(log);

@@ -1,8 +1,9 @@
 //! The nemesis: faults injected on a seeded schedule while the workload runs.
 //!
-//! Each cycle picks one fault from the enabled families, holds it for a while, heals it and
-//! lets the cluster recover before the next. Every fault window is recorded so the report can
-//! shade it behind the latencies.
+//! Each cycle picks one fault from the enabled families (and, one cycle in three, a second
+//! one from another family to combine with it: a partition during packet loss, a pause while
+//! a node is down), holds them for a while, heals them and lets the cluster recover before
+//! the next. Every fault window is recorded so the report can shade it behind the latencies.
 
 use std::time::Duration;
 
@@ -77,10 +78,22 @@ pub fn parse_families(names: &[String]) -> Result<Vec<Fault>, String> {
     Ok(faults)
 }
 
-/// One fault as it happened.
+fn family(fault: Fault) -> &'static str {
+    FAMILIES
+        .iter()
+        .find(|(_, faults)| faults.contains(&fault))
+        .map_or("", |(family, _)| family)
+}
+
+/// Membership changes wait for the cluster to accept the node back, so they run alone.
+fn combinable(fault: Fault) -> bool {
+    fault != Fault::Membership
+}
+
+/// One fault (or combination) as it happened.
 #[derive(Debug, Clone, Serialize)]
 pub struct Window {
-    pub fault: Fault,
+    pub faults: Vec<Fault>,
     pub detail: String,
     pub start_s: f64,
     pub end_s: f64,
@@ -281,24 +294,43 @@ impl Nemesis {
         let mut windows = Vec::new();
         tokio::time::sleep(quiet_for).await;
         while started.elapsed() + fault_for < until {
-            let fault = *self
+            let first = *self
                 .faults
                 .choose(&mut self.rng)
                 .expect("at least one fault");
+            let mut chosen = vec![first];
+            if combinable(first) && self.rng.gen_bool(1.0 / 3.0) {
+                let partners: Vec<Fault> = self
+                    .faults
+                    .iter()
+                    .copied()
+                    .filter(|f| combinable(*f) && family(*f) != family(first))
+                    .collect();
+                chosen.extend(partners.choose(&mut self.rng));
+            }
             let start_s = started.elapsed().as_secs_f64();
-            let (undo, detail) = match self.inject(fault, cluster, net).await {
-                Ok(done) => done,
-                Err(err) => (Undo::Heal, format!("{fault:?} failed to inject: {err}")),
-            };
+            let mut undos = Vec::new();
+            let mut details = Vec::new();
+            for &fault in &chosen {
+                let (undo, detail) = match self.inject(fault, cluster, net).await {
+                    Ok(done) => done,
+                    Err(err) => (Undo::Heal, format!("{fault:?} failed to inject: {err}")),
+                };
+                undos.push(undo);
+                details.push(detail);
+            }
+            let detail = details.join(" + ");
             eprintln!("[{start_s:6.1}s] nemesis: {detail}");
             tokio::time::sleep(fault_for).await;
-            if let Err(err) = Self::undo(undo, cluster, net).await {
-                eprintln!("nemesis: healing failed: {err}");
+            for undo in undos.into_iter().rev() {
+                if let Err(err) = Self::undo(undo, cluster, net).await {
+                    eprintln!("nemesis: healing failed: {err}");
+                }
             }
             let end_s = started.elapsed().as_secs_f64();
             eprintln!("[{end_s:6.1}s] nemesis: healed");
             windows.push(Window {
-                fault,
+                faults: chosen,
                 detail,
                 start_s,
                 end_s,

@@ -229,28 +229,51 @@ impl Workload {
         }
     }
 
-    /// The set's final content, read linearizably once the cluster has healed.
+    /// The set's final content, read linearizably (page by page) once the cluster has healed.
     pub async fn read_set(&self) -> Result<Vec<i64>, String> {
-        for attempt in 0..60 {
+        let mut elements = Vec::new();
+        let mut start = String::from("set/");
+        let mut attempt = 0;
+        loop {
             let node = &self.node_addrs[attempt % self.node_addrs.len()];
+            let mut url =
+                reqwest::Url::parse(&format!("http://{node}/v1/kv")).map_err(|e| e.to_string())?;
+            url.query_pairs_mut()
+                .append_pair("prefix", "set/")
+                .append_pair("start", &start)
+                .append_pair("limit", "5000");
             let request = self
                 .http
-                .get(format!("http://{node}/v1/kv?prefix=set/&limit=10000"))
+                .get(url)
                 .basic_auth(cluster::USER, Some(cluster::PASSWORD));
-            if let Ok(response) = request.send().await {
-                if response.status().is_success() {
-                    let body: Value = response.json().await.map_err(|e| e.to_string())?;
-                    return Ok(body["kvs"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|kv| kv["key"].as_str()?.strip_prefix("set/")?.parse().ok())
-                        .collect());
+            let page = match request.send().await {
+                Ok(response) if response.status().is_success() => {
+                    response.json::<Value>().await.map_err(|e| e.to_string())?
                 }
+                _ => {
+                    attempt += 1;
+                    if attempt > 60 {
+                        return Err("the final read of the set never succeeded".into());
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            let keys: Vec<&str> = page["kvs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|kv| kv["key"].as_str())
+                .collect();
+            elements.extend(
+                keys.iter()
+                    .filter_map(|key| key.strip_prefix("set/")?.parse::<i64>().ok()),
+            );
+            match keys.last() {
+                Some(last) if page["more"] == true => start = format!("{last}\0"),
+                _ => return Ok(elements),
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        Err("the final read of the set never succeeded".into())
     }
 
     /// The store revision, read linearizably.

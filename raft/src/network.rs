@@ -264,7 +264,12 @@ impl RaftNetworkV2<TypeConfig> for Peer {
             .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
         let mut prefix = (header.len() as u32).to_le_bytes().to_vec();
         prefix.extend_from_slice(&header);
-        let file = tokio::fs::File::from_std(snapshot.snapshot.file);
+        // From the start of the file, whatever offset the handle was left at.
+        let file = snapshot
+            .snapshot
+            .reopen()
+            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        let file = tokio::fs::File::from_std(file);
         let body = futures::stream::once(async move { Ok(bytes::Bytes::from(prefix)) })
             .chain(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20));
         let send = self

@@ -180,6 +180,17 @@ async fn receive_snapshot(
     body: Body,
 ) -> Result<(Vote, SnapshotOf<TypeConfig, SnapshotFile>), String> {
     let path = node.state().incoming_snapshot_path();
+    let received = receive_into(path.clone(), body).await;
+    if received.is_err() {
+        let _ = tokio::fs::remove_file(&path).await;
+    }
+    received
+}
+
+async fn receive_into(
+    path: std::path::PathBuf,
+    body: Body,
+) -> Result<(Vote, SnapshotOf<TypeConfig, SnapshotFile>), String> {
     let target = SnapshotFile::create(path.clone()).map_err(|e| e.to_string())?;
     let mut out = tokio::fs::File::from_std(target.file.try_clone().map_err(|e| e.to_string())?);
     let mut stream = body.into_data_stream();
@@ -206,6 +217,9 @@ async fn receive_snapshot(
     }
     let (vote, meta) = header.ok_or("snapshot transfer ended before its header")?;
     out.sync_all().await.map_err(|e| e.to_string())?;
+    // A broken transfer is refused here (the leader sends it again) instead of failing the
+    // state machine, which would stop this node.
+    target.verify().map_err(|e| e.to_string())?;
     Ok((
         vote,
         SnapshotOf::<TypeConfig, SnapshotFile> {

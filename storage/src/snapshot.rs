@@ -14,7 +14,6 @@ use std::fs::File;
 use std::io::BufReader;
 use std::io::BufWriter;
 use std::io::Read;
-use std::io::Seek;
 use std::io::Write;
 use std::path::Path;
 use std::path::PathBuf;
@@ -62,6 +61,31 @@ impl SnapshotFile {
     pub fn is_empty(&self) -> Result<bool, Error> {
         Ok(self.len()? == 0)
     }
+
+    /// Checks that the file is a whole keel snapshot (its header and its end marker), so a
+    /// transfer cut short is refused before it reaches the state machine.
+    pub fn verify(&self) -> Result<(), Error> {
+        use std::os::unix::fs::FileExt;
+        SnapshotReader::open(self)?;
+        let len = self.len()?;
+        let mut tail = [0u8; 4];
+        let complete = len >= 4
+            && self.file.read_exact_at(&mut tail, len - 4).is_ok()
+            && u32::from_le_bytes(tail) == END;
+        if complete {
+            Ok(())
+        } else {
+            Err(Error::Corrupt(format!(
+                "snapshot {}: truncated",
+                self.path.display()
+            )))
+        }
+    }
+
+    /// A fresh handle on the file, positioned at its start.
+    pub fn reopen(&self) -> Result<File, Error> {
+        File::open(&self.path).map_err(|e| Error::io(&self.path, e))
+    }
 }
 
 /// Streams `pairs` into a new snapshot file at `path`, fsynced before it returns.
@@ -104,9 +128,10 @@ pub(crate) struct SnapshotReader {
 impl SnapshotReader {
     /// Opens `snapshot` for reading and returns it with its metadata bytes.
     pub(crate) fn open(snapshot: &SnapshotFile) -> Result<(Self, Vec<u8>), Error> {
+        // A handle of its own: a duplicated one would share (and move) the file offset of
+        // `snapshot.file`, which the network streams from.
         let path = snapshot.path.clone();
-        let mut file = snapshot.file.try_clone().map_err(|e| Error::io(&path, e))?;
-        file.rewind().map_err(|e| Error::io(&path, e))?;
+        let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
         let mut reader = Self {
             path,
             input: BufReader::with_capacity(1 << 20, file),

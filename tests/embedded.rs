@@ -40,31 +40,14 @@ async fn keel_serve_without_flags_is_a_ready_single_node_cluster_that_keeps_its_
         )
         .await;
         if round == 0 {
-            let response = client
+            let put = client
                 .put(format!("{base}/v1/kv/greeting"))
-                .json(&json!({"value": "hello"}))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(response.status(), 200);
+                .json(&json!({"value": "hello"}));
+            assert_eq!(common::send_json(put).await.0, 200);
         }
-        let kv: Value = client
-            .get(format!("{base}/v1/kv/greeting"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let (_, kv) = common::send_json(client.get(format!("{base}/v1/kv/greeting"))).await;
         assert_eq!(kv["value"], "hello", "round {round}");
-        let cluster: Value = client
-            .get(format!("{base}/v1/cluster"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let (_, cluster) = common::send_json(client.get(format!("{base}/v1/cluster"))).await;
         assert_eq!(cluster["this_node"]["role"], "leader");
         child.kill().unwrap();
         child.wait().unwrap();

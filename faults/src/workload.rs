@@ -49,6 +49,21 @@ enum Answer {
     Unknown(String),
 }
 
+/// Records what a write's answer proves: done, not done, or unknown.
+fn settle_write(op: &mut Operation, answer: Answer) {
+    match answer {
+        Answer::Ok(..) => {}
+        Answer::Fail(e) => {
+            op.outcome = Outcome::Fail;
+            op.error = Some(e);
+        }
+        Answer::Unknown(e) => {
+            op.outcome = Outcome::Info;
+            op.error = Some(e);
+        }
+    }
+}
+
 impl Workload {
     pub fn new(node_addrs: Vec<String>, duration: Duration) -> Arc<Self> {
         let started = Instant::now();
@@ -172,17 +187,7 @@ impl Workload {
                     .put(target)
                     .header("Idempotency-Key", format!("p{process}-{value}"))
                     .json(&json!({ "value": value.to_string() }));
-                match self.send(request, &[]).await {
-                    Answer::Ok(..) => {}
-                    Answer::Fail(e) => {
-                        op.outcome = Outcome::Fail;
-                        op.error = Some(e);
-                    }
-                    Answer::Unknown(e) => {
-                        op.outcome = Outcome::Info;
-                        op.error = Some(e);
-                    }
-                }
+                settle_write(&mut op, self.send(request, &[]).await);
                 last_read[k] = None;
             }
             self.record(op);
@@ -214,17 +219,7 @@ impl Workload {
                 .put(url)
                 .header("Idempotency-Key", format!("add-{value}"))
                 .json(&json!({ "value": "1" }));
-            match self.send(request, &[]).await {
-                Answer::Ok(..) => {}
-                Answer::Fail(e) => {
-                    op.outcome = Outcome::Fail;
-                    op.error = Some(e);
-                }
-                Answer::Unknown(e) => {
-                    op.outcome = Outcome::Info;
-                    op.error = Some(e);
-                }
-            }
+            settle_write(&mut op, self.send(request, &[]).await);
             self.record(op);
         }
     }

@@ -37,7 +37,7 @@ def y(tp):
 colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
 svg = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="12">' % (width, height),
        '<rect width="100%" height="100%" fill="white"/>',
-       '<text x="%d" y="20" font-size="16">throughput (op/s) against concurrent clients</text>' % left,
+       '<text x="%d" y="20" font-size="16">throughput (op/s) against concurrent clients: keel solid, etcd dashed</text>' % left,
        '<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="black"/>' % (left, height - bottom, width - 150, height - bottom),
        '<line x1="%d" y1="30" x2="%d" y2="%d" stroke="black"/>' % (left, left, height - bottom)]
 for c, x in xs.items():
@@ -48,7 +48,8 @@ for i in range(6):
 series = sorted({(r["target"], r["workload"]) for r in rows})
 for i, (target, w) in enumerate(series):
     pts = [(xs[c], y(by[(target, w, c)]["throughput"])) for c in clients if (target, w, c) in by]
-    color = colors[i % len(colors)]
+    # One colour per workload; keel solid, etcd dashed.
+    color = colors[workloads.index(w) % len(colors)]
     dash = "" if target == "keel" else ' stroke-dasharray="6,4"'
     svg.append('<polyline fill="none" stroke="%s" stroke-width="2"%s points="%s"/>' % (color, dash, " ".join("%.0f,%.0f" % p for p in pts)))
     svg.append('<text x="%d" y="%d" fill="%s">%s %s</text>' % (width - 140, 50 + 18 * i, color, target, w))

@@ -1,24 +1,12 @@
 #!/usr/bin/env bash
 # Runs keel's whole test suite: unit tests, openraft's storage conformance suite on RocksDB,
-# and the cluster tests with real keel processes. Installs the build dependencies it needs
-# (libclang for RocksDB's bindings) when run as root on Debian/Ubuntu.
+# the cluster tests with real keel processes, and the fault suite's short runs. Installs the
+# build dependencies it needs (scripts/deps.sh) when run as root on Debian/Ubuntu.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need=()
-[[ -n "$(ls /usr/lib/llvm-*/lib/libclang*.so* 2>/dev/null)" ]] || need+=(libclang-dev clang)
-command -v curl >/dev/null || need+=(curl)
-if ((${#need[@]})); then
-  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-  else
-    echo "missing build dependencies: ${need[*]} (install them, e.g. apt-get install ${need[*]})" >&2
-    exit 1
-  fi
-fi
+source scripts/deps.sh
 
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/keel-target}"
 # Cluster tests start several keel processes each; two at a time fit a 2-core machine.
 cargo test --workspace --all-targets -- --test-threads="${KEEL_TEST_THREADS:-2}"
 

@@ -7,6 +7,12 @@
 //! whose deadline has passed. When a node becomes leader it first catches up with the log,
 //! then starts every deadline at now + TTL: a lease refreshed just before the old leader
 //! died cannot expire early because the new one never saw that refresh.
+//!
+//! A refresh is refused once the deadline has passed (the lease is being expired, as etcd
+//! does), and by a leader that has not heard from a quorum within the minimum election
+//! timeout: a deposed leader cut off from the majority must not promise a TTL that the new
+//! leader's clock will not honour. Deadlines are kept per grant (id and granting log index),
+//! so an id revoked and granted again starts afresh.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,6 +21,7 @@ use std::time::Duration;
 use std::time::Instant;
 
 use keel_raft::Consistency;
+use openraft::Instant as _;
 use openraft::ServerState;
 
 use crate::domain::lease;
@@ -29,11 +36,14 @@ const TICK: Duration = Duration::from_millis(100);
 /// Most leases expired by one command.
 const MAX_EXPIRE_BATCH: usize = 1000;
 
+/// A lease as the lessor tracks it: its id and the log index that granted it.
+type Grant = (u64, u64);
+
 #[derive(Default)]
 struct Deadlines {
     /// The term in which these deadlines were set; a new term starts them afresh.
     term: Option<u64>,
-    by_lease: HashMap<u64, Instant>,
+    by_lease: HashMap<Grant, Instant>,
 }
 
 #[derive(Default)]
@@ -54,15 +64,39 @@ impl Lessor {
     pub fn refresh(&self, node: &Node, id: u64) -> Result<Duration, RefreshError> {
         let raft = node.raft().map_err(RefreshError::Failed)?;
         let metrics = raft.metrics();
+        // A single voter is its own quorum; openraft records no acknowledgement for it.
+        let sole_voter = metrics
+            .membership_config
+            .membership()
+            .voter_ids()
+            .eq([raft.id()]);
+        let quorum_heard_from = sole_voter
+            || metrics
+                .last_quorum_acked
+                .as_ref()
+                .is_some_and(|at| at.elapsed() < node.settings.raft.election_timeout_min);
         let mut deadlines = self.deadlines.lock().expect("lessor");
-        if metrics.state != ServerState::Leader || deadlines.term != Some(metrics.current_term) {
+        if metrics.state != ServerState::Leader
+            || deadlines.term != Some(metrics.current_term)
+            || !quorum_heard_from
+        {
             return Err(RefreshError::NotLeader);
         }
         let lease = lease::get(&raft.reader(), id)
             .map_err(|e| RefreshError::Failed(e.into()))?
             .ok_or(RefreshError::NotFound)?;
+        let grant = (lease.id, lease.granted_at);
+        let now = Instant::now();
+        if deadlines
+            .by_lease
+            .get(&grant)
+            .is_some_and(|deadline| *deadline <= now)
+        {
+            // Already past its deadline: it is being expired.
+            return Err(RefreshError::NotFound);
+        }
         let ttl = Duration::from_millis(lease.ttl_ms);
-        deadlines.by_lease.insert(id, Instant::now() + ttl);
+        deadlines.by_lease.insert(grant, now + ttl);
         Ok(ttl)
     }
 
@@ -96,7 +130,7 @@ impl Lessor {
         }
         let leases = lease::all(&raft.reader())?;
         let now = Instant::now();
-        let expired: Vec<u64> = {
+        let expired: Vec<Grant> = {
             let mut deadlines = self.deadlines.lock().expect("lessor");
             if new_term {
                 deadlines.term = Some(metrics.current_term);
@@ -104,19 +138,20 @@ impl Lessor {
             }
             let mut live = HashMap::with_capacity(leases.len());
             for lease in &leases {
+                let grant = (lease.id, lease.granted_at);
                 let deadline = deadlines
                     .by_lease
-                    .get(&lease.id)
+                    .get(&grant)
                     .copied()
                     .unwrap_or(now + Duration::from_millis(lease.ttl_ms));
-                live.insert(lease.id, deadline);
+                live.insert(grant, deadline);
             }
             deadlines.by_lease = live;
-            let mut expired: Vec<u64> = deadlines
+            let mut expired: Vec<Grant> = deadlines
                 .by_lease
                 .iter()
                 .filter(|(_, deadline)| **deadline <= now)
-                .map(|(id, _)| *id)
+                .map(|(grant, _)| *grant)
                 .collect();
             expired.sort_unstable();
             expired.truncate(MAX_EXPIRE_BATCH);
@@ -128,14 +163,14 @@ impl Lessor {
         tracing::info!(leases = ?expired, "leases expired");
         node.propose(
             Command::Lease(LeaseCommand::Expire {
-                ids: expired.clone(),
+                leases: expired.clone(),
             }),
             None,
         )
         .await?;
         let mut deadlines = self.deadlines.lock().expect("lessor");
-        for id in expired {
-            deadlines.by_lease.remove(&id);
+        for grant in expired {
+            deadlines.by_lease.remove(&grant);
         }
         Ok(())
     }

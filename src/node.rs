@@ -458,9 +458,6 @@ impl Node {
         let bytes = bincode::serialize(&command).map_err(|e| Error::Internal(e.to_string()))?;
         let reply = self.raft()?.propose(bytes, request_id).await?;
         match bincode::deserialize(&reply) {
-            Ok(Reply::Undecodable(reason)) => Err(Error::Internal(format!(
-                "the state machine could not decode the command ({reason}); are all nodes running the same keel version?"
-            ))),
             Ok(reply) => Ok(reply),
             Err(e) => Err(Error::Internal(format!("undecodable reply: {e}"))),
         }

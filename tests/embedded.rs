@@ -44,6 +44,13 @@ async fn keel_serve_without_flags_is_a_ready_single_node_cluster_that_keeps_its_
                 .put(format!("{base}/v1/kv/greeting"))
                 .json(&json!({"value": "hello"}));
             assert_eq!(common::send_json(put).await.0, 200);
+            // A single node is its own quorum: it grants and keeps leases alive.
+            let grant = client
+                .post(format!("{base}/v1/leases"))
+                .json(&json!({"ttl": 30}));
+            let (_, lease) = common::send_json(grant).await;
+            let keepalive = client.post(format!("{base}/v1/leases/{}/keepalive", lease["id"]));
+            assert_eq!(common::send_json(keepalive).await.0, 200);
         }
         let (_, kv) = common::send_json(client.get(format!("{base}/v1/kv/greeting"))).await;
         assert_eq!(kv["value"], "hello", "round {round}");

@@ -46,8 +46,18 @@ struct RequestRecord {
     reply: Vec<u8>,
 }
 
-fn request_key(id: &str) -> Vec<u8> {
-    [REQUEST_PREFIX, id.as_bytes()].concat()
+/// A request id names one command: the same id with another command (two clients that
+/// picked the same key, a client reusing keys) is another request, not a retry.
+fn request_key(id: &str, command: &[u8]) -> Vec<u8> {
+    let fingerprint = format!("/{:016x}", fnv1a(command));
+    [REQUEST_PREFIX, id.as_bytes(), fingerprint.as_bytes()].concat()
+}
+
+/// FNV-1a: stable across nodes, versions and platforms, unlike std's hashers.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 fn request_by_index_key(index: u64) -> Vec<u8> {
@@ -88,7 +98,8 @@ impl Application<TypeConfig> for Machine {
         let Some(id) = &proposal.request_id else {
             return Ok(Reply(self.domain.apply(index, &proposal.command, txn)?));
         };
-        if let Some(record) = txn.get(&request_key(id))? {
+        let key = request_key(id, &proposal.command);
+        if let Some(record) = txn.get(&key)? {
             let record: RequestRecord = bincode::deserialize(&record)?;
             return Ok(Reply(record.reply));
         }
@@ -97,8 +108,11 @@ impl Application<TypeConfig> for Machine {
             index,
             reply: reply.clone(),
         };
-        txn.put(request_key(id), bincode::serialize(&record)?);
-        txn.put(request_by_index_key(index), id.as_bytes().to_vec());
+        txn.put(
+            request_by_index_key(index),
+            key[REQUEST_PREFIX.len()..].to_vec(),
+        );
+        txn.put(key, bincode::serialize(&record)?);
         Ok(Reply(reply))
     }
 }

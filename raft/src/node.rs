@@ -151,7 +151,9 @@ impl RaftNode {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
             max_in_snapshot_log_to_keep: config.keep_logs_after_snapshot,
             install_snapshot_timeout: 600_000,
-            max_payload_entries: 1000,
+            // Entries are at most ~1 MiB (the API's value limit), so a batch stays well under
+            // the peer routes' 256 MiB body limit.
+            max_payload_entries: 64,
             ..Default::default()
         };
         let raft_config = Arc::new(

@@ -132,7 +132,7 @@ impl WatchStream {
         let raft = self.node.raft()?;
         let events = kv::events_after(&raft.reader(), self.after, WATCH_BATCH)?;
         if let Some(first) = events.first() {
-            if first.revision != self.after + 1 {
+            if first.revision != self.after.saturating_add(1) {
                 // The history the client needs was compacted while it fell behind.
                 let error = Error::Compacted {
                     requested: self.after + 1,
@@ -189,9 +189,9 @@ async fn watch(
     // Without a revision, the watch starts with the next change.
     let after = revision.unwrap_or(current);
     let oldest = kv::oldest_kept(current);
-    if after + 1 < oldest {
+    if after.saturating_add(1) < oldest {
         return Err(Error::Compacted {
-            requested: after + 1,
+            requested: after.saturating_add(1),
             oldest,
         });
     }

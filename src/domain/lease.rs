@@ -33,6 +33,8 @@ pub enum Attachment {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
     pub id: u64,
+    /// The log index that granted it: an id revoked and granted again is another lease.
+    pub granted_at: u64,
     pub ttl_ms: u64,
     pub attachments: BTreeSet<Attachment>,
 }
@@ -46,9 +48,10 @@ pub enum LeaseCommand {
     Revoke {
         id: u64,
     },
-    /// Proposed by the leader's lessor for leases whose deadline passed.
+    /// Proposed by the leader's lessor for leases whose deadline passed, each named by its id
+    /// and the log index that granted it.
     Expire {
-        ids: Vec<u64>,
+        leases: Vec<(u64, u64)>,
     },
 }
 
@@ -109,12 +112,14 @@ pub(crate) fn grant(
     txn: &mut Txn<'_>,
     id: u64,
     ttl_ms: u64,
+    granted_at: u64,
 ) -> Result<Result<Lease, LeaseError>, StorageError> {
     if get(txn, id)?.is_some() {
         return Ok(Err(LeaseError::AlreadyExists));
     }
     let lease = Lease {
         id,
+        granted_at,
         ttl_ms,
         attachments: BTreeSet::new(),
     };
@@ -142,17 +147,19 @@ pub(crate) fn revoke(
 
 pub fn apply(
     command: LeaseCommand,
+    index: u64,
     txn: &mut Txn<'_>,
 ) -> Result<Result<Vec<Lease>, LeaseError>, StorageError> {
     Ok(match command {
-        LeaseCommand::Grant { id, ttl_ms } => grant(txn, id, ttl_ms)?.map(|l| vec![l]),
+        LeaseCommand::Grant { id, ttl_ms } => grant(txn, id, ttl_ms, index)?.map(|l| vec![l]),
         LeaseCommand::Revoke { id } => revoke(txn, id)?.map(|l| vec![l]),
-        LeaseCommand::Expire { ids } => {
+        LeaseCommand::Expire { leases } => {
             let mut expired = Vec::new();
-            for id in ids {
-                // A lease revoked meanwhile is simply gone.
-                if let Ok(lease) = revoke(txn, id)? {
-                    expired.push(lease);
+            for (id, granted_at) in leases {
+                // A lease revoked meanwhile is gone; one granted again under the same id is
+                // another lease, with a deadline of its own.
+                if get(txn, id)?.is_some_and(|lease| lease.granted_at == granted_at) {
+                    expired.extend(revoke(txn, id)?);
                 }
             }
             Ok(expired)

@@ -33,8 +33,6 @@ pub enum Reply {
     Kv(Result<kv::KvWrite, kv::KvError>),
     Lease(Result<Vec<lease::Lease>, lease::LeaseError>),
     Registry(registry::RegistryReply),
-    /// The command could not be decoded: a node running a newer keel proposed it.
-    Undecodable(String),
 }
 
 /// The state machine keel's Raft applies.
@@ -43,16 +41,22 @@ pub struct Domain;
 impl StateMachine for Domain {
     fn apply(
         &self,
-        _index: u64,
+        index: u64,
         command: &[u8],
         txn: &mut Txn<'_>,
     ) -> Result<Vec<u8>, StorageError> {
-        let reply = match bincode::deserialize::<Command>(command) {
-            Ok(Command::Cluster(command)) => Reply::Cluster(cluster::apply(command, txn)?),
-            Ok(Command::Kv(command)) => Reply::Kv(kv::apply(command, txn)?),
-            Ok(Command::Lease(command)) => Reply::Lease(lease::apply(command, txn)?),
-            Ok(Command::Registry(command)) => Reply::Registry(registry::apply(command, txn)?),
-            Err(err) => Reply::Undecodable(err.to_string()),
+        // A command this node cannot decode was proposed by a newer keel. Skipping it would
+        // let this node's state silently diverge, so the node stops instead.
+        let command: Command = bincode::deserialize(command).map_err(|e| {
+            StorageError::Corrupt(format!(
+                "log entry {index} holds a command this keel cannot decode ({e}); upgrade this node"
+            ))
+        })?;
+        let reply = match command {
+            Command::Cluster(command) => Reply::Cluster(cluster::apply(command, txn)?),
+            Command::Kv(command) => Reply::Kv(kv::apply(command, txn)?),
+            Command::Lease(command) => Reply::Lease(lease::apply(command, index, txn)?),
+            Command::Registry(command) => Reply::Registry(registry::apply(command, index, txn)?),
         };
         Ok(bincode::serialize(&reply)?)
     }

@@ -132,7 +132,11 @@ pub(crate) fn remove(txn: &mut Txn<'_>, cluster: &str, id: u64) -> Result<(), St
     Ok(())
 }
 
-pub fn apply(command: RegistryCommand, txn: &mut Txn<'_>) -> Result<RegistryReply, StorageError> {
+pub fn apply(
+    command: RegistryCommand,
+    index: u64,
+    txn: &mut Txn<'_>,
+) -> Result<RegistryReply, StorageError> {
     Ok(match command {
         RegistryCommand::Register {
             cluster,
@@ -141,7 +145,7 @@ pub fn apply(command: RegistryCommand, txn: &mut Txn<'_>) -> Result<RegistryRepl
             info,
         } => {
             let id = txn.get(NEXT_ID_KEY)?.map_or(Ok(1), |b| decode::<u64>(&b))?;
-            if lease::grant(txn, lease_id, ttl_ms)?.is_err() {
+            if lease::grant(txn, lease_id, ttl_ms, index)?.is_err() {
                 return Ok(RegistryReply::LeaseTaken);
             }
             txn.put(NEXT_ID_KEY.to_vec(), encode(&(id + 1))?);

@@ -64,6 +64,7 @@ pub struct StateStore<C, A> {
     db: Arc<DB>,
     app: Arc<A>,
     snapshot_dir: PathBuf,
+    publishing: Arc<std::sync::Mutex<()>>,
     _config: PhantomData<C>,
 }
 
@@ -73,6 +74,7 @@ impl<C, A> Clone for StateStore<C, A> {
             db: self.db.clone(),
             app: self.app.clone(),
             snapshot_dir: self.snapshot_dir.clone(),
+            publishing: self.publishing.clone(),
             _config: PhantomData,
         }
     }
@@ -88,6 +90,7 @@ impl<C: RaftTypeConfig, A: Application<C>> StateStore<C, A> {
             db,
             app: Arc::new(app),
             snapshot_dir,
+            publishing: Arc::default(),
             _config: PhantomData,
         })
     }
@@ -200,14 +203,19 @@ impl<C: RaftTypeConfig, A: Application<C>> StateStore<C, A> {
         })
     }
 
-    /// Makes `partial` the current snapshot under `path` and drops older ones.
+    /// Makes `partial` a snapshot under `path` and drops the ones it supersedes.
+    ///
+    /// A build runs concurrently with an install, so a build that finishes late may be older
+    /// than the snapshot already here: only snapshots covering less of the log are removed,
+    /// and the current snapshot is always the newest file (names sort by log index).
     fn publish(&self, partial: &Path, path: &Path) -> Result<(), Error> {
+        let _one_at_a_time = self.publishing.lock().expect("snapshot publish lock");
         fs::rename(partial, path).map_err(|e| Error::io(path, e))?;
         fs::File::open(&self.snapshot_dir)
             .and_then(|dir| dir.sync_all())
             .map_err(|e| Error::io(&self.snapshot_dir, e))?;
         for old in snapshot_files(&self.snapshot_dir)? {
-            if old != path {
+            if old.as_path() < path {
                 fs::remove_file(&old).map_err(|e| Error::io(&old, e))?;
             }
         }

@@ -43,6 +43,17 @@ pub struct Identity {
     pub uid: u64,
     pub cluster_name: String,
     pub secret: String,
+    /// Set by `create_cluster` until the cluster's first command is committed, so that a crash
+    /// in between finishes the creation on restart instead of leaving a cluster without its
+    /// credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_init: Option<PendingInit>,
+}
+
+/// What `create_cluster` still has to commit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PendingInit {
+    pub credentials: Option<Credentials>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -187,7 +198,11 @@ impl Node {
         if let Some(identity) = node.read_identity()? {
             node.set_state(BootstrapState::RecoveringCluster);
             node.start_raft(&identity).await.map_err(|e| e.message)?;
-            node.finish(Ok(()));
+            let recovered = match identity.pending_init.clone() {
+                Some(pending) => node.finish_creation(identity, pending).await,
+                None => Ok(()),
+            };
+            node.finish(recovered);
         }
         Ok(node)
     }
@@ -336,32 +351,51 @@ impl Node {
             }),
             None => None,
         };
+        let pending = PendingInit { credentials };
         let identity = Identity {
             uid: 1,
-            cluster_name: name.clone(),
+            cluster_name: name,
             secret: uuid::Uuid::new_v4().simple().to_string(),
+            pending_init: Some(pending.clone()),
         };
         self.write_identity(&identity)?;
-        let raft = self.start_raft(&identity).await?;
-        raft.initialize(self.settings.advertise.clone())
-            .await
+        self.start_raft(&identity).await?;
+        self.finish_creation(identity, pending).await
+    }
+
+    /// Makes this node the founding voter and commits the cluster's first command, then
+    /// records that the creation is done. Safe to repeat after a crash at any point.
+    async fn finish_creation(
+        &self,
+        mut identity: Identity,
+        pending: PendingInit,
+    ) -> Result<(), BootstrapError> {
+        let raft = self
+            .raft()
             .map_err(|e| BootstrapError::new("internal_error", e.to_string()))?;
+        if !raft.is_initialized().await {
+            raft.initialize(self.settings.advertise.clone())
+                .await
+                .map_err(|e| BootstrapError::new("internal_error", e.to_string()))?;
+        }
         let command = Command::Cluster(ClusterCommand::Init {
-            name,
-            credentials,
+            name: identity.cluster_name.clone(),
+            credentials: pending.credentials,
             secret: identity.secret.clone(),
             founder: identity.uid,
         });
         match self.propose(command, None).await {
-            Ok(Reply::Cluster(ClusterReply::Initialized | ClusterReply::AlreadyInitialized)) => {
-                Ok(())
+            Ok(Reply::Cluster(ClusterReply::Initialized | ClusterReply::AlreadyInitialized)) => {}
+            Ok(other) => {
+                return Err(BootstrapError::new(
+                    "internal_error",
+                    format!("unexpected reply to cluster init: {other:?}"),
+                ))
             }
-            Ok(other) => Err(BootstrapError::new(
-                "internal_error",
-                format!("unexpected reply to cluster init: {other:?}"),
-            )),
-            Err(e) => Err(BootstrapError::new("internal_error", e.to_string())),
+            Err(e) => return Err(BootstrapError::new("internal_error", e.to_string())),
         }
+        identity.pending_init = None;
+        self.write_identity(&identity)
     }
 
     async fn join_cluster(
@@ -398,6 +432,7 @@ impl Node {
                 uid: grant.uid,
                 cluster_name: grant.cluster_name,
                 secret: grant.secret,
+                pending_init: None,
             };
             self.write_identity(&identity)?;
             self.start_raft(&identity).await?;

@@ -425,3 +425,49 @@ async fn without_a_quorum_requests_wait_a_bounded_time_then_get_503() {
     let (status, body) = send_json(cluster.get(survivor, "/v1/kv/k?consistency=stale")).await;
     assert_eq!((status, body["value"].as_str()), (200, Some("v")));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cluster_creation_cut_short_is_finished_on_restart() {
+    use argon2::password_hash::SaltString;
+    use argon2::PasswordHasher;
+    // The state a crash right after create_cluster wrote the node's identity leaves behind.
+    let dir = tempfile::tempdir().unwrap();
+    let node_dir = dir.path().join("node1");
+    std::fs::create_dir_all(&node_dir).unwrap();
+    let salt = SaltString::encode_b64(b"fixed-test-salt!").unwrap();
+    let hash = argon2::Argon2::default()
+        .hash_password(PASSWORD.as_bytes(), &salt)
+        .unwrap()
+        .to_string();
+    let identity = json!({
+        "uid": 1, "cluster_name": "resumed", "secret": "s3cret",
+        "pending_init": { "credentials": { "username": USER, "password_hash": hash } }
+    });
+    std::fs::write(node_dir.join("identity.json"), identity.to_string()).unwrap();
+
+    let mut node = common::KeelProcess::new(node_dir.clone(), &[]);
+    node.start();
+    let client = common::client();
+    common::wait_until("the creation to finish", Duration::from_secs(30), || {
+        let request = client.get(node.url("/v1/bootstrap"));
+        async move {
+            let Ok(response) = request.send().await else {
+                return false;
+            };
+            let status: serde_json::Value = response.json().await.unwrap_or_default();
+            status["bootstrap_status"]["state"] == "completed"
+        }
+    })
+    .await;
+    // The credentials from the interrupted creation are in force, and it is recorded as done.
+    assert_eq!(send_json(client.get(node.url("/v1/kv/k"))).await.0, 401);
+    let (status, info) = send_json(
+        client
+            .get(node.url("/v1/cluster"))
+            .basic_auth(USER, Some(PASSWORD)),
+    )
+    .await;
+    assert_eq!((status, info["name"].as_str()), (200, Some("resumed")));
+    let stored = std::fs::read_to_string(node_dir.join("identity.json")).unwrap();
+    assert!(!stored.contains("pending_init"), "{stored}");
+}

@@ -79,7 +79,17 @@ fn authorize(node: &Node, family: &str, header: Option<&header::HeaderValue>) ->
     if node.settings.open_routes.iter().any(|open| open == family) {
         return Ok(());
     }
-    let Some(credentials) = node.cluster_config()?.and_then(|c| c.credentials) else {
+    if !node.is_member() {
+        // An idle node: only the bootstrap call can do anything, and it must be open.
+        return Ok(());
+    }
+    let Some(config) = node.cluster_config()? else {
+        // A member whose cluster's first command is not applied yet has nothing to check
+        // credentials against, so it serves nothing.
+        return Err(keel_raft::Error::NotInitialized.into());
+    };
+    let Some(credentials) = config.credentials else {
+        // The loopback-only embedded default.
         return Ok(());
     };
     let header = header.and_then(|h| h.to_str().ok());

@@ -15,6 +15,7 @@
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -132,6 +133,18 @@ pub struct RaftNode {
     peers: PeerClient,
     secret: String,
     config: RaftConfig,
+    /// Reads waiting for a ReadIndex, for linearizable (0) and lease (1) consistency.
+    read_batches: [Mutex<ReadBatch>; 2],
+}
+
+type ReadIndexResult = Result<ReadLogId<TypeConfig>, Error>;
+
+/// Reads that share one ReadIndex round: every read in a batch arrived before the round
+/// started, so the leadership it confirms is as recent as each of them needs.
+#[derive(Default)]
+struct ReadBatch {
+    waiting: Vec<tokio::sync::oneshot::Sender<ReadIndexResult>>,
+    running: bool,
 }
 
 impl RaftNode {
@@ -181,6 +194,7 @@ impl RaftNode {
             peers,
             secret,
             config,
+            read_batches: Default::default(),
         }))
     }
 
@@ -262,23 +276,30 @@ impl RaftNode {
     }
 
     /// Returns once this node's state is fresh enough to serve a read of `consistency`.
-    pub async fn read_barrier(&self, consistency: Consistency) -> Result<(), Error> {
+    ///
+    /// Concurrent reads on one node share their ReadIndex rounds (one forward to the leader,
+    /// one quorum confirmation per batch) instead of each making its own.
+    pub async fn read_barrier(self: &Arc<Self>, consistency: Consistency) -> Result<(), Error> {
         let lease = match consistency {
             Consistency::Stale => return Ok(()),
             Consistency::Lease => true,
             Consistency::Linearizable => false,
         };
-        let answer = self
-            .on_leader(
-                LeaderRequest::ReadIndex { lease },
-                self.config.request_timeout,
-            )
-            .await?;
-        let LeaderAnswer::ReadIndex(read_log_id) = answer else {
-            return Err(Error::Fatal(format!(
-                "unexpected answer to ReadIndex: {answer:?}"
-            )));
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let start_rounds = {
+            let mut batch = self.read_batches[usize::from(lease)]
+                .lock()
+                .expect("read batch");
+            batch.waiting.push(answer);
+            !std::mem::replace(&mut batch.running, true)
         };
+        if start_rounds {
+            tokio::spawn(self.clone().run_read_rounds(lease));
+        }
+        let read_log_id = tokio::time::timeout(self.config.request_timeout * 2, answered)
+            .await
+            .map_err(|_| Error::Timeout("no ReadIndex round answered this read".into()))?
+            .map_err(|_| Error::Fatal("the ReadIndex round was dropped".into()))??;
         let linearizer = Linearizer::new(self.id, read_log_id, None);
         let deadline = self.config.request_timeout;
         match tokio::time::timeout(deadline, linearizer.await_ready(&self.raft)).await {
@@ -287,6 +308,38 @@ impl RaftNode {
             Err(_) => Err(Error::Timeout(
                 "this node did not catch up with the leader's commit index in time".into(),
             )),
+        }
+    }
+
+    /// Runs ReadIndex rounds until no read is waiting.
+    async fn run_read_rounds(self: Arc<Self>, lease: bool) {
+        loop {
+            let batch = {
+                let mut batch = self.read_batches[usize::from(lease)]
+                    .lock()
+                    .expect("read batch");
+                if batch.waiting.is_empty() {
+                    batch.running = false;
+                    return;
+                }
+                std::mem::take(&mut batch.waiting)
+            };
+            let result = match self
+                .on_leader(
+                    LeaderRequest::ReadIndex { lease },
+                    self.config.request_timeout,
+                )
+                .await
+            {
+                Ok(LeaderAnswer::ReadIndex(read_log_id)) => Ok(read_log_id),
+                Ok(other) => Err(Error::Fatal(format!(
+                    "unexpected answer to ReadIndex: {other:?}"
+                ))),
+                Err(err) => Err(err),
+            };
+            for answer in batch {
+                let _ = answer.send(result.clone());
+            }
         }
     }
 

@@ -51,7 +51,7 @@ pub struct Verifier {
 }
 
 impl Verifier {
-    pub fn check(&self, credentials: &Credentials, header: Option<&str>) -> bool {
+    pub async fn check(&self, credentials: &Credentials, header: Option<&str>) -> bool {
         let Some(header) = header else {
             return false;
         };
@@ -59,16 +59,12 @@ impl Verifier {
         if self.verified.lock().expect("auth cache").contains(&key) {
             return true;
         }
-        let Some((user, password)) = parse_basic(header) else {
-            return false;
-        };
-        let Ok(hash) = PasswordHash::new(&credentials.password_hash) else {
-            return false;
-        };
-        let valid = crate::constant_time_eq(user.as_bytes(), credentials.username.as_bytes())
-            & Argon2::default()
-                .verify_password(password.as_bytes(), &hash)
-                .is_ok();
+        // argon2 is slow on purpose: keep it off the async workers, so wrong passwords
+        // cannot stall other requests.
+        let (credentials, header) = (credentials.clone(), header.to_string());
+        let valid = tokio::task::spawn_blocking(move || verify(&credentials, &header))
+            .await
+            .unwrap_or(false);
         if valid {
             let mut cache = self.verified.lock().expect("auth cache");
             if cache.len() >= CACHE_LIMIT {
@@ -80,22 +76,40 @@ impl Verifier {
     }
 }
 
+fn verify(credentials: &Credentials, header: &str) -> bool {
+    let Some((user, password)) = parse_basic(header) else {
+        return false;
+    };
+    let Ok(hash) = PasswordHash::new(&credentials.password_hash) else {
+        return false;
+    };
+    crate::constant_time_eq(user.as_bytes(), credentials.username.as_bytes())
+        & Argon2::default()
+            .verify_password(password.as_bytes(), &hash)
+            .is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn verifies_only_the_right_password() {
+    #[tokio::test]
+    async fn verifies_only_the_right_password() {
         let credentials = Credentials {
             username: "admin".into(),
             password_hash: hash_password("s3cret").unwrap(),
         };
         let verifier = Verifier::default();
-        assert!(verifier.check(&credentials, Some(&basic_header("admin", "s3cret"))));
-        assert!(verifier.check(&credentials, Some(&basic_header("admin", "s3cret"))));
-        assert!(!verifier.check(&credentials, Some(&basic_header("admin", "wrong"))));
-        assert!(!verifier.check(&credentials, Some(&basic_header("root", "s3cret"))));
-        assert!(!verifier.check(&credentials, Some("Bearer x")));
-        assert!(!verifier.check(&credentials, None));
+        let check = |header: Option<String>| {
+            let verifier = &verifier;
+            let credentials = &credentials;
+            async move { verifier.check(credentials, header.as_deref()).await }
+        };
+        assert!(check(Some(basic_header("admin", "s3cret"))).await);
+        assert!(check(Some(basic_header("admin", "s3cret"))).await);
+        assert!(!check(Some(basic_header("admin", "wrong"))).await);
+        assert!(!check(Some(basic_header("root", "s3cret"))).await);
+        assert!(!check(Some("Bearer x".into())).await);
+        assert!(!check(None).await);
     }
 }

@@ -129,6 +129,15 @@ impl Nemesis {
         }
     }
 
+    /// The node a fault hits: the leader (or any node while there is none), or any node.
+    async fn victim(&mut self, cluster: &Cluster, leader: bool) -> usize {
+        if leader {
+            self.leader_or_random(cluster).await
+        } else {
+            self.random_node(cluster)
+        }
+    }
+
     /// Injects one random fault and returns how to undo it, with a description.
     async fn inject(
         &mut self,
@@ -139,11 +148,7 @@ impl Nemesis {
         let size = cluster.nodes.len();
         Ok(match fault {
             Fault::KillLeader | Fault::KillOne => {
-                let victim = if fault == Fault::KillLeader {
-                    self.leader_or_random(cluster).await
-                } else {
-                    self.random_node(cluster)
-                };
+                let victim = self.victim(cluster, fault == Fault::KillLeader).await;
                 cluster.kill(victim);
                 (
                     Undo::Restart(vec![victim]),
@@ -164,11 +169,7 @@ impl Nemesis {
                 )
             }
             Fault::PauseLeader | Fault::PauseOne => {
-                let victim = if fault == Fault::PauseLeader {
-                    self.leader_or_random(cluster).await
-                } else {
-                    self.random_node(cluster)
-                };
+                let victim = self.victim(cluster, fault == Fault::PauseLeader).await;
                 cluster.pause(victim);
                 (
                     Undo::Resume(vec![victim]),

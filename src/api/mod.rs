@@ -69,13 +69,17 @@ async fn require_credentials(
     next: Next,
 ) -> Response {
     let (node, family) = guard.as_ref();
-    if let Err(denied) = authorize(node, family, request.headers().get(header::AUTHORIZATION)) {
+    let header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok());
+    if let Err(denied) = authorize(node, family, header).await {
         return denied.into_response();
     }
     next.run(request).await
 }
 
-fn authorize(node: &Node, family: &str, header: Option<&header::HeaderValue>) -> Result<(), Error> {
+async fn authorize(node: &Node, family: &str, header: Option<&str>) -> Result<(), Error> {
     if node.settings.open_routes.iter().any(|open| open == family) {
         return Ok(());
     }
@@ -92,8 +96,7 @@ fn authorize(node: &Node, family: &str, header: Option<&header::HeaderValue>) ->
         // The loopback-only embedded default.
         return Ok(());
     };
-    let header = header.and_then(|h| h.to_str().ok());
-    if node.verifier.check(&credentials, header) {
+    if node.verifier.check(&credentials, header).await {
         Ok(())
     } else {
         Err(Error::Unauthorized(

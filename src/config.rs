@@ -126,7 +126,7 @@ pub struct Settings {
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7799";
 
 /// Route families `--open-routes` accepts.
-pub const ROUTE_FAMILIES: [&str; 4] = ["kv", "cluster", "metrics", "clusterflux"];
+pub const ROUTE_FAMILIES: [&str; 5] = ["kv", "cluster", "metrics", "clusterflux", "undermoon"];
 
 impl ServeArgs {
     /// Merges flags and environment (`self`) over the `--config` file over the defaults.

@@ -14,6 +14,7 @@ mod error;
 mod lessor;
 mod machine_info;
 mod node;
+mod proxy_probe;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;

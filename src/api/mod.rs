@@ -5,6 +5,7 @@
 //! - [`cluster`]: the control cluster itself (`/v1/cluster`, `/v1/nodes`).
 //! - [`kv`]: the revisioned key-value store with watches (`/v1/kv`) and leases (`/v1/leases`).
 //! - [`clusterflux`]: ClusterFlux node registry and versioned metadata (`/nodes`, `/clusters`).
+//! - [`undermoon`]: the undermoon broker API for its coordinator (`/api/v3`).
 //! - [`metrics`]: Prometheus text (`/metrics`).
 //!
 //! Authentication is per route family: once the cluster has credentials, every family
@@ -16,6 +17,7 @@ mod clusterflux;
 mod kv;
 mod leases;
 mod metrics;
+mod undermoon;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +48,7 @@ pub fn router(node: Arc<Node>) -> Router {
             kv::routes(node.clone()).merge(leases::routes(node.clone())),
         ),
         ("clusterflux", clusterflux::routes(node.clone())),
+        ("undermoon", undermoon::routes(node.clone())),
         ("metrics", metrics::routes(node.clone())),
     ] {
         let guard = Arc::new((node.clone(), family));

@@ -6,6 +6,7 @@
 //! between nodes (ids, secrets, hashes, time) was chosen by the proposer and is inside the
 //! command. Each family of commands has its own module and key prefix.
 
+pub mod broker;
 pub mod cluster;
 pub mod kv;
 pub mod lease;
@@ -24,6 +25,8 @@ pub enum Command {
     Kv(kv::KvCommand),
     Lease(lease::LeaseCommand),
     Registry(registry::RegistryCommand),
+    /// Appended last: bincode numbers variants in order, and logs hold the older ones.
+    Broker(broker::BrokerCommand),
 }
 
 /// The answer to a [`Command`].
@@ -33,6 +36,7 @@ pub enum Reply {
     Kv(Result<kv::KvWrite, kv::KvError>),
     Lease(Result<Vec<lease::Lease>, lease::LeaseError>),
     Registry(registry::RegistryReply),
+    Broker(broker::BrokerReply),
 }
 
 /// The state machine keel's Raft applies.
@@ -53,6 +57,7 @@ impl StateMachine for Domain {
             ))
         })?;
         let reply = match command {
+            Command::Broker(command) => Reply::Broker(broker::apply(command, txn)?),
             Command::Cluster(command) => Reply::Cluster(cluster::apply(command, txn)?),
             Command::Kv(command) => Reply::Kv(kv::apply(command, txn)?),
             Command::Lease(command) => Reply::Lease(lease::apply(command, index, txn)?),

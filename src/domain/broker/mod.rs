@@ -1,0 +1,166 @@
+//! The undermoon broker: Redis clusters made of server proxies, their slots, failovers,
+//! migrations and epochs — keel's main domain, replicated through the Raft log.
+//!
+//! - [`slots`]: slot ranges and the arithmetic of even splits, expansion and shrinking.
+//! - [`model`]: what is stored, in undermoon's dump layout.
+//! - [`alloc`]: host-aware choice of proxies.
+//! - [`state`]: the operations, each applied whole or not at all.
+//! - [`view`]: the JSON shapes the coordinator reads.
+//!
+//! Storage: one key per proxy and per cluster under `broker/`, plus one for the epoch and
+//! settings. An operation loads the broker with one scan (one RocksDB iterator, so a
+//! consistent view), runs on it in memory and writes back only what changed. Loading is
+//! linear in the number of proxies; a control plane's broker holds thousands, not millions.
+
+pub mod alloc;
+pub mod model;
+pub mod slots;
+pub mod state;
+pub mod view;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+
+use keel_storage::Error as StorageError;
+use keel_storage::KvRead;
+use keel_storage::Txn;
+use serde::Deserialize;
+use serde::Serialize;
+
+pub use self::model::BrokerSettings;
+pub use self::model::MetaStore;
+pub use self::state::Answer;
+pub use self::state::Broker;
+pub use self::state::BrokerError;
+pub use self::state::Op;
+use super::decode;
+use super::encode;
+use model::ClusterStore;
+use model::ProxyResource;
+
+const PREFIX: &[u8] = b"broker/";
+const PREFIX_END: &[u8] = b"broker0"; // the byte after '/'
+const META_KEY: &[u8] = b"broker/meta";
+const PROXY_PREFIX: &[u8] = b"broker/proxy/";
+const CLUSTER_PREFIX: &[u8] = b"broker/cluster/";
+
+/// A broker operation with the proposer's clock reading (Unix seconds), which failure
+/// reports are stamped with and judged by.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BrokerCommand {
+    pub now: i64,
+    pub op: Op,
+}
+
+pub type BrokerReply = Result<Answer, BrokerError>;
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+struct Meta {
+    global_epoch: u64,
+    settings: BrokerSettings,
+}
+
+/// A proxy with its failure state, stored under one key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct ProxyRecord {
+    resource: ProxyResource,
+    failed: bool,
+    failures: BTreeMap<String, i64>,
+}
+
+fn proxy_key(address: &str) -> Vec<u8> {
+    [PROXY_PREFIX, address.as_bytes()].concat()
+}
+
+fn cluster_key(name: &str) -> Vec<u8> {
+    [CLUSTER_PREFIX, name.as_bytes()].concat()
+}
+
+/// Reads the whole broker in one consistent scan.
+pub fn load(read: &impl KvRead) -> Result<Broker, StorageError> {
+    let mut broker = Broker::default();
+    for (key, value) in read.scan(PREFIX, PREFIX_END, usize::MAX)? {
+        if key == META_KEY {
+            let meta: Meta = decode(&value)?;
+            broker.store.global_epoch = meta.global_epoch;
+            broker.settings = meta.settings;
+        } else if key.starts_with(PROXY_PREFIX) {
+            let record: ProxyRecord = decode(&value)?;
+            let address = record.resource.proxy_address.clone();
+            if record.failed {
+                broker.store.failed_proxies.insert(address.clone());
+            }
+            if !record.failures.is_empty() {
+                broker
+                    .store
+                    .failures
+                    .insert(address.clone(), record.failures);
+            }
+            broker.store.all_proxies.insert(address, record.resource);
+        } else if key.starts_with(CLUSTER_PREFIX) {
+            let cluster: ClusterStore = decode(&value)?;
+            broker.store.clusters.insert(cluster.name.clone(), cluster);
+        }
+    }
+    Ok(broker)
+}
+
+fn proxy_records(broker: &Broker) -> BTreeMap<&String, ProxyRecord> {
+    let store = &broker.store;
+    store
+        .all_proxies
+        .iter()
+        .map(|(address, resource)| {
+            (
+                address,
+                ProxyRecord {
+                    resource: resource.clone(),
+                    failed: store.failed_proxies.contains(address),
+                    failures: store.failures.get(address).cloned().unwrap_or_default(),
+                },
+            )
+        })
+        .collect()
+}
+
+/// Writes what differs between `before` and `after`.
+fn save(txn: &mut Txn<'_>, before: &Broker, after: &Broker) -> Result<(), StorageError> {
+    let meta = |b: &Broker| Meta {
+        global_epoch: b.store.global_epoch,
+        settings: b.settings.clone(),
+    };
+    if meta(before) != meta(after) {
+        txn.put(META_KEY.to_vec(), encode(&meta(after))?);
+    }
+    let (old, new) = (proxy_records(before), proxy_records(after));
+    for (address, record) in &new {
+        if old.get(address) != Some(record) {
+            txn.put(proxy_key(address), encode(record)?);
+        }
+    }
+    for address in old.keys().filter(|a| !new.contains_key(*a)) {
+        txn.delete(proxy_key(address));
+    }
+    let (old, new) = (&before.store.clusters, &after.store.clusters);
+    for (name, cluster) in new {
+        if old.get(name) != Some(cluster) {
+            txn.put(cluster_key(name), encode(cluster)?);
+        }
+    }
+    for name in old.keys().filter(|n| !new.contains_key(*n)) {
+        txn.delete(cluster_key(name));
+    }
+    Ok(())
+}
+
+pub fn apply(command: BrokerCommand, txn: &mut Txn<'_>) -> Result<BrokerReply, StorageError> {
+    let before = load(txn)?;
+    let mut after = before.clone();
+    let reply = after.execute(command.now, command.op);
+    if reply.is_ok() {
+        save(txn, &before, &after)?;
+    }
+    Ok(reply)
+}

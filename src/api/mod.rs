@@ -148,8 +148,11 @@ impl Relayable {
     pub(crate) fn new(parts: &axum::http::request::Parts, body: Bytes) -> Self {
         Self {
             method: parts.method.clone(),
+            // A nested router sees its URI without the prefix; the leader needs all of it.
             path_and_query: parts
-                .uri
+                .extensions
+                .get::<axum::extract::OriginalUri>()
+                .map_or(&parts.uri, |original| &original.0)
                 .path_and_query()
                 .map_or("/".into(), |p| p.to_string()),
             headers: parts.headers.clone(),

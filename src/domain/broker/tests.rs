@@ -439,3 +439,43 @@ fn dump_has_undermoon_shape() {
     );
     assert_eq!(dump["failed_proxies"], serde_json::json!([]));
 }
+
+/// A dump as undermoon's memory broker writes it (field for field from its `MetaStore`).
+#[test]
+fn an_undermoon_dump_restores() {
+    let dump = r#"{
+        "version": "mem-broker-0.2",
+        "global_epoch": 9,
+        "clusters": {"c1": {"epoch": 9, "name": "c1", "config": {"compression_strategy": "disabled",
+            "migration_config": {"max_migration_time": 10800, "max_blocking_time": 10000, "scan_interval": 500, "scan_count": 16}},
+            "chunks": [{"role_position": "Normal",
+                "stable_slots": [{"range_list": [[0, 8191]], "tag": "None"}, {"range_list": [[8192, 16383]], "tag": "None"}],
+                "migrating_slots": [[], []],
+                "proxy_addresses": ["127.0.0.1:7001", "127.0.0.2:7001"],
+                "hosts": ["127.0.0.1", "127.0.0.2"],
+                "node_addresses": ["127.0.0.1:6001", "127.0.0.1:6002", "127.0.0.2:6001", "127.0.0.2:6002"]}]}},
+        "all_proxies": {
+            "127.0.0.1:7001": {"proxy_address": "127.0.0.1:7001", "node_addresses": ["127.0.0.1:6001", "127.0.0.1:6002"], "host": "127.0.0.1", "index": 0, "cluster": "c1"},
+            "127.0.0.2:7001": {"proxy_address": "127.0.0.2:7001", "node_addresses": ["127.0.0.2:6001", "127.0.0.2:6002"], "host": "127.0.0.2", "index": 0, "cluster": "c1"},
+            "127.0.0.3:7001": {"proxy_address": "127.0.0.3:7001", "node_addresses": ["127.0.0.3:6001", "127.0.0.3:6002"], "host": "127.0.0.3", "index": 0, "cluster": null}},
+        "failed_proxies": ["127.0.0.3:7001"],
+        "failures": {"127.0.0.3:7001": {"coordinator": 1700000000}},
+        "enable_ordered_proxy": false
+    }"#;
+    let store: MetaStore = serde_json::from_str(dump).unwrap();
+    let mut broker = Broker::default();
+    broker
+        .execute(
+            0,
+            Op::Restore {
+                store: Box::new(store),
+            },
+        )
+        .unwrap();
+    assert_eq!(broker.store.global_epoch, 10);
+    let cluster = view::cluster(&broker.store.clusters["c1"]);
+    assert_eq!(cluster.epoch, 10);
+    assert_eq!(cluster.nodes[2].address, "127.0.0.2:6001");
+    assert_eq!(cluster.nodes[2].repl.role, Role::Master);
+    assert!(broker.store.failed_proxies.contains("127.0.0.3:7001"));
+}

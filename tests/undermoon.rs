@@ -146,7 +146,9 @@ fn migrating_tasks(cluster: &Value) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_coordinator_round_robin_over_all_nodes_sees_one_broker() {
-    let mut cluster = Cluster::start(3, &["--open-routes", "undermoon"]).await;
+    // Frequent snapshots: the restarted leader may catch up from one holding the broker.
+    let mut cluster =
+        Cluster::start(3, &["--open-routes", "undermoon", "--snapshot-every", "10"]).await;
     let coordinator = Coordinator::new(&cluster);
     let mut epochs = Vec::new();
 
@@ -301,6 +303,17 @@ async fn a_coordinator_round_robin_over_all_nodes_sees_one_broker() {
     assert_eq!(dumps[0], dumps[1]);
     assert_eq!(dumps[1], dumps[2]);
     assert_eq!(dumps[0]["version"], "mem-broker-0.2");
+
+    let metrics = cluster.get(leader, "/metrics").send().await.unwrap();
+    let metrics = metrics.text().await.unwrap();
+    for line in [
+        "keel_broker_clusters 1",
+        "keel_broker_proxies 12",
+        "keel_broker_failed_proxies 1",
+        "keel_broker_migrating_clusters 0",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from {metrics}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,5 +1,6 @@
 //! `GET /metrics` in Prometheus text format: the node's Raft state, for dashboards and
-//! alerts (leader changes, apply lag, snapshot progress).
+//! alerts (leader changes, apply lag, snapshot progress), and the undermoon broker's size and
+//! health as this node has applied it (failed proxies, running migrations).
 
 use std::fmt::Write;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use axum::routing::get;
 use axum::Router;
 use openraft::ServerState;
 
+use crate::domain::broker;
 use crate::node::Node;
 
 pub fn routes(node: Arc<Node>) -> Router {
@@ -81,6 +83,43 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
             "Number of voters.",
             m.membership_config.membership().voter_ids().count() as u64,
         );
+        if let Ok(broker) = broker::load(&raft.reader()) {
+            let store = &broker.store;
+            gauge(
+                "keel_broker_epoch",
+                "The undermoon broker's global epoch.",
+                store.global_epoch,
+            );
+            gauge(
+                "keel_broker_clusters",
+                "Redis clusters in the broker.",
+                store.clusters.len() as u64,
+            );
+            gauge(
+                "keel_broker_migrating_clusters",
+                "Clusters with a migration running.",
+                store.clusters.values().filter(|c| c.is_migrating()).count() as u64,
+            );
+            gauge(
+                "keel_broker_proxies",
+                "Registered server proxies.",
+                store.all_proxies.len() as u64,
+            );
+            gauge(
+                "keel_broker_free_proxies",
+                "Registered server proxies in no cluster.",
+                store
+                    .all_proxies
+                    .values()
+                    .filter(|p| p.cluster.is_none())
+                    .count() as u64,
+            );
+            gauge(
+                "keel_broker_failed_proxies",
+                "Server proxies failed over and not registered again.",
+                store.failed_proxies.len() as u64,
+            );
+        }
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

@@ -7,7 +7,7 @@ from pathlib import Path
 out = Path(sys.argv[1] if len(sys.argv) > 1 else "bench-results")
 rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
 by = {(r["target"], r["workload"], r["clients"]): r for r in rows}
-order = ["put", "get", "staleget", "mixed", "keepalive"]
+order = ["put", "get", "staleget", "mixed", "keepalive", "broker"]
 workloads = sorted({r["workload"] for r in rows}, key=lambda w: order.index(w) if w in order else 99)
 clients = sorted({r["clients"] for r in rows})
 

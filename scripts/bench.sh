@@ -6,7 +6,8 @@
 #   scripts/bench.sh [SECONDS_PER_RUN]       (default 5)
 #
 # Workloads: put (unique 8-byte keys, 256-byte values), get (linearizable, one key),
-# stale-get (serializable/stale), mixed (90 % get / 10 % put), at 1, 16, 64 and 256 clients.
+# stale-get (serializable/stale), mixed (90 % get / 10 % put), at 1, 16, 64 and 256 clients;
+# for keel alone also the undermoon broker (create cluster, read, failover, re-register, delete).
 # Results go to bench-results/ (results.jsonl, table.txt, throughput.svg); the table with the
 # keel/etcd ratio per row is printed at the end. Installs Debian's etcd-server if missing.
 set -euo pipefail
@@ -14,6 +15,7 @@ cd "$(dirname "$0")/.."
 SECONDS_PER_RUN=${1:-5}
 CLIENTS=${BENCH_CLIENTS:-"1 16 64 256"}
 WORKLOADS=${BENCH_WORKLOADS:-"put get stale-get mixed"}
+BROKER_CLIENTS=${BENCH_BROKER_CLIENTS:-"1 16 64"}
 OUT=bench-results
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/keel-target}"
 export KEEL_PROFILE=release KEEL_BASE_PORT=7760 KEEL_CLUSTER_DATA=$OUT/keel-cluster
@@ -41,6 +43,10 @@ run_workloads() {
 scripts/cluster.sh clean >/dev/null 2>&1 || true
 scripts/cluster.sh start
 run_workloads keel 127.0.0.1:7761,127.0.0.1:7762,127.0.0.1:7763
+for clients in $BROKER_CLIENTS; do
+  "$KEEL" bench --target keel --endpoints 127.0.0.1:7761,127.0.0.1:7762,127.0.0.1:7763 \
+    --workload broker --clients "$clients" --seconds "$SECONDS_PER_RUN" | tee -a "$OUT/results.jsonl"
+done
 scripts/cluster.sh clean >/dev/null
 
 # etcd (fsyncs its WAL by default)

@@ -34,6 +34,9 @@ pub enum Workload {
     Mixed,
     /// Lease keep-alives (keel only): what one heartbeat of a registered agent costs.
     Keepalive,
+    /// The undermoon broker (keel only): each client cycles through create cluster, read it,
+    /// fail a proxy over, register that proxy again, delete the cluster; every call counts.
+    Broker,
 }
 
 #[derive(Debug, clap::Args)]
@@ -127,7 +130,7 @@ impl Shared {
     fn is_write(&self, n: u64) -> bool {
         match self.args.workload {
             Workload::Put => true,
-            Workload::Get | Workload::StaleGet | Workload::Keepalive => false,
+            Workload::Get | Workload::StaleGet | Workload::Keepalive | Workload::Broker => false,
             Workload::Mixed => n % 10 == 0,
         }
     }
@@ -153,6 +156,103 @@ async fn client(shared: Arc<Shared>, id: usize, until: Instant) -> Histogram<u64
         if ok {
             histogram.saturating_record(sent.elapsed().as_micros() as u64);
         } else {
+            shared.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        n += 1;
+    }
+    histogram
+}
+
+/// Proxies the broker workload registers: three per client are in use at a time (two in a
+/// cluster, one replacement), spread over eight hosts.
+fn broker_proxies(clients: usize) -> Vec<(String, [String; 2])> {
+    (0..4 * clients + 8)
+        .map(|p| {
+            let host = format!("10.66.{}.1", p % 8);
+            let nodes = [
+                format!("{host}:{}", 20000 + 2 * p),
+                format!("{host}:{}", 20001 + 2 * p),
+            ];
+            (format!("{host}:{}", 10000 + p), nodes)
+        })
+        .collect()
+}
+
+async fn register_proxies(shared: &Shared) -> Result<(), String> {
+    let endpoint = &shared.args.endpoints[0];
+    for (address, nodes) in broker_proxies(shared.args.clients) {
+        let body = json!({ "proxy_address": address, "nodes": nodes });
+        let request = shared
+            .http
+            .post(format!("http://{endpoint}/api/v3/proxies/meta"))
+            .json(&body);
+        let status = shared
+            .authenticated(request)
+            .send()
+            .await
+            .map_err(|e| format!("registering proxies: {e}"))?
+            .status();
+        // 409: registered by an earlier run.
+        if !status.is_success() && status.as_u16() != 409 {
+            return Err(format!("registering proxy {address}: {status}"));
+        }
+    }
+    Ok(())
+}
+
+/// One broker cycle of client `id`; every call's latency goes to `histogram`.
+async fn broker_cycle(
+    shared: &Shared,
+    endpoint: &str,
+    name: &str,
+    histogram: &mut Histogram<u64>,
+) -> Result<(), String> {
+    let api = format!("http://{endpoint}/api/v3");
+    let mut call = async |request: reqwest::RequestBuilder| -> Result<serde_json::Value, String> {
+        let sent = Instant::now();
+        let response = shared
+            .authenticated(request)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(|e| e.to_string())?;
+        if !status.is_success() {
+            return Err(format!("{status}: {}", String::from_utf8_lossy(&body)));
+        }
+        histogram.saturating_record(sent.elapsed().as_micros() as u64);
+        Ok(serde_json::from_slice(&body).unwrap_or_default())
+    };
+    let http = &shared.http;
+    call(
+        http.post(format!("{api}/clusters/meta/{name}"))
+            .json(&json!({ "node_number": 4 })),
+    )
+    .await?;
+    let cluster = call(http.get(format!("{api}/clusters/meta/{name}"))).await?;
+    let node = |i: usize| cluster["cluster"]["nodes"][i].clone();
+    let failed = node(0)["proxy_address"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    call(http.post(format!("{api}/proxies/failover/{failed}"))).await?;
+    let again =
+        json!({ "proxy_address": failed, "nodes": [node(0)["address"], node(1)["address"]] });
+    call(http.post(format!("{api}/proxies/meta")).json(&again)).await?;
+    call(http.delete(format!("{api}/clusters/meta/{name}"))).await?;
+    Ok(())
+}
+
+async fn broker_client(shared: Arc<Shared>, id: usize, until: Instant) -> Histogram<u64> {
+    let mut histogram =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+    let endpoints = &shared.args.endpoints;
+    let mut n = 0;
+    while Instant::now() < until {
+        let endpoint = &endpoints[(id + n) % endpoints.len()];
+        let name = format!("bench-{id}-{n}");
+        if let Err(e) = broker_cycle(&shared, endpoint, &name, &mut histogram).await {
+            tracing::debug!(%e, "broker cycle failed");
             shared.errors.fetch_add(1, Ordering::Relaxed);
         }
         n += 1;
@@ -216,10 +316,22 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
             return Err(format!("seeding the hot key: {}", response.status()));
         }
     }
+    if shared.args.workload == Workload::Broker {
+        if shared.args.target != Target::Keel {
+            return Err("the broker workload is keel's".into());
+        }
+        register_proxies(&shared).await?;
+    }
     let started = Instant::now();
     let until = started + Duration::from_secs(shared.args.seconds);
     let tasks: Vec<_> = (0..shared.args.clients)
-        .map(|id| tokio::spawn(client(shared.clone(), id, until)))
+        .map(|id| {
+            if shared.args.workload == Workload::Broker {
+                tokio::spawn(broker_client(shared.clone(), id, until))
+            } else {
+                tokio::spawn(client(shared.clone(), id, until))
+            }
+        })
         .collect();
     let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
     for task in tasks {

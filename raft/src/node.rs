@@ -99,14 +99,25 @@ pub enum Consistency {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum LeaderRequest {
     Propose(Proposal),
-    ReadIndex { lease: bool },
-    AddVoter { id: NodeId, node: KeelNode },
-    Remove { id: NodeId },
+    /// Proposals a follower gathered while its previous forwards were in flight.
+    ProposeBatch(Vec<Proposal>),
+    ReadIndex {
+        lease: bool,
+    },
+    AddVoter {
+        id: NodeId,
+        node: KeelNode,
+    },
+    Remove {
+        id: NodeId,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum LeaderAnswer {
     Reply(Vec<u8>),
+    /// One result per proposal of a [`LeaderRequest::ProposeBatch`], in order.
+    Replies(Vec<Result<Vec<u8>, Error>>),
     ReadIndex(ReadLogId<TypeConfig>),
     Done,
 }
@@ -135,6 +146,21 @@ pub struct RaftNode {
     config: RaftConfig,
     /// Reads waiting for a ReadIndex, for linearizable (0) and lease (1) consistency.
     read_batches: [Mutex<ReadBatch>; 2],
+    /// Proposals waiting to be forwarded to the leader (on a follower).
+    forwards: Mutex<ForwardBatch>,
+}
+
+/// How many forwards of proposals a follower keeps in flight to the leader at once.
+const FORWARDS_IN_FLIGHT: usize = 2;
+
+type ProposeResult = Result<Vec<u8>, Error>;
+
+/// Proposals a follower forwards together: one peer request carries every proposal that
+/// arrived while the earlier forwards were in flight.
+#[derive(Default)]
+struct ForwardBatch {
+    waiting: Vec<(Proposal, tokio::sync::oneshot::Sender<ProposeResult>)>,
+    in_flight: usize,
 }
 
 type ReadIndexResult = Result<ReadLogId<TypeConfig>, Error>;
@@ -195,6 +221,7 @@ impl RaftNode {
             secret,
             config,
             read_batches: Default::default(),
+            forwards: Default::default(),
         }))
     }
 
@@ -250,8 +277,12 @@ impl RaftNode {
     }
 
     /// Commits `command` through the leader and returns the domain's reply.
+    ///
+    /// The leader proposes it directly. A follower queues it: concurrent proposals on one
+    /// follower share forwards to the leader (one peer request per batch, up to
+    /// [`FORWARDS_IN_FLIGHT`] at a time) instead of one request each.
     pub async fn propose(
-        &self,
+        self: &Arc<Self>,
         command: Vec<u8>,
         request_id: Option<String>,
     ) -> Result<Vec<u8>, Error> {
@@ -261,17 +292,70 @@ impl RaftNode {
             request_id: Some(request_id),
             command,
         };
-        match self
-            .on_leader(
-                LeaderRequest::Propose(proposal),
-                self.config.request_timeout,
-            )
-            .await?
-        {
-            LeaderAnswer::Reply(reply) => Ok(reply),
-            other => Err(Error::Fatal(format!(
-                "unexpected answer to a proposal: {other:?}"
-            ))),
+        let leads = self.raft.metrics().borrow_watched().current_leader == Some(self.id);
+        if leads {
+            return match self
+                .on_leader(
+                    LeaderRequest::Propose(proposal),
+                    self.config.request_timeout,
+                )
+                .await?
+            {
+                LeaderAnswer::Reply(reply) => Ok(reply),
+                other => Err(Error::Fatal(format!(
+                    "unexpected answer to a proposal: {other:?}"
+                ))),
+            };
+        }
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let start_forwarding = {
+            let mut batch = self.forwards.lock().expect("forward batch");
+            batch.waiting.push((proposal, answer));
+            let start = batch.in_flight < FORWARDS_IN_FLIGHT;
+            batch.in_flight += usize::from(start);
+            start
+        };
+        if start_forwarding {
+            tokio::spawn(self.clone().run_forwards());
+        }
+        tokio::time::timeout(self.config.request_timeout * 2, answered)
+            .await
+            .map_err(|_| Error::Timeout("no forward to the leader answered this write".into()))?
+            .map_err(|_| Error::Fatal("the forward to the leader was dropped".into()))?
+    }
+
+    /// Forwards batches of queued proposals until none is waiting.
+    async fn run_forwards(self: Arc<Self>) {
+        loop {
+            let batch = {
+                let mut batch = self.forwards.lock().expect("forward batch");
+                if batch.waiting.is_empty() {
+                    batch.in_flight -= 1;
+                    return;
+                }
+                std::mem::take(&mut batch.waiting)
+            };
+            let (proposals, answers): (Vec<Proposal>, Vec<_>) = batch.into_iter().unzip();
+            let count = proposals.len();
+            let results = match self
+                .on_leader(
+                    LeaderRequest::ProposeBatch(proposals),
+                    self.config.request_timeout,
+                )
+                .await
+            {
+                Ok(LeaderAnswer::Replies(replies)) if replies.len() == count => replies,
+                Ok(other) => vec![
+                    Err(Error::Fatal(format!(
+                        "unexpected answer to forwarded proposals: {other:?}"
+                    )));
+                    count
+                ],
+                Err(err) => vec![Err(err); count],
+            };
+            for (answer, result) in answers.into_iter().zip(results) {
+                let _ = answer.send(result);
+            }
         }
     }
 
@@ -421,6 +505,22 @@ impl RaftNode {
                     Ok(response) => Ok(LeaderAnswer::Reply(response.data.0)),
                     Err(err) => Err(write_error(err)),
                 }
+            }
+            LeaderRequest::ProposeBatch(proposals) => {
+                let writes = proposals
+                    .iter()
+                    .map(|proposal| self.raft.client_write(proposal.clone()));
+                let mut replies = Vec::with_capacity(proposals.len());
+                for result in futures::future::join_all(writes).await {
+                    match result.map_err(write_error) {
+                        Ok(response) => replies.push(Ok(response.data.0)),
+                        Err(NotDone::Failed(err)) => replies.push(Err(err)),
+                        // Leadership moved: the follower sends the whole batch to the new
+                        // leader, and the request ids answer the ones applied here.
+                        Err(not_leader) => return Err(not_leader),
+                    }
+                }
+                Ok(LeaderAnswer::Replies(replies))
             }
             LeaderRequest::ReadIndex { lease } => {
                 let policy = if *lease {

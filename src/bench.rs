@@ -54,6 +54,9 @@ pub struct BenchArgs {
     /// How long to run, in seconds.
     #[arg(long, default_value_t = 10)]
     pub seconds: u64,
+    /// Stop after this many requests in all (0: no limit), e.g. to load a number of keys.
+    #[arg(long, default_value_t = 0)]
+    pub ops: u64,
     /// Bytes per value (keys are 8 bytes).
     #[arg(long, default_value_t = 256)]
     pub value_size: usize,
@@ -70,7 +73,15 @@ struct Shared {
     http: reqwest::Client,
     value: String,
     next_key: AtomicU64,
+    issued: AtomicU64,
     errors: AtomicU64,
+}
+
+impl Shared {
+    /// Claims the next request; false once `--ops` requests were issued.
+    fn claim(&self) -> bool {
+        self.args.ops == 0 || self.issued.fetch_add(1, Ordering::Relaxed) < self.args.ops
+    }
 }
 
 impl Shared {
@@ -145,7 +156,7 @@ async fn client(shared: Arc<Shared>, id: usize, until: Instant) -> Histogram<u64
         Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
     let endpoints = &shared.args.endpoints;
     let mut n = id as u64;
-    while Instant::now() < until {
+    while Instant::now() < until && shared.claim() {
         let endpoint = &endpoints[n as usize % endpoints.len()];
         let request = shared.request(endpoint, shared.is_write(n));
         let sent = Instant::now();
@@ -301,6 +312,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         args,
         http,
         next_key: AtomicU64::new(0),
+        issued: AtomicU64::new(0),
         errors: AtomicU64::new(0),
     });
     if matches!(

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# keel with a million keys: memory, restart recovery, and snapshot size and transfer, on a
+# local 3-node release cluster of real processes with fsync on every commit.
+#
+#   scripts/bench-scale.sh [KEYS]          (default 1000000; 256-byte values, 8-byte keys)
+#
+# Prints: load rate; RSS and data size per node; the time from restarting a node (kill -9)
+# until it answers a linearizable read and has applied the leader's commit index; and the
+# size of the newest snapshot and how long a follower that missed more than a snapshot's
+# worth of entries (so the leader purged them) takes to catch up from it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+KEYS=${1:-1000000}
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/keel-target}"
+export KEEL_PROFILE=release KEEL_BASE_PORT=7740 KEEL_CLUSTER_DATA=./bench-results/scale-cluster
+export KEEL_USER=${KEEL_USER:-admin} KEEL_PASSWORD=${KEEL_PASSWORD:-keel-admin}
+AUTH="$KEEL_USER:$KEEL_PASSWORD"
+ENDPOINTS=127.0.0.1:7741,127.0.0.1:7742,127.0.0.1:7743
+port() { echo $((KEEL_BASE_PORT + $1)); }
+now() { date +%s.%N; }
+since() { echo "$(now) - $1" | bc; }
+cluster_field() { curl -sf -u "$AUTH" "http://127.0.0.1:$(port "$1")/v1/cluster" | python3 -c "import json,sys; print(json.load(sys.stdin)$2)"; }
+
+scripts/cluster.sh clean >/dev/null 2>&1 || true
+trap 'scripts/cluster.sh clean >/dev/null 2>&1 || true' EXIT
+scripts/cluster.sh start
+KEEL="$CARGO_TARGET_DIR/release/keel"
+
+echo "== loading $KEYS keys (64 clients)"
+"$KEEL" bench --endpoints "$ENDPOINTS" --workload put --clients 64 --seconds 100000 --ops "$KEYS"
+
+echo "== memory and disk per node"
+for id in 1 2 3; do
+  pid=$(cat "$KEEL_CLUSTER_DATA/node$id.pid")
+  rss=$(ps -o rss= -p "$pid")
+  echo "node $id: RSS $((rss / 1024)) MiB, data $(du -sm "$KEEL_CLUSTER_DATA/node$id" | cut -f1) MiB"
+done
+
+follower=1
+[[ $(cluster_field 1 '["this_node"]["role"]') == leader ]] && follower=2
+
+echo "== restart recovery: kill -9 node $follower, start it, wait for a linearizable read and the leader's commit index"
+scripts/cluster.sh kill "$follower" >/dev/null
+t0=$(now)
+scripts/cluster.sh restart "$follower" >/dev/null
+until curl -sf -u "$AUTH" "http://127.0.0.1:$(port "$follower")/v1/kv/bench/00000000" >/dev/null; do sleep 0.05; done
+echo "node $follower serves a linearizable read $(since "$t0") s after start"
+
+echo "== snapshot transfer: node $follower misses more than a snapshot's worth of entries"
+scripts/cluster.sh kill "$follower" >/dev/null
+other=$(( follower % 3 + 1 ))
+"$KEEL" bench --endpoints "127.0.0.1:$(port "$other")" --workload put --clients 64 --seconds 100000 --ops 30000 >/dev/null
+for id in 1 2 3; do
+  [[ $id == "$follower" ]] && continue
+  snap=$(ls -t "$KEEL_CLUSTER_DATA/node$id"/snapshots/*.snap 2>/dev/null | head -1 || true)
+  [[ -n $snap ]] && echo "node $id newest snapshot: $(du -m "$snap" | cut -f1) MiB ($snap)"
+done
+target=$(cluster_field "$other" '["commit_index"]')
+t0=$(now)
+scripts/cluster.sh restart "$follower" >/dev/null
+until [[ $(cluster_field "$follower" '["applied_index"]' 2>/dev/null || echo 0) -ge $target ]]; do sleep 0.1; done
+echo "node $follower applied the leader's commit index $target $(since "$t0") s after start (by snapshot)"

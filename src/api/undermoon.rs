@@ -43,6 +43,8 @@ use super::LeaderOnly;
 use super::Relayable;
 use crate::domain::broker;
 use crate::domain::broker::slots::SlotRange;
+use crate::domain::broker::state::chunk_count;
+use crate::domain::broker::state::valid_address;
 use crate::domain::broker::state::valid_cluster_name;
 use crate::domain::broker::view;
 use crate::domain::broker::Answer;
@@ -446,6 +448,7 @@ async fn create_cluster(
 ) -> Answered {
     check_name(&name)?;
     let NodeNumber { node_number } = parse_body(&body)?;
+    chunk_count(node_number)?;
     api.propose(Op::CreateCluster { name, node_number }).await?;
     ok()
 }
@@ -473,6 +476,7 @@ async fn add_nodes(
 ) -> Answered {
     check_name(&name)?;
     let NodeNumber { node_number } = parse_body(&body)?;
+    chunk_count(node_number)?;
     api.scaling(&parts, body, || async {
         nodes_answer(api.propose(Op::AddNodes { name, node_number }).await?)
     })
@@ -533,6 +537,7 @@ async fn shrink(
 ) -> Answered {
     check_name(&name)?;
     let node_number = parse_number("node number", &number)?;
+    chunk_count(node_number)?;
     api.scaling(&parts, Bytes::new(), || async {
         api.propose(Op::Shrink { name, node_number }).await?;
         ok()
@@ -575,6 +580,7 @@ async fn auto_scale(
 ) -> Answered {
     check_name(&name)?;
     let node_number = parse_number("node number", &number)?;
+    chunk_count(node_number)?;
     api.scaling(&parts, Bytes::new(), || async {
         let op = Op::AutoScale {
             name: name.clone(),
@@ -649,6 +655,10 @@ struct ProxyRegistration {
 
 async fn add_proxy(State(api): State<Arc<Api>>, body: Bytes) -> Answered {
     let registration: ProxyRegistration = parse_body(&body)?;
+    let addresses = std::iter::once(&registration.proxy_address).chain(&registration.nodes);
+    if !addresses.into_iter().all(|a| valid_address(a)) {
+        return Err(BrokerError::InvalidProxyAddress.into());
+    }
     api.propose(Op::AddProxy {
         address: registration.proxy_address,
         nodes: registration.nodes,

@@ -204,6 +204,14 @@ pub fn valid_address(address: &str) -> bool {
     }
 }
 
+/// How many chunks make `node_number` nodes: a positive multiple of 4 (a chunk holds 4).
+pub fn chunk_count(node_number: usize) -> Result<usize, BrokerError> {
+    if node_number == 0 || node_number % 4 != 0 {
+        return Err(BrokerError::InvalidNodeNumber);
+    }
+    Ok(node_number / 4)
+}
+
 /// The broker's state: the dump plus the broker's settings.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Broker {
@@ -471,13 +479,6 @@ impl Broker {
         Ok(Answer::Done)
     }
 
-    fn chunk_count(node_number: usize) -> Result<usize, BrokerError> {
-        if node_number == 0 || node_number % 4 != 0 {
-            return Err(BrokerError::InvalidNodeNumber);
-        }
-        Ok(node_number / 4)
-    }
-
     fn create_cluster(
         &mut self,
         now: i64,
@@ -490,7 +491,7 @@ impl Broker {
         if self.store.clusters.contains_key(&name) {
             return Err(BrokerError::AlreadyExisted);
         }
-        let count = Self::chunk_count(node_number)?;
+        let count = chunk_count(node_number)?;
         let mut chunks = self.take_chunks(now, &name, count)?;
         for (master, slots) in slots::even_split(count * 2).into_iter().enumerate() {
             chunks[master / 2].stable_slots[master % 2] = Some(SlotRange::stable(slots));
@@ -523,7 +524,7 @@ impl Broker {
         node_number: usize,
     ) -> Result<Answer, BrokerError> {
         self.idle_cluster(name)?;
-        let count = Self::chunk_count(node_number)?;
+        let count = chunk_count(node_number)?;
         let chunks = self.take_chunks(now, name, count)?;
         let cluster = self.cluster_mut(name)?;
         let first_new = cluster.chunks.len();
@@ -616,7 +617,7 @@ impl Broker {
         if cluster.is_migrating() {
             return Err(BrokerError::MigrationRunning);
         }
-        let keep = Self::chunk_count(node_number)?;
+        let keep = chunk_count(node_number)?;
         if keep >= cluster.chunks.len() {
             return Err(BrokerError::InvalidNodeNumber);
         }
@@ -634,7 +635,7 @@ impl Broker {
         node_number: usize,
     ) -> Result<Answer, BrokerError> {
         self.idle_cluster(name)?;
-        Self::chunk_count(node_number)?;
+        chunk_count(node_number)?;
         // Dropping leftover free nodes first makes the call safe to repeat.
         match self.remove_free_nodes(name) {
             Ok(_) | Err(BrokerError::FreeNodeNotFound) => {}

@@ -101,12 +101,14 @@ fn host(address: &str) -> &str {
     address.split(':').next().unwrap()
 }
 
-/// Checks a cluster's layout: chunks on two hosts each, crosswise replication, and the slots
-/// of its masters (stable and migrating out) covering every slot exactly once.
+/// Checks a cluster's layout: chunks on two hosts each, crosswise replication, the slots of
+/// its masters (stable and migrating out) covering every slot exactly once, and every range
+/// migrating out of one node importing into another with the same task.
 fn check_layout(cluster: &Value) {
     let nodes = cluster["nodes"].as_array().unwrap();
     assert_eq!(nodes.len() % 4, 0);
     let mut covered = vec![0u8; 16384];
+    let mut tasks: [Vec<String>; 2] = [Vec::new(), Vec::new()];
     for chunk in nodes.chunks(4) {
         assert_ne!(
             host(chunk[0]["proxy_address"].as_str().unwrap()),
@@ -117,6 +119,11 @@ fn check_layout(cluster: &Value) {
             let peer = &node["repl"]["peers"][0]["node_address"];
             assert_eq!(peer, &chunk[3 - i]["address"], "replication is crosswise");
             for slots in node["slots"].as_array().unwrap() {
+                for (side, tag) in ["Migrating", "Importing"].iter().enumerate() {
+                    if let Some(task) = slots["tag"].get(tag) {
+                        tasks[side].push(format!("{} {task}", slots["range_list"]));
+                    }
+                }
                 if slots["tag"].get("Importing").is_some() {
                     continue;
                 }
@@ -132,6 +139,10 @@ fn check_layout(cluster: &Value) {
         covered.iter().all(|c| *c == 1),
         "slots not covered exactly once"
     );
+    let [mut migrating, mut importing] = tasks;
+    migrating.sort();
+    importing.sort();
+    assert_eq!(migrating, importing, "each migration has both ends");
 }
 
 fn migrating_tasks(cluster: &Value) -> Vec<Value> {
@@ -433,6 +444,20 @@ async fn broker_errors_are_in_undermoons_format_and_change_nothing() {
             Value::Null,
             400,
             "INVALID_REQUEST",
+        ),
+        (
+            Method::PUT,
+            "/epoch/18446744073709551615",
+            Value::Null,
+            400,
+            "INVALID_EPOCH",
+        ),
+        (
+            Method::POST,
+            "/clusters/meta/c1",
+            json!({"node_number": 800000000000000000u64}),
+            400,
+            "INVALID_NODE_NUMBER",
         ),
         (
             Method::PUT,

@@ -142,6 +142,8 @@ pub(crate) struct Relayable {
     path_and_query: String,
     headers: axum::http::HeaderMap,
     body: Bytes,
+    /// How long the leader may take; the node's request timeout unless set longer.
+    timeout: Option<Duration>,
 }
 
 impl Relayable {
@@ -157,6 +159,15 @@ impl Relayable {
                 .map_or("/".into(), |p| p.to_string()),
             headers: parts.headers.clone(),
             body,
+            timeout: None,
+        }
+    }
+
+    /// For requests the leader serves slowly by design (waiting on other systems).
+    pub(crate) fn with_timeout(self, timeout: Duration) -> Self {
+        Self {
+            timeout: Some(timeout),
+            ..self
         }
     }
 
@@ -167,7 +178,7 @@ impl Relayable {
                 self.method.clone(),
                 format!("http://{leader}{}", self.path_and_query),
             )
-            .timeout(node.settings.raft.request_timeout)
+            .timeout(self.timeout.unwrap_or(node.settings.raft.request_timeout))
             .header(RELAYED_HEADER, "1")
             .body(self.body.clone());
         for name in [header::AUTHORIZATION, header::CONTENT_TYPE] {

@@ -120,7 +120,8 @@ fn broker_status(error: &BrokerError) -> StatusCode {
         | BrokerError::InvalidProxyAddress
         | BrokerError::SlotsAlreadyEven
         | BrokerError::InvalidConfig(_)
-        | BrokerError::InvalidMetadata(_) => StatusCode::BAD_REQUEST,
+        | BrokerError::InvalidMetadata(_)
+        | BrokerError::InvalidEpoch => StatusCode::BAD_REQUEST,
         BrokerError::InUse
         | BrokerError::NoAvailableResource
         | BrokerError::AlreadyExisted
@@ -312,7 +313,10 @@ impl Api {
             let leads = self.node.raft()?.metrics().state == ServerState::Leader;
             Ok(leads.then_some(()))
         };
-        match on_leader(&self.node, &Relayable::new(parts, body), is_leader).await? {
+        // The leader may wait for proxies (auto scaling) before it answers.
+        let request = Relayable::new(parts, body)
+            .with_timeout(PROXY_SYNC_WAIT + self.node.settings.raft.request_timeout * 2);
+        match on_leader(&self.node, &request, is_leader).await? {
             LeaderOnly::Relayed(response) => Ok(response),
             LeaderOnly::Here(()) => {
                 let _guard = self
@@ -674,19 +678,20 @@ async fn remove_proxy(State(api): State<Arc<Api>>, Path(address): Path<String>) 
 }
 
 async fn failover(State(api): State<Arc<Api>>, Path(address): Path<String>) -> Answered {
-    // A free proxy already failed over needs no log entry: coordinators repeat the call for
-    // as long as the failure reports live.
+    // Coordinators repeat a failover for as long as the failure reports live. When it would
+    // change nothing (the proxy is already failed over, or its chunk's masters already moved
+    // and no free proxy can replace it), answer without a log entry.
     let broker = api.read().await?;
-    let settled = broker.store.failed_proxies.contains(&address)
-        && broker
-            .store
-            .all_proxies
-            .get(&address)
-            .is_some_and(|p| p.cluster.is_none());
-    if settled {
-        return Ok(Json(json!({ "proxy": null })).into_response());
+    let mut trial = Broker::clone(&broker);
+    let op = Op::Failover {
+        address: address.clone(),
+    };
+    if let Ok(Answer::Proxy(None)) = trial.execute(now(), op.clone()) {
+        if trial.store == broker.store {
+            return Ok(Json(json!({ "proxy": null })).into_response());
+        }
     }
-    match api.propose(Op::Failover { address }).await? {
+    match api.propose(op).await? {
         Answer::Proxy(proxy) => Ok(Json(json!({ "proxy": proxy })).into_response()),
         other => Err(UndermoonError::Internal(format!(
             "unexpected answer to a failover: {other:?}"
@@ -701,7 +706,7 @@ async fn failed_proxies(State(api): State<Arc<Api>>) -> Answered {
 
 async fn failures(State(api): State<Arc<Api>>) -> Answered {
     let broker = api.read().await?;
-    Ok(Json(json!({ "addresses": broker.failures(now()) })).into_response())
+    Ok(Json(json!({ "addresses": broker.failures(broker.now(now())) })).into_response())
 }
 
 async fn report_failure(
@@ -740,7 +745,7 @@ async fn recover_epoch(State(api): State<Arc<Api>>) -> Answered {
         }
     }
     api.propose(Op::RecoverEpoch {
-        at_least: largest + 1,
+        at_least: largest.saturating_add(1),
     })
     .await?;
     Ok(Json(json!({ "failed_addresses": failed_addresses })).into_response())
@@ -748,7 +753,8 @@ async fn recover_epoch(State(api): State<Arc<Api>>) -> Answered {
 
 async fn check_failure_tolerance(State(api): State<Arc<Api>>) -> Answered {
     let broker = api.read().await?;
-    Ok(Json(json!({ "hosts_cannot_fail": broker.hosts_cannot_fail(now()) })).into_response())
+    let hosts = broker.hosts_cannot_fail(broker.now(now()));
+    Ok(Json(json!({ "hosts_cannot_fail": hosts })).into_response())
 }
 
 async fn broker_config(State(api): State<Arc<Api>>) -> Answered {

@@ -53,6 +53,9 @@ pub fn allocate_chunks(
     mut links: Links,
     chunks: usize,
 ) -> Option<Vec<[String; 2]>> {
+    if free.values().map(Vec::len).sum::<usize>() < 2 * chunks {
+        return None;
+    }
     let mut pairs = Vec::with_capacity(chunks);
     for _ in 0..chunks {
         let first_host = free

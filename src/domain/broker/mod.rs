@@ -60,6 +60,7 @@ pub type BrokerReply = Result<Answer, BrokerError>;
 struct Meta {
     global_epoch: u64,
     settings: BrokerSettings,
+    clock: i64,
 }
 
 /// A proxy with its failure state, stored under one key.
@@ -86,6 +87,7 @@ pub fn load(read: &impl KvRead) -> Result<Broker, StorageError> {
             let meta: Meta = decode(&value)?;
             broker.store.global_epoch = meta.global_epoch;
             broker.settings = meta.settings;
+            broker.clock = meta.clock;
         } else if key.starts_with(PROXY_PREFIX) {
             let record: ProxyRecord = decode(&value)?;
             let address = record.resource.proxy_address.clone();
@@ -130,6 +132,7 @@ fn save(txn: &mut Txn<'_>, before: &Broker, after: &Broker) -> Result<(), Storag
     let meta = |b: &Broker| Meta {
         global_epoch: b.store.global_epoch,
         settings: b.settings.clone(),
+        clock: b.clock,
     };
     if meta(before) != meta(after) {
         txn.put(META_KEY.to_vec(), encode(&meta(after))?);

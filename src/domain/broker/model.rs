@@ -71,7 +71,7 @@ pub struct Part {
 }
 
 /// A migration as stored: the task's epoch and its two ends.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct MigrationMetaStore {
     pub epoch: u64,
     pub src_chunk_index: usize,
@@ -279,7 +279,7 @@ pub struct MetaStore {
     pub all_proxies: BTreeMap<String, ProxyResource>,
     pub failed_proxies: BTreeSet<String>,
     pub failures: BTreeMap<String, BTreeMap<String, i64>>,
-    /// undermoon's StatefulSet mode; keel allocates by host and refuses a dump that enables it.
+    /// undermoon's StatefulSet mode; keel always allocates by host, and a restore turns it off.
     #[serde(default)]
     pub enable_ordered_proxy: bool,
 }

@@ -22,7 +22,7 @@ impl Range {
 }
 
 /// Ranges in slot order, merged where they touch (see [`RangeList::compact`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct RangeList(pub Vec<Range>);
 
 impl RangeList {

@@ -57,6 +57,8 @@ pub enum BrokerError {
     EpochSmallerThanCurrent,
     /// A metadata dump that contradicts itself; the message says where.
     InvalidMetadata(String),
+    /// An epoch beyond [`MAX_EPOCH`]: it would leave no room to grow.
+    InvalidEpoch,
 }
 
 impl BrokerError {
@@ -81,6 +83,7 @@ impl BrokerError {
             BrokerError::InvalidMetaVersion => "INVALID_META_VERSION",
             BrokerError::EpochSmallerThanCurrent => "EPOCH_SMALLER_THAN_CURRENT",
             BrokerError::InvalidMetadata(_) => "INVALID_METADATA",
+            BrokerError::InvalidEpoch => "INVALID_EPOCH",
         }
     }
 }
@@ -204,9 +207,16 @@ pub fn valid_address(address: &str) -> bool {
     }
 }
 
-/// How many chunks make `node_number` nodes: a positive multiple of 4 (a chunk holds 4).
+/// The most chunks a cluster can have: each of its two masters needs a slot.
+pub const MAX_CHUNKS: usize = slots::SLOT_COUNT as usize / 2;
+
+/// The largest epoch accepted from a request, leaving room for every later bump.
+pub const MAX_EPOCH: u64 = u64::MAX / 2;
+
+/// How many chunks make `node_number` nodes: a positive multiple of 4 (a chunk holds 4), at
+/// most [`MAX_CHUNKS`].
 pub fn chunk_count(node_number: usize) -> Result<usize, BrokerError> {
-    if node_number == 0 || node_number % 4 != 0 {
+    if node_number == 0 || node_number % 4 != 0 || node_number / 4 > MAX_CHUNKS {
         return Err(BrokerError::InvalidNodeNumber);
     }
     Ok(node_number / 4)
@@ -217,6 +227,10 @@ pub fn chunk_count(node_number: usize) -> Result<usize, BrokerError> {
 pub struct Broker {
     pub store: MetaStore,
     pub settings: BrokerSettings,
+    /// The latest proposer clock applied (Unix seconds). Operations run at the later of
+    /// this and their own reading, so broker time never goes back and a node whose clock
+    /// lags cannot make old failure reports look fresh.
+    pub clock: i64,
 }
 
 /// How a failover ended.
@@ -231,9 +245,15 @@ impl Broker {
     /// Runs `op` at Unix time `now` (seconds, chosen by the proposer). On error nothing changes.
     pub fn execute(&mut self, now: i64, op: Op) -> Result<Answer, BrokerError> {
         let mut next = self.clone();
-        let answer = next.run(now, op)?;
+        next.clock = self.now(now);
+        let answer = next.run(next.clock, op)?;
         *self = next;
         Ok(answer)
+    }
+
+    /// Broker time given a clock reading: never before the latest applied operation.
+    pub fn now(&self, reading: i64) -> i64 {
+        reading.max(self.clock)
     }
 
     fn run(&mut self, now: i64, op: Op) -> Result<Answer, BrokerError> {
@@ -272,6 +292,9 @@ impl Broker {
                 Failover::FreeProxy | Failover::NoReplacement => Ok(Answer::Proxy(None)),
             },
             Op::BumpEpoch { epoch } => {
+                if epoch > MAX_EPOCH {
+                    return Err(BrokerError::InvalidEpoch);
+                }
                 if epoch <= self.store.global_epoch {
                     return Err(BrokerError::EpochSmallerThanCurrent);
                 }
@@ -279,6 +302,9 @@ impl Broker {
                 Ok(Answer::Done)
             }
             Op::RecoverEpoch { at_least } => {
+                if at_least > MAX_EPOCH {
+                    return Err(BrokerError::InvalidEpoch);
+                }
                 self.stamp_all(at_least.max(self.store.global_epoch + 1));
                 Ok(Answer::Done)
             }
@@ -387,6 +413,14 @@ impl Broker {
         cluster: &str,
         count: usize,
     ) -> Result<Vec<ChunkStore>, BrokerError> {
+        let existing = self
+            .store
+            .clusters
+            .get(cluster)
+            .map_or(0, |c| c.chunks.len());
+        if existing + count > MAX_CHUNKS {
+            return Err(BrokerError::InvalidNodeNumber);
+        }
         let pairs = alloc::allocate_chunks(self.free_by_host(now), Links::of(&self.store), count)
             .ok_or(BrokerError::NoAvailableResource)?;
         let mut chunks = Vec::with_capacity(count);
@@ -864,8 +898,18 @@ impl Broker {
         if store.version != DUMP_VERSION {
             return Err(BrokerError::InvalidMetaVersion);
         }
+        if store.global_epoch > MAX_EPOCH {
+            return Err(BrokerError::InvalidEpoch);
+        }
         if store.global_epoch < self.store.global_epoch {
             return Err(BrokerError::EpochSmallerThanCurrent);
+        }
+        if store
+            .clusters
+            .values()
+            .any(|c| c.epoch > store.global_epoch)
+        {
+            return Err(BrokerError::InvalidEpoch);
         }
         check_consistency(&store).map_err(BrokerError::InvalidMetadata)?;
         // Restored clusters must reach proxies that may hold any epoch handed out so far,
@@ -891,6 +935,8 @@ pub fn check_consistency(store: &MetaStore) -> Result<(), String> {
         }
         let mut owned = RangeList::default();
         let mut total = 0;
+        // Every task is stored twice, migrating at its source and importing at its target.
+        let mut halves: [Vec<(&RangeList, &MigrationMetaStore)>; 2] = [Vec::new(), Vec::new()];
         for (index, chunk) in cluster.chunks.iter().enumerate() {
             for (side, address) in chunk.proxy_addresses.iter().enumerate() {
                 let proxy = store.all_proxies.get(address).ok_or_else(|| {
@@ -942,8 +988,17 @@ pub fn check_consistency(store: &MetaStore) -> Result<(), String> {
                         total += task.range_list.slot_count();
                         owned.merge(&task.range_list);
                     }
+                    halves[usize::from(task.is_migrating)].push((&task.range_list, &task.meta));
                 }
             }
+        }
+        let [mut importing, mut migrating] = halves;
+        importing.sort();
+        migrating.sort();
+        if importing != migrating {
+            return Err(format!(
+                "a migration of {name} is not stored at both its source and its target"
+            ));
         }
         let full =
             cluster.chunks.is_empty() || owned == RangeList::single(0, slots::SLOT_COUNT - 1);

@@ -347,9 +347,12 @@ impl Runner {
                     out
                 }
             },
-            "failures" => format!("{:?}", self.broker.failures(self.now)),
+            "failures" => format!("{:?}", self.broker.failures(self.broker.now(self.now))),
             "failed" => format!("{:?}", self.broker.store.failed_proxies),
-            "hosts_cannot_fail" => format!("{:?}", self.broker.hosts_cannot_fail(self.now)),
+            "hosts_cannot_fail" => format!(
+                "{:?}",
+                self.broker.hosts_cannot_fail(self.broker.now(self.now))
+            ),
             "links" => {
                 let mut links = std::collections::BTreeMap::new();
                 for chunk in self.broker.store.clusters.values().flat_map(|c| &c.chunks) {

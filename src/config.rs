@@ -94,7 +94,7 @@ pub struct ServeArgs {
     #[arg(long, env = "KEEL_ELECTION_TIMEOUT_MS")]
     pub election_timeout_ms: Option<u64>,
 
-    /// Take a snapshot and purge the log after this many entries. [default: 20000]
+    /// Take a snapshot and purge the log after this many entries. [default: 100000]
     #[arg(long, env = "KEEL_SNAPSHOT_EVERY")]
     pub snapshot_every: Option<u64>,
 

@@ -103,6 +103,9 @@ impl Cluster {
         command
             .args(args)
             .args(["--bootstrap", "api"])
+            // Snapshots (and installs on lagging nodes) every few thousand entries, so a short
+            // run still takes them under faults.
+            .args(["--snapshot-every", "2000"])
             .arg("--data-dir")
             .arg(&node.dir)
             .env("KEEL_LOG", "info,openraft=warn")

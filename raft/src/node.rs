@@ -76,7 +76,7 @@ impl Default for RaftConfig {
             heartbeat: Duration::from_millis(50),
             election_timeout_min: Duration::from_millis(250),
             election_timeout_max: Duration::from_millis(500),
-            snapshot_every: 20_000,
+            snapshot_every: 100_000,
             keep_logs_after_snapshot: 5_000,
             request_timeout: Duration::from_secs(5),
             peer_source_ip: None,

@@ -137,6 +137,8 @@ pub struct Node {
     /// Client for calls to other nodes' REST APIs (joins, requests relayed to the leader).
     pub http: reqwest::Client,
     pub started: Instant,
+    /// The state machine Raft applies; the API reads its broker cache.
+    pub domain: Arc<domain::Domain>,
 }
 
 fn now_rfc3339() -> String {
@@ -194,6 +196,7 @@ impl Node {
             lessor: Arc::default(),
             http,
             started: Instant::now(),
+            domain: Arc::default(),
         });
         if let Some(identity) = node.read_identity()? {
             node.set_state(BootstrapState::RecoveringCluster);
@@ -244,7 +247,7 @@ impl Node {
         let raft = RaftNode::start(
             identity.uid,
             &self.store,
-            Arc::new(domain::Domain),
+            self.domain.clone(),
             identity.secret.clone(),
             self.settings.raft.clone(),
         )

@@ -12,7 +12,6 @@ use axum::routing::get;
 use axum::Router;
 use openraft::ServerState;
 
-use crate::domain::broker;
 use crate::node::Node;
 
 pub fn routes(node: Arc<Node>) -> Router {
@@ -83,7 +82,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
             "Number of voters.",
             m.membership_config.membership().voter_ids().count() as u64,
         );
-        if let Ok(broker) = broker::load(&raft.reader()) {
+        if let Ok(broker) = node.domain.broker.current(&raft.reader()) {
             let store = &broker.store;
             gauge(
                 "keel_broker_epoch",

@@ -3,9 +3,9 @@
 //! operator API.
 //!
 //! Every mutating call is one [`BrokerCommand`] through Raft, stamped with this node's clock
-//! (Unix seconds) for failure reports. Reads are linearizable and come from one consistent
-//! load of the broker state, cached until the next applied log entry, so a coordinator that
-//! round-robins over all keel nodes sees one broker. Errors are `{"error": "CODE"}` with
+//! (Unix seconds) for failure reports. Reads are linearizable and come from the state
+//! machine's current broker (shared, never reloaded while it is current), so a coordinator
+//! that round-robins over all keel nodes sees one broker. Errors are `{"error": "CODE"}` with
 //! undermoon's statuses; when the cluster cannot decide (no leader, no quorum) the answer is
 //! `409 RETRY`, which the coordinator retries.
 //!
@@ -14,7 +14,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::time::Duration;
 use std::time::Instant;
 use std::time::SystemTime;
@@ -41,7 +40,6 @@ use super::on_leader;
 use super::ChangeWatch;
 use super::LeaderOnly;
 use super::Relayable;
-use crate::domain::broker;
 use crate::domain::broker::slots::SlotRange;
 use crate::domain::broker::state::chunk_count;
 use crate::domain::broker::state::valid_address;
@@ -182,18 +180,15 @@ impl IntoResponse for UndermoonError {
 
 type Answered = Result<Response, UndermoonError>;
 
-/// The dialect's state: the node, the read cache and the leader's scaling lock.
+/// The dialect's state: the node and the leader's scaling lock.
 pub(crate) struct Api {
     node: Arc<Node>,
-    /// The broker as loaded at an applied log index.
-    cache: Mutex<Option<(u64, Arc<Broker>)>>,
     scaling: Arc<tokio::sync::Mutex<()>>,
 }
 
 pub fn routes(node: Arc<Node>) -> Router {
     let api = Arc::new(Api {
         node,
-        cache: Mutex::new(None),
         scaling: Arc::new(tokio::sync::Mutex::new(())),
     });
     let routes = Router::new()
@@ -290,16 +285,7 @@ impl Api {
     async fn read(&self) -> Result<Arc<Broker>, UndermoonError> {
         let raft = self.node.raft()?;
         raft.read_barrier(Consistency::Linearizable).await?;
-        let applied = raft.metrics().last_applied.map_or(0, |id| id.index);
-        if let Some((index, broker)) = self.cache.lock().expect("cache lock").as_ref() {
-            if *index == applied {
-                return Ok(broker.clone());
-            }
-        }
-        // Loaded after reading `applied`, so it holds at least that much.
-        let broker = Arc::new(broker::load(&raft.reader())?);
-        *self.cache.lock().expect("cache lock") = Some((applied, broker.clone()));
-        Ok(broker)
+        Ok(self.node.domain.broker.current(&raft.reader())?)
     }
 
     /// Runs a scaling operation on the leader under its scaling lock (undermoon's broker

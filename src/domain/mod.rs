@@ -40,7 +40,11 @@ pub enum Reply {
 }
 
 /// The state machine keel's Raft applies.
-pub struct Domain;
+#[derive(Default)]
+pub struct Domain {
+    /// The undermoon broker as last applied, shared with the API's reads.
+    pub broker: broker::BrokerCache,
+}
 
 impl StateMachine for Domain {
     fn apply(
@@ -57,7 +61,7 @@ impl StateMachine for Domain {
             ))
         })?;
         let reply = match command {
-            Command::Broker(command) => Reply::Broker(broker::apply(command, txn)?),
+            Command::Broker(command) => Reply::Broker(broker::apply(command, txn, &self.broker)?),
             Command::Cluster(command) => Reply::Cluster(cluster::apply(command, txn)?),
             Command::Kv(command) => Reply::Kv(kv::apply(command, txn)?),
             Command::Lease(command) => Reply::Lease(lease::apply(command, index, txn)?),

@@ -7,10 +7,11 @@
 //! - [`state`]: the operations, each applied whole or not at all.
 //! - [`view`]: the JSON shapes the coordinator reads.
 //!
-//! Storage: one key per proxy and per cluster under `broker/`, plus one for the epoch and
-//! settings. An operation loads the broker with one scan (one RocksDB iterator, so a
-//! consistent view), runs on it in memory and writes back only what changed. Loading is
-//! linear in the number of proxies; a control plane's broker holds thousands, not millions.
+//! Storage: one key per proxy and per cluster under `broker/`, plus one for the epoch,
+//! settings and change count. The decoded broker is cached ([`BrokerCache`]); when the cache
+//! is stale it is loaded with one scan (one RocksDB iterator, so a consistent view). An
+//! operation runs on a copy in memory and writes back only what changed; copying is linear
+//! in the number of proxies, and a control plane's broker holds thousands, not millions.
 
 pub mod alloc;
 pub mod model;
@@ -22,6 +23,7 @@ pub mod view;
 mod tests;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use keel_storage::Error as StorageError;
 use keel_storage::KvRead;
@@ -61,6 +63,7 @@ struct Meta {
     global_epoch: u64,
     settings: BrokerSettings,
     clock: i64,
+    changes: u64,
 }
 
 /// A proxy with its failure state, stored under one key.
@@ -69,6 +72,69 @@ struct ProxyRecord {
     resource: ProxyResource,
     failed: bool,
     failures: BTreeMap<String, i64>,
+}
+
+/// The same record, borrowed from a [`Broker`] for comparing and encoding.
+#[derive(PartialEq, Serialize)]
+struct ProxyRecordRef<'a> {
+    resource: &'a ProxyResource,
+    failed: bool,
+    failures: Option<&'a BTreeMap<String, i64>>,
+}
+
+impl<'a> ProxyRecordRef<'a> {
+    fn of(broker: &'a Broker, address: &str) -> Option<Self> {
+        let store = &broker.store;
+        Some(Self {
+            resource: store.all_proxies.get(address)?,
+            failed: store.failed_proxies.contains(address),
+            failures: store.failures.get(address).filter(|f| !f.is_empty()),
+        })
+    }
+
+    fn encode(&self) -> Result<Vec<u8>, StorageError> {
+        encode(&ProxyRecord {
+            resource: self.resource.clone(),
+            failed: self.failed,
+            failures: self.failures.cloned().unwrap_or_default(),
+        })
+    }
+}
+
+/// The decoded broker kept between commands and shared with readers, so neither reloads
+/// every proxy and cluster. It is valid while its change count matches the stored one: each
+/// successful operation counts one, and every node applies the same ones in the same order,
+/// so equal counts mean equal states (also after a snapshot install).
+#[derive(Default)]
+pub struct BrokerCache(std::sync::Mutex<Option<Arc<Broker>>>);
+
+impl BrokerCache {
+    fn valid(&self, changes: u64) -> Option<Arc<Broker>> {
+        let cached = self.0.lock().expect("broker cache");
+        cached.as_ref().filter(|b| b.changes == changes).cloned()
+    }
+
+    fn keep(&self, broker: Arc<Broker>) {
+        *self.0.lock().expect("broker cache") = Some(broker);
+    }
+
+    /// The broker as stored in `read`: the cached one if it is current, else loaded.
+    pub fn current(&self, read: &impl KvRead) -> Result<Arc<Broker>, StorageError> {
+        if let Some(broker) = self.valid(stored_changes(read)?) {
+            return Ok(broker);
+        }
+        let broker = Arc::new(load(read)?);
+        self.keep(broker.clone());
+        Ok(broker)
+    }
+}
+
+fn stored_changes(read: &impl KvRead) -> Result<u64, StorageError> {
+    Ok(read
+        .get(META_KEY)?
+        .map(|b| decode::<Meta>(&b))
+        .transpose()?
+        .map_or(0, |meta| meta.changes))
 }
 
 fn proxy_key(address: &str) -> Vec<u8> {
@@ -88,6 +154,7 @@ pub fn load(read: &impl KvRead) -> Result<Broker, StorageError> {
             broker.store.global_epoch = meta.global_epoch;
             broker.settings = meta.settings;
             broker.clock = meta.clock;
+            broker.changes = meta.changes;
         } else if key.starts_with(PROXY_PREFIX) {
             let record: ProxyRecord = decode(&value)?;
             let address = record.resource.proxy_address.clone();
@@ -109,40 +176,24 @@ pub fn load(read: &impl KvRead) -> Result<Broker, StorageError> {
     Ok(broker)
 }
 
-fn proxy_records(broker: &Broker) -> BTreeMap<&String, ProxyRecord> {
-    let store = &broker.store;
-    store
-        .all_proxies
-        .iter()
-        .map(|(address, resource)| {
-            (
-                address,
-                ProxyRecord {
-                    resource: resource.clone(),
-                    failed: store.failed_proxies.contains(address),
-                    failures: store.failures.get(address).cloned().unwrap_or_default(),
-                },
-            )
-        })
-        .collect()
-}
-
 /// Writes what differs between `before` and `after`.
 fn save(txn: &mut Txn<'_>, before: &Broker, after: &Broker) -> Result<(), StorageError> {
     let meta = |b: &Broker| Meta {
         global_epoch: b.store.global_epoch,
         settings: b.settings.clone(),
         clock: b.clock,
+        changes: b.changes,
     };
     if meta(before) != meta(after) {
         txn.put(META_KEY.to_vec(), encode(&meta(after))?);
     }
-    let (old, new) = (proxy_records(before), proxy_records(after));
-    for (address, record) in &new {
-        if old.get(address) != Some(record) {
-            txn.put(proxy_key(address), encode(record)?);
+    for address in after.store.all_proxies.keys() {
+        let record = ProxyRecordRef::of(after, address).expect("listed above");
+        if ProxyRecordRef::of(before, address).as_ref() != Some(&record) {
+            txn.put(proxy_key(address), record.encode()?);
         }
     }
+    let (old, new) = (&before.store.all_proxies, &after.store.all_proxies);
     for address in old.keys().filter(|a| !new.contains_key(*a)) {
         txn.delete(proxy_key(address));
     }
@@ -158,12 +209,17 @@ fn save(txn: &mut Txn<'_>, before: &Broker, after: &Broker) -> Result<(), Storag
     Ok(())
 }
 
-pub fn apply(command: BrokerCommand, txn: &mut Txn<'_>) -> Result<BrokerReply, StorageError> {
-    let before = load(txn)?;
-    let mut after = before.clone();
-    let reply = after.execute(command.now, command.op);
+pub fn apply(
+    command: BrokerCommand,
+    txn: &mut Txn<'_>,
+    cache: &BrokerCache,
+) -> Result<BrokerReply, StorageError> {
+    let before = cache.current(txn)?;
+    let mut after = Broker::clone(&before);
+    let reply = after.execute_in_place(command.now, command.op);
     if reply.is_ok() {
         save(txn, &before, &after)?;
+        cache.keep(Arc::new(after));
     }
     Ok(reply)
 }

@@ -231,6 +231,8 @@ pub struct Broker {
     /// this and their own reading, so broker time never goes back and a node whose clock
     /// lags cannot make old failure reports look fresh.
     pub clock: i64,
+    /// Successful operations applied so far; see [`super::BrokerCache`].
+    pub changes: u64,
 }
 
 /// How a failover ended.
@@ -245,9 +247,17 @@ impl Broker {
     /// Runs `op` at Unix time `now` (seconds, chosen by the proposer). On error nothing changes.
     pub fn execute(&mut self, now: i64, op: Op) -> Result<Answer, BrokerError> {
         let mut next = self.clone();
-        next.clock = self.now(now);
-        let answer = next.run(next.clock, op)?;
+        let answer = next.execute_in_place(now, op)?;
         *self = next;
+        Ok(answer)
+    }
+
+    /// [`Broker::execute`] without the copy: on error `self` may be half changed, so the
+    /// caller must throw it away (the state machine runs it on a copy it drops on error).
+    pub fn execute_in_place(&mut self, now: i64, op: Op) -> Result<Answer, BrokerError> {
+        self.clock = self.now(now);
+        let answer = self.run(self.clock, op)?;
+        self.changes += 1;
         Ok(answer)
     }
 

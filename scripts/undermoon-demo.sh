@@ -35,6 +35,12 @@ call() {
 # field JSON PYTHON-EXPRESSION: evaluates an expression over the parsed JSON `j`.
 field() { python3 -c "import json,sys; j=json.load(sys.stdin); print($2)" <<<"$1"; }
 
+# A node that was just started may still be electing itself: wait until the broker answers.
+for _ in $(seq 1 300); do
+  curl -sf "${auth[@]}" "$API/epoch" >/dev/null && break
+  sleep 0.1
+done
+
 echo "== 1. Register 6 server proxies on 3 hosts (each proxy fronts 2 Redis nodes)" >&2
 for host in 1 2 3; do
   for i in 1 2; do

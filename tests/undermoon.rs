@@ -525,6 +525,120 @@ async fn broker_errors_are_in_undermoons_format_and_change_nothing() {
         "set_get_only"
     );
 
+    // The operator endpoints: version, grow, expand, shrink, free nodes, balance, resource
+    // check, epoch bump and recovery, proxy removal and a proxy's metadata.
+    let (status, version) = send_json(api(0, Method::GET, "/version")).await;
+    assert_eq!((status, version), (200, json!(env!("CARGO_PKG_VERSION"))));
+    for h in [5, 6] {
+        let body = json!({ "proxy_address": format!("10.8.0.{h}:7001"), "nodes": [format!("10.8.0.{h}:6001"), format!("10.8.0.{h}:6101")] });
+        assert_eq!(
+            send_json(api(h % 3, Method::POST, "/proxies/meta").json(&body))
+                .await
+                .0,
+            200
+        );
+    }
+    let grow = api(1, Method::PUT, "/clusters/nodes/c1").json(&json!({ "cluster_node_number": 8 }));
+    let (status, added) = send_json(grow).await;
+    assert_eq!(
+        (status, added.as_array().map(Vec::len)),
+        (200, Some(4)),
+        "{added}"
+    );
+    let commit_all = |i: usize| {
+        let api = &api;
+        async move {
+            let (_, cluster) = send_json(api(i, Method::GET, "/clusters/meta/c1")).await;
+            check_layout(&cluster["cluster"]);
+            for task in migrating_tasks(&cluster["cluster"]) {
+                let commit = json!({ "cluster_name": "c1", "slot_range": task });
+                let (status, _) =
+                    send_json(api(i, Method::PUT, "/clusters/migrations").json(&commit)).await;
+                assert_eq!(status, 200);
+            }
+        }
+    };
+    assert_eq!(
+        send_json(api(2, Method::POST, "/clusters/migrations/expand/c1"))
+            .await
+            .0,
+        200
+    );
+    commit_all(0).await;
+    assert_eq!(
+        send_json(api(1, Method::POST, "/clusters/migrations/shrink/c1/4"))
+            .await
+            .0,
+        200
+    );
+    commit_all(2).await;
+    assert_eq!(
+        send_json(api(0, Method::DELETE, "/clusters/free_nodes/c1"))
+            .await
+            .0,
+        200
+    );
+    let (_, info) = send_json(api(1, Method::GET, "/clusters/info/c1")).await;
+    assert_eq!(
+        (info["node_number"].as_u64(), info["is_migrating"].as_bool()),
+        (Some(4), Some(false))
+    );
+    assert_eq!(
+        send_json(api(2, Method::PUT, "/clusters/balance/c1"))
+            .await
+            .0,
+        200
+    );
+    let (status, check) = send_json(api(0, Method::POST, "/resources/failures/check")).await;
+    assert_eq!(status, 200);
+    assert!(check["hosts_cannot_fail"].is_array(), "{check}");
+    let (_, epoch) = send_json(api(1, Method::GET, "/epoch")).await;
+    let bumped = epoch.as_u64().unwrap() + 10;
+    assert_eq!(
+        send_json(api(2, Method::PUT, &format!("/epoch/{bumped}")))
+            .await
+            .0,
+        200
+    );
+    let (_, c1) = send_json(api(0, Method::GET, "/clusters/meta/c1")).await;
+    assert_eq!(c1["cluster"]["epoch"].as_u64(), Some(bumped));
+    // No proxy is listening: recovery moves past the epoch anyway and names them all.
+    let (status, recovery) = send_json(api(1, Method::PUT, "/epoch/recovery")).await;
+    assert_eq!(status, 200, "{recovery}");
+    assert_eq!(
+        recovery["failed_addresses"].as_array().map(Vec::len),
+        Some(5)
+    );
+    assert_eq!(
+        send_json(api(2, Method::GET, "/epoch")).await.1.as_u64(),
+        Some(bumped + 1)
+    );
+    let in_cluster = c1["cluster"]["nodes"][0]["proxy_address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, proxy) = send_json(api(0, Method::GET, &format!("/proxies/meta/{in_cluster}"))).await;
+    assert_eq!(proxy["proxy"]["cluster_name"], "c1");
+    assert_eq!(proxy["proxy"]["epoch"].as_u64(), Some(bumped + 1));
+    assert_eq!(proxy["proxy"]["nodes"].as_array().map(Vec::len), Some(2));
+    let (_, addresses) = send_json(api(1, Method::GET, "/proxies/addresses")).await;
+    let free = addresses["addresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .find(|a| !c1.to_string().contains(a.as_str()))
+        .expect("a free proxy");
+    let remove = api(2, Method::DELETE, &format!("/proxies/meta/{free}"));
+    assert_eq!(send_json(remove).await.0, 200);
+    let (status, answer) = send_json(api(
+        0,
+        Method::DELETE,
+        &format!("/proxies/meta/{in_cluster}"),
+    ))
+    .await;
+    assert_eq!((status, answer["error"].as_str()), (409, Some("IN_USE")));
+
     // Settings are replicated; unknown fields are refused.
     let set = api(0, Method::PUT, "/config")
         .json(&json!({ "replica_addresses": ["10.0.0.1:7799"], "failure_quorum": 2 }));

@@ -4,7 +4,8 @@
 //! - [`slots`]: slot ranges and the arithmetic of even splits, expansion and shrinking.
 //! - [`model`]: what is stored, in undermoon's dump layout.
 //! - [`alloc`]: host-aware choice of proxies.
-//! - [`state`]: the operations, each applied whole or not at all.
+//! - [`state`]: the operations, each applied whole or not at all; [`migrate`] and [`failover`]
+//!   hold the migration and failure halves, [`consistency`] the invariants.
 //! - [`view`]: the JSON shapes the coordinator reads.
 //!
 //! Storage: one key per proxy and per cluster under `broker/`, plus one for the epoch,
@@ -14,6 +15,9 @@
 //! in the number of proxies, and a control plane's broker holds thousands, not millions.
 
 pub mod alloc;
+pub mod consistency;
+mod failover;
+mod migrate;
 pub mod model;
 pub mod slots;
 pub mod state;

@@ -6,30 +6,25 @@
 //! comes with a half-made change. Each successful change to clusters bumps the global epoch
 //! once and stamps the changed cluster with it; the epoch never goes down.
 
-use std::collections::BTreeSet;
-
 use serde::Deserialize;
 use serde::Serialize;
 
 use super::alloc;
 use super::alloc::FreeByHost;
 use super::alloc::Links;
+use super::consistency::check_consistency;
+use super::failover::Failover;
 use super::model::BrokerSettings;
 use super::model::ChunkStore;
 use super::model::ClusterConfig;
 use super::model::ClusterStore;
 use super::model::InvalidConfig;
 use super::model::MetaStore;
-use super::model::MigrationMetaStore;
-use super::model::MigrationSlotRangeStore;
-use super::model::Part;
 use super::model::ProxyResource;
 use super::model::RolePosition;
 use super::model::DUMP_VERSION;
 use super::slots;
-use super::slots::RangeList;
 use super::slots::SlotRange;
-use super::slots::SlotRangeTag;
 use super::view;
 use super::view::Node;
 use super::view::Proxy;
@@ -235,14 +230,6 @@ pub struct Broker {
     pub changes: u64,
 }
 
-/// How a failover ended.
-enum Failover {
-    FreeProxy,
-    Replaced(String),
-    /// The surviving half holds the masters, but no free proxy could take the failed one's place.
-    NoReplacement,
-}
-
 impl Broker {
     /// Runs `op` at Unix time `now` (seconds, chosen by the proposer). On error nothing changes.
     pub fn execute(&mut self, now: i64, op: Op) -> Result<Answer, BrokerError> {
@@ -335,12 +322,12 @@ impl Broker {
         }
     }
 
-    fn bump(&mut self) -> u64 {
+    pub(super) fn bump(&mut self) -> u64 {
         self.store.global_epoch += 1;
         self.store.global_epoch
     }
 
-    fn stamp_all(&mut self, epoch: u64) {
+    pub(super) fn stamp_all(&mut self, epoch: u64) {
         self.store.global_epoch = epoch;
         for cluster in self.store.clusters.values_mut() {
             cluster.epoch = epoch;
@@ -348,7 +335,7 @@ impl Broker {
     }
 
     /// Bumps the global epoch and stamps `name` with it.
-    fn stamp(&mut self, name: &str) -> u64 {
+    pub(super) fn stamp(&mut self, name: &str) -> u64 {
         let epoch = self.bump();
         if let Some(cluster) = self.store.clusters.get_mut(name) {
             cluster.epoch = epoch;
@@ -367,7 +354,7 @@ impl Broker {
     }
 
     /// A cluster with no migration running, as every change of its layout needs.
-    fn idle_cluster(&self, name: &str) -> Result<&ClusterStore, BrokerError> {
+    pub(super) fn idle_cluster(&self, name: &str) -> Result<&ClusterStore, BrokerError> {
         let cluster = self.cluster(name)?;
         if cluster.is_migrating() {
             return Err(BrokerError::MigrationRunning);
@@ -375,7 +362,7 @@ impl Broker {
         Ok(cluster)
     }
 
-    fn cluster_mut(&mut self, name: &str) -> Result<&mut ClusterStore, BrokerError> {
+    pub(super) fn cluster_mut(&mut self, name: &str) -> Result<&mut ClusterStore, BrokerError> {
         self.cluster(name)?;
         Ok(self.store.clusters.get_mut(name).expect("checked above"))
     }
@@ -401,7 +388,7 @@ impl Broker {
     }
 
     /// Free proxies that may be allocated: in no cluster, not failed, not reported lately.
-    fn free_by_host(&self, now: i64) -> FreeByHost {
+    pub(super) fn free_by_host(&self, now: i64) -> FreeByHost {
         let mut free = FreeByHost::new();
         for proxy in self.store.all_proxies.values() {
             if proxy.cluster.is_none()
@@ -417,7 +404,7 @@ impl Broker {
     }
 
     /// Takes `count` new slot-less chunks for `cluster` out of the free proxies.
-    fn take_chunks(
+    pub(super) fn take_chunks(
         &mut self,
         now: i64,
         cluster: &str,
@@ -461,7 +448,7 @@ impl Broker {
         Ok(chunks)
     }
 
-    fn release(&mut self, chunks: &[ChunkStore]) {
+    pub(super) fn release(&mut self, chunks: &[ChunkStore]) {
         for address in chunks.iter().flat_map(|c| c.proxy_addresses.iter()) {
             if let Some(proxy) = self.store.all_proxies.get_mut(address) {
                 proxy.cluster = None;
@@ -561,7 +548,7 @@ impl Broker {
         Ok(Answer::Done)
     }
 
-    fn add_nodes(
+    pub(super) fn add_nodes(
         &mut self,
         now: i64,
         name: &str,
@@ -580,7 +567,7 @@ impl Broker {
         Ok(Answer::Nodes(nodes))
     }
 
-    fn remove_free_nodes(&mut self, name: &str) -> Result<Answer, BrokerError> {
+    pub(super) fn remove_free_nodes(&mut self, name: &str) -> Result<Answer, BrokerError> {
         let cluster = self.cluster_mut(name)?;
         if cluster.is_migrating() {
             return Err(BrokerError::MigrationRunning);
@@ -592,150 +579,6 @@ impl Broker {
             return Err(BrokerError::FreeNodeNotFound);
         }
         self.release(&free);
-        self.stamp(name);
-        Ok(Answer::Done)
-    }
-
-    /// The slots each master (chunk * 2 + part) owns outright.
-    fn holdings(cluster: &ClusterStore) -> Vec<RangeList> {
-        cluster
-            .chunks
-            .iter()
-            .flat_map(|c| c.stable_slots.iter())
-            .map(|s| s.as_ref().map(|s| s.range_list.clone()).unwrap_or_default())
-            .collect()
-    }
-
-    /// Writes `holdings` back and records `moves` as migrations tagged `epoch`.
-    fn start_migrations(
-        cluster: &mut ClusterStore,
-        holdings: Vec<RangeList>,
-        moves: Vec<slots::Move>,
-        epoch: u64,
-    ) {
-        for (master, slots) in holdings.into_iter().enumerate() {
-            cluster.chunks[master / 2].stable_slots[master % 2] =
-                (!slots.is_empty()).then(|| SlotRange::stable(slots));
-        }
-        for slots::Move { src, dst, ranges } in moves {
-            let meta = MigrationMetaStore {
-                epoch,
-                src_chunk_index: src / 2,
-                src_chunk_part: src % 2,
-                dst_chunk_index: dst / 2,
-                dst_chunk_part: dst % 2,
-            };
-            for (master, is_migrating) in [(src, true), (dst, false)] {
-                cluster.chunks[master / 2].migrating_slots[master % 2].push(
-                    MigrationSlotRangeStore {
-                        range_list: ranges.clone(),
-                        is_migrating,
-                        meta: meta.clone(),
-                    },
-                );
-            }
-        }
-        cluster.epoch = epoch;
-    }
-
-    fn expand(&mut self, name: &str) -> Result<Answer, BrokerError> {
-        let mut holdings = Self::holdings(self.idle_cluster(name)?);
-        let moves = slots::plan_expansion(&mut holdings);
-        if moves.is_empty() {
-            return Err(BrokerError::SlotsAlreadyEven);
-        }
-        let epoch = self.bump();
-        Self::start_migrations(self.cluster_mut(name)?, holdings, moves, epoch);
-        Ok(Answer::Done)
-    }
-
-    fn shrink(&mut self, name: &str, node_number: usize) -> Result<Answer, BrokerError> {
-        let cluster = self.cluster(name)?;
-        if cluster
-            .chunks
-            .iter()
-            .any(|c| c.stable_slots.iter().any(Option::is_none))
-        {
-            return Err(BrokerError::FreeNodeFound);
-        }
-        if cluster.is_migrating() {
-            return Err(BrokerError::MigrationRunning);
-        }
-        let keep = chunk_count(node_number)?;
-        if keep >= cluster.chunks.len() {
-            return Err(BrokerError::InvalidNodeNumber);
-        }
-        let mut holdings = Self::holdings(cluster);
-        let moves = slots::plan_shrink(&mut holdings, keep * 2);
-        let epoch = self.bump();
-        Self::start_migrations(self.cluster_mut(name)?, holdings, moves, epoch);
-        Ok(Answer::Done)
-    }
-
-    fn auto_scale(
-        &mut self,
-        now: i64,
-        name: &str,
-        node_number: usize,
-    ) -> Result<Answer, BrokerError> {
-        self.idle_cluster(name)?;
-        chunk_count(node_number)?;
-        // Dropping leftover free nodes first makes the call safe to repeat.
-        match self.remove_free_nodes(name) {
-            Ok(_) | Err(BrokerError::FreeNodeNotFound) => {}
-            Err(e) => return Err(e),
-        }
-        let existing = self.cluster(name)?.node_number();
-        if node_number > existing {
-            self.add_nodes(now, name, node_number - existing)?;
-            let cluster = self.cluster(name)?;
-            return Ok(Answer::ScaledOut {
-                proxies: cluster.proxy_addresses().cloned().collect(),
-                epoch: cluster.epoch,
-            });
-        }
-        if node_number < existing {
-            self.shrink(name, node_number)?;
-        }
-        Ok(Answer::Done)
-    }
-
-    fn commit_migration(
-        &mut self,
-        name: &str,
-        slot_range: SlotRange,
-    ) -> Result<Answer, BrokerError> {
-        let task_epoch = match &slot_range.tag {
-            SlotRangeTag::Migrating(meta) | SlotRangeTag::Importing(meta) => meta.epoch,
-            SlotRangeTag::None => return Err(BrokerError::InvalidMigrationTask),
-        };
-        let cluster = self.cluster_mut(name)?;
-        let mut found: [Option<(Part, usize)>; 2] = [None, None];
-        for (chunk_index, chunk) in cluster.chunks.iter().enumerate() {
-            for (part, tasks) in chunk.migrating_slots.iter().enumerate() {
-                for (position, task) in tasks.iter().enumerate() {
-                    if task.range_list == slot_range.range_list && task.meta.epoch == task_epoch {
-                        let side = usize::from(!task.is_migrating);
-                        found[side] = Some((
-                            Part {
-                                chunk: chunk_index,
-                                part,
-                            },
-                            position,
-                        ));
-                    }
-                }
-            }
-        }
-        let [Some((src, src_position)), Some((dst, dst_position))] = found else {
-            return Err(BrokerError::MigrationTaskNotFound);
-        };
-        cluster.chunks[src.chunk].migrating_slots[src.part].remove(src_position);
-        let task = cluster.chunks[dst.chunk].migrating_slots[dst.part].remove(dst_position);
-        match &mut cluster.chunks[dst.chunk].stable_slots[dst.part] {
-            Some(stable) => stable.range_list.merge(&task.range_list),
-            empty => *empty = Some(SlotRange::stable(task.range_list)),
-        }
         self.stamp(name);
         Ok(Answer::Done)
     }
@@ -758,150 +601,6 @@ impl Broker {
             self.stamp(name);
         }
         Ok(Answer::Done)
-    }
-
-    /// Points migrations whose ends moved to another node at `epoch`, so the proxies see them
-    /// as new tasks between the new nodes.
-    fn retag_migrations(cluster: &mut ClusterStore, moved: &BTreeSet<Part>, epoch: u64) {
-        for chunk in &mut cluster.chunks {
-            for task in chunk.migrating_slots.iter_mut().flatten() {
-                if moved.contains(&task.meta.src()) || moved.contains(&task.meta.dst()) {
-                    task.meta.epoch = epoch;
-                }
-            }
-        }
-    }
-
-    /// Sets a chunk's role position; returns the parts whose master node changed.
-    fn set_roles(cluster: &mut ClusterStore, chunk: usize, roles: RolePosition) -> Vec<Part> {
-        let before = cluster.chunks[chunk].role_position;
-        cluster.chunks[chunk].role_position = roles;
-        (0..2)
-            .filter(|part| before.master_node(*part) != roles.master_node(*part))
-            .map(|part| Part { chunk, part })
-            .collect()
-    }
-
-    fn balance_masters(&mut self, now: i64, name: &str) -> Result<Answer, BrokerError> {
-        let unhealthy: BTreeSet<String> = self
-            .store
-            .all_proxies
-            .keys()
-            .filter(|a| self.store.failed_proxies.contains(*a) || self.live_reports(a, now) > 0)
-            .cloned()
-            .collect();
-        let cluster = self.cluster_mut(name)?;
-        let mut moved = BTreeSet::new();
-        for chunk in 0..cluster.chunks.len() {
-            let healthy = cluster.chunks[chunk]
-                .proxy_addresses
-                .iter()
-                .all(|a| !unhealthy.contains(a));
-            if healthy {
-                moved.extend(Self::set_roles(cluster, chunk, RolePosition::Normal));
-            }
-        }
-        if !moved.is_empty() {
-            let epoch = self.stamp(name);
-            Self::retag_migrations(self.cluster_mut(name)?, &moved, epoch);
-        }
-        Ok(Answer::Done)
-    }
-
-    /// Records a report. Reports on unregistered addresses are dropped: undermoon lists only
-    /// registered proxies as failed and clears a proxy's reports when it registers.
-    fn report_failure(&mut self, now: i64, address: String, reporter: String) {
-        if !self.store.all_proxies.contains_key(&address) {
-            return;
-        }
-        let ttl = self.settings.failure_ttl as i64;
-        for reports in self.store.failures.values_mut() {
-            reports.retain(|_, at| now - *at < ttl);
-        }
-        self.store.failures.retain(|_, reports| !reports.is_empty());
-        let reports = self.store.failures.entry(address).or_default();
-        if reports.insert(reporter, now).is_none() {
-            self.bump();
-        }
-    }
-
-    fn failover(&mut self, now: i64, address: &str) -> Result<Failover, BrokerError> {
-        let proxy = self
-            .store
-            .all_proxies
-            .get(address)
-            .ok_or(BrokerError::ProxyNotFound)?;
-        let Some(name) = proxy.cluster.clone() else {
-            self.store.failures.remove(address);
-            self.store.failed_proxies.insert(address.to_string());
-            return Ok(Failover::FreeProxy);
-        };
-        let free = self.free_by_host(now);
-        let links = Links::of(&self.store);
-        let cluster = self.cluster_mut(&name)?;
-        let (chunk, side) = cluster
-            .chunks
-            .iter()
-            .enumerate()
-            .find_map(|(i, c)| c.side_of(address).map(|side| (i, side)))
-            .ok_or_else(|| {
-                BrokerError::InvalidMetadata(format!("{address} is not in cluster {name}"))
-            })?;
-        let moved: BTreeSet<Part> =
-            Self::set_roles(cluster, chunk, RolePosition::without_side(side))
-                .into_iter()
-                .collect();
-        let hosts = cluster.chunks[chunk].hosts.clone();
-        let replacement = alloc::replacement(&free, &links, &hosts[1 - side], &hosts[side]);
-        if let Some(new) = &replacement {
-            let resource = self.store.all_proxies[new].clone();
-            let cluster = self.cluster_mut(&name)?;
-            let chunk = &mut cluster.chunks[chunk];
-            chunk.proxy_addresses[side] = resource.proxy_address.clone();
-            chunk.hosts[side] = resource.host.clone();
-            chunk.node_addresses[2 * side] = resource.node_addresses[0].clone();
-            chunk.node_addresses[2 * side + 1] = resource.node_addresses[1].clone();
-            self.store.all_proxies.get_mut(new).expect("exists").cluster = Some(name.clone());
-            self.store
-                .all_proxies
-                .get_mut(address)
-                .expect("exists")
-                .cluster = None;
-            self.store.failed_proxies.insert(address.to_string());
-        }
-        if replacement.is_some() || !moved.is_empty() {
-            let epoch = self.stamp(&name);
-            Self::retag_migrations(self.cluster_mut(&name)?, &moved, epoch);
-        }
-        Ok(match replacement {
-            Some(new) => Failover::Replaced(new),
-            None => Failover::NoReplacement,
-        })
-    }
-
-    /// Hosts whose loss could not be repaired: failing every proxy on one of them leaves some
-    /// chunk without a replacement. Empty means every single host may fail.
-    pub fn hosts_cannot_fail(&self, now: i64) -> Vec<String> {
-        let hosts: BTreeSet<&String> = self.store.all_proxies.values().map(|p| &p.host).collect();
-        hosts
-            .into_iter()
-            .filter(|host| {
-                let mut trial = self.clone();
-                let on_host: Vec<String> = self
-                    .store
-                    .all_proxies
-                    .values()
-                    .filter(|p| &&p.host == host)
-                    .map(|p| p.proxy_address.clone())
-                    .collect();
-                trial.store.failed_proxies.extend(on_host.iter().cloned());
-                on_host.iter().any(|address| {
-                    trial.store.all_proxies[address].cluster.is_some()
-                        && matches!(trial.failover(now, address), Ok(Failover::NoReplacement))
-                })
-            })
-            .cloned()
-            .collect()
     }
 
     fn restore(&mut self, store: MetaStore) -> Result<Answer, BrokerError> {
@@ -932,109 +631,4 @@ impl Broker {
         self.stamp_all(epoch);
         Ok(Answer::Done)
     }
-}
-
-/// Checks that a store is internally consistent: every cluster's proxies exist and belong to
-/// it, each proxy is in at most one chunk, failed proxies are free, and every cluster's slots
-/// (owned and in flight) cover the slot space exactly once with well-formed migrations.
-pub fn check_consistency(store: &MetaStore) -> Result<(), String> {
-    let mut seen = BTreeSet::new();
-    for (name, cluster) in &store.clusters {
-        if name != &cluster.name || !valid_cluster_name(name) {
-            return Err(format!("cluster {name:?} has the name {:?}", cluster.name));
-        }
-        let mut owned = RangeList::default();
-        let mut total = 0;
-        // Every task is stored twice, migrating at its source and importing at its target.
-        let mut halves: [Vec<(&RangeList, &MigrationMetaStore)>; 2] = [Vec::new(), Vec::new()];
-        for (index, chunk) in cluster.chunks.iter().enumerate() {
-            for (side, address) in chunk.proxy_addresses.iter().enumerate() {
-                let proxy = store.all_proxies.get(address).ok_or_else(|| {
-                    format!("cluster {name} uses proxy {address}, which is not registered")
-                })?;
-                if proxy.cluster.as_deref() != Some(name.as_str()) {
-                    return Err(format!(
-                        "proxy {address} is in cluster {name} but says {:?}",
-                        proxy.cluster
-                    ));
-                }
-                if proxy.host != chunk.hosts[side]
-                    || proxy.node_addresses[..] != chunk.node_addresses[2 * side..2 * side + 2]
-                {
-                    return Err(format!(
-                        "chunk {index} of {name} disagrees with proxy {address}"
-                    ));
-                }
-                if !seen.insert(address.clone()) {
-                    return Err(format!("proxy {address} is in two chunks"));
-                }
-            }
-            for part in 0..2 {
-                let lists = chunk.stable_slots[part]
-                    .iter()
-                    .map(|s| &s.range_list)
-                    .chain(chunk.migrating_slots[part].iter().map(|t| &t.range_list));
-                if lists
-                    .into_iter()
-                    .any(|l| l.is_empty() || !l.is_well_formed())
-                {
-                    return Err(format!("chunk {index} of {name} has malformed slot ranges"));
-                }
-                if let Some(stable) = &chunk.stable_slots[part] {
-                    total += stable.range_list.slot_count();
-                    owned.merge(&stable.range_list);
-                }
-                for task in &chunk.migrating_slots[part] {
-                    let ends = [task.meta.src(), task.meta.dst()];
-                    let here = Part { chunk: index, part };
-                    if ends
-                        .iter()
-                        .any(|end| end.chunk >= cluster.chunks.len() || end.part > 1)
-                        || ends[usize::from(!task.is_migrating)] != here
-                    {
-                        return Err(format!("a migration of {name} has an invalid end"));
-                    }
-                    if task.is_migrating {
-                        total += task.range_list.slot_count();
-                        owned.merge(&task.range_list);
-                    }
-                    halves[usize::from(task.is_migrating)].push((&task.range_list, &task.meta));
-                }
-            }
-        }
-        let [mut importing, mut migrating] = halves;
-        importing.sort();
-        migrating.sort();
-        if importing != migrating {
-            return Err(format!(
-                "a migration of {name} is not stored at both its source and its target"
-            ));
-        }
-        let full =
-            cluster.chunks.is_empty() || owned == RangeList::single(0, slots::SLOT_COUNT - 1);
-        if !full || (!cluster.chunks.is_empty() && total != slots::SLOT_COUNT) {
-            return Err(format!(
-                "the slots of {name} do not cover 0-16383 exactly once"
-            ));
-        }
-    }
-    for (address, proxy) in &store.all_proxies {
-        if address != &proxy.proxy_address {
-            return Err(format!(
-                "proxy {address} is stored as {}",
-                proxy.proxy_address
-            ));
-        }
-        if let Some(name) = &proxy.cluster {
-            if !seen.contains(address) {
-                return Err(format!(
-                    "proxy {address} says cluster {name}, which does not hold it"
-                ));
-            }
-        }
-    }
-    if let Some(failed) = store.failed_proxies.iter().find(|a| seen.contains(*a)) {
-        return Err(format!("failed proxy {failed} is still in a cluster"));
-    }
-    Ok(())
 }

@@ -10,11 +10,11 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use super::consistency::check_consistency;
 use super::model::MetaStore;
 use super::model::DUMP_VERSION;
 use super::slots::SlotRange;
 use super::slots::SlotRangeTag;
-use super::state::check_consistency;
 use super::state::Answer;
 use super::state::Broker;
 use super::state::Op;

@@ -139,6 +139,8 @@ pub struct Node {
     pub started: Instant,
     /// The state machine Raft applies; the API reads its broker cache.
     pub domain: Arc<domain::Domain>,
+    /// The cluster's credentials, fixed by its creation: read once, not on every request.
+    credentials: std::sync::OnceLock<Option<Credentials>>,
 }
 
 fn now_rfc3339() -> String {
@@ -197,6 +199,7 @@ impl Node {
             http,
             started: Instant::now(),
             domain: Arc::default(),
+            credentials: std::sync::OnceLock::new(),
         });
         if let Some(identity) = node.read_identity()? {
             node.set_state(BootstrapState::RecoveringCluster);
@@ -508,6 +511,17 @@ impl Node {
         let leader = metrics.current_leader.filter(|id| *id != raft.id())?;
         let membership = metrics.membership_config.membership();
         membership.get_node(&leader).map(|node| node.addr.clone())
+    }
+
+    /// The cluster's credentials (`Some(None)` for the loopback-only default), or `None` while
+    /// this node has not applied the cluster's creation.
+    pub fn credentials(&self) -> Result<Option<&Option<Credentials>>, Error> {
+        if let Some(credentials) = self.credentials.get() {
+            return Ok(Some(credentials));
+        }
+        Ok(self
+            .cluster_config()?
+            .map(|config| self.credentials.get_or_init(|| config.credentials)))
     }
 
     /// The replicated cluster config as this node has applied it.

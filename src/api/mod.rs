@@ -90,16 +90,16 @@ async fn authorize(node: &Node, family: &str, header: Option<&str>) -> Result<()
         // An idle node: only the bootstrap call can do anything, and it must be open.
         return Ok(());
     }
-    let Some(config) = node.cluster_config()? else {
+    let Some(credentials) = node.credentials()? else {
         // A member whose cluster's first command is not applied yet has nothing to check
         // credentials against, so it serves nothing.
         return Err(keel_raft::Error::NotInitialized.into());
     };
-    let Some(credentials) = config.credentials else {
+    let Some(credentials) = credentials else {
         // The loopback-only embedded default.
         return Ok(());
     };
-    if node.verifier.check(&credentials, header).await {
+    if node.verifier.check(credentials, header).await {
         Ok(())
     } else {
         Err(Error::Unauthorized(

@@ -283,9 +283,22 @@ impl Api {
 
     /// The broker as of a linearizable read.
     async fn read(&self) -> Result<Arc<Broker>, UndermoonError> {
+        self.with_broker(|broker| broker).await
+    }
+
+    /// Runs `work` on the broker as of a linearizable read, on a blocking thread: reloading
+    /// a stale cache and whole-broker computations take time linear in the proxies.
+    async fn with_broker<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(Arc<Broker>) -> T + Send + 'static,
+    ) -> Result<T, UndermoonError> {
         let raft = self.node.raft()?;
         raft.read_barrier(Consistency::Linearizable).await?;
-        Ok(self.node.domain.broker.current(&raft.reader())?)
+        let (node, reader) = (self.node.clone(), raft.reader());
+        tokio::task::spawn_blocking(move || node.domain.broker.current(&reader).map(work))
+            .await
+            .map_err(|e| UndermoonError::Internal(format!("a broker read failed: {e}")))?
+            .map_err(UndermoonError::from)
     }
 
     /// Runs a scaling operation on the leader under its scaling lock (undermoon's broker
@@ -667,15 +680,17 @@ async fn failover(State(api): State<Arc<Api>>, Path(address): Path<String>) -> A
     // Coordinators repeat a failover for as long as the failure reports live. When it would
     // change nothing (the proxy is already failed over, or its chunk's masters already moved
     // and no free proxy can replace it), answer without a log entry.
-    let broker = api.read().await?;
-    let mut trial = Broker::clone(&broker);
-    let op = Op::Failover {
-        address: address.clone(),
-    };
-    if let Ok(Answer::Proxy(None)) = trial.execute(now(), op.clone()) {
-        if trial.store == broker.store {
-            return Ok(Json(json!({ "proxy": null })).into_response());
-        }
+    let op = Op::Failover { address };
+    let trial_op = op.clone();
+    let changes_nothing = api
+        .with_broker(move |broker| {
+            let mut trial = Broker::clone(&broker);
+            let answer = trial.execute(now(), trial_op);
+            matches!(answer, Ok(Answer::Proxy(None))) && trial.store == broker.store
+        })
+        .await?;
+    if changes_nothing {
+        return Ok(Json(json!({ "proxy": null })).into_response());
     }
     match api.propose(op).await? {
         Answer::Proxy(proxy) => Ok(Json(json!({ "proxy": proxy })).into_response()),
@@ -738,8 +753,9 @@ async fn recover_epoch(State(api): State<Arc<Api>>) -> Answered {
 }
 
 async fn check_failure_tolerance(State(api): State<Arc<Api>>) -> Answered {
-    let broker = api.read().await?;
-    let hosts = broker.hosts_cannot_fail(broker.now(now()));
+    let hosts = api
+        .with_broker(|broker| broker.hosts_cannot_fail(broker.now(now())))
+        .await?;
     Ok(Json(json!({ "hosts_cannot_fail": hosts })).into_response())
 }
 

@@ -102,6 +102,12 @@ pub struct ServeArgs {
     #[arg(long, env = "KEEL_REQUEST_TIMEOUT_MS")]
     pub request_timeout_ms: Option<u64>,
 
+    /// Threads that serve requests and drive Raft. Fewer than the cores suits several nodes
+    /// sharing one machine (tests, benchmarks): less switching between threads.
+    /// [default: the number of cores]
+    #[arg(long, env = "KEEL_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
+
     /// Local IP address for connections to other nodes (multi-homed hosts; the fault suite's
     /// proxies tell nodes apart by it). [default: chosen by the system]
     #[arg(long, env = "KEEL_PEER_SOURCE_IP")]
@@ -120,6 +126,7 @@ pub struct Settings {
     pub user: Option<String>,
     pub password: Option<String>,
     pub open_routes: Vec<String>,
+    pub worker_threads: usize,
     pub raft: keel_raft::RaftConfig,
 }
 
@@ -170,6 +177,12 @@ impl ServeArgs {
                 .map_or(defaults.request_timeout, Duration::from_millis),
             peer_source_ip: pick!(peer_source_ip),
         };
+        let worker_threads = pick!(worker_threads).unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        });
+        if worker_threads == 0 {
+            return Err("--worker-threads must be at least 1".into());
+        }
         if raft.heartbeat >= raft.election_timeout_min {
             return Err("--heartbeat-ms must be smaller than --election-timeout-ms".into());
         }
@@ -187,6 +200,7 @@ impl ServeArgs {
             user: pick!(user),
             password: pick!(password),
             open_routes,
+            worker_threads,
             raft,
         })
     }
@@ -246,6 +260,8 @@ mod tests {
             .resolve()
             .unwrap_err();
         assert!(err.contains("smaller"), "{err}");
+        let err = parse(&["--worker-threads", "0"]).resolve().unwrap_err();
+        assert!(err.contains("at least 1"), "{err}");
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("bad.toml");
         std::fs::write(&file, "listen-address = \"x\"\n").unwrap();

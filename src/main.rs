@@ -30,19 +30,25 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("starting the tokio runtime");
+    let runtime = |workers: Option<usize>| {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        if let Some(workers) = workers {
+            builder.worker_threads(workers);
+        }
+        builder
+            .enable_all()
+            .build()
+            .expect("starting the tokio runtime")
+    };
     let result = match config::Cli::parse().command {
         config::Command::Serve(args) => match (*args).resolve() {
-            Ok(settings) => runtime.block_on(serve(settings)),
+            Ok(settings) => runtime(Some(settings.worker_threads)).block_on(serve(settings)),
             Err(message) => {
                 eprintln!("keel: {message}");
                 return std::process::ExitCode::from(2);
             }
         },
-        config::Command::Bench(args) => runtime.block_on(bench::run(args)),
+        config::Command::Bench(args) => runtime(None).block_on(bench::run(args)),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -14,6 +14,15 @@ use std::time::Instant;
 use base64::Engine;
 use clap::ValueEnum;
 use hdrhistogram::Histogram;
+use http_body_util::BodyExt;
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
+use hyper::header;
+use hyper::header::HeaderValue;
+use hyper::Method;
+use hyper::Request;
+use hyper_util::rt::TokioIo;
 use serde_json::json;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -70,50 +79,83 @@ struct Shared {
     args: BenchArgs,
     /// The lease the keepalive workload refreshes.
     lease: u64,
+    /// For the broker workload's JSON calls; the key-value workloads use [`Connection`].
     http: reqwest::Client,
-    value: String,
+    /// `Basic ...` for keel, encoded once.
+    authorization: Option<HeaderValue>,
+    /// The write body for keel, or the base64 value for etcd, encoded once.
+    value: Bytes,
     next_key: AtomicU64,
     issued: AtomicU64,
     errors: AtomicU64,
 }
+
+/// What one key-value request is, before it becomes HTTP.
+type Call = (Method, String, Bytes);
 
 impl Shared {
     /// Claims the next request; false once `--ops` requests were issued.
     fn claim(&self) -> bool {
         self.args.ops == 0 || self.issued.fetch_add(1, Ordering::Relaxed) < self.args.ops
     }
-}
 
-impl Shared {
-    fn write_request(&self, endpoint: &str, key: &str) -> reqwest::RequestBuilder {
-        let request = match self.args.target {
-            Target::Keel => self
-                .http
-                .put(format!("http://{endpoint}/v1/kv/bench/{key}"))
-                .json(&json!({ "value": self.value })),
-            Target::Etcd => self
-                .http
-                .post(format!("http://{endpoint}/v3/kv/put"))
-                .json(&json!({ "key": b64(&format!("bench/{key}")), "value": b64(&self.value) })),
-        };
-        self.authenticated(request)
+    fn write_call(&self, key: &str) -> Call {
+        match self.args.target {
+            Target::Keel => (
+                Method::PUT,
+                format!("/v1/kv/bench/{key}"),
+                self.value.clone(),
+            ),
+            Target::Etcd => {
+                let value = std::str::from_utf8(&self.value).expect("base64 is ASCII");
+                let body = json!({ "key": b64(format!("bench/{key}")), "value": value });
+                (Method::POST, "/v3/kv/put".into(), body.to_string().into())
+            }
+        }
     }
 
-    fn read_request(&self, endpoint: &str) -> reqwest::RequestBuilder {
+    fn read_call(&self) -> Call {
         let stale = self.args.workload == Workload::StaleGet;
-        let request = match self.args.target {
+        match self.args.target {
             Target::Keel => {
                 let consistency = if stale { "stale" } else { "linearizable" };
-                self.http.get(format!(
-                    "http://{endpoint}/v1/kv/bench/hot?consistency={consistency}"
-                ))
+                let path = format!("/v1/kv/bench/hot?consistency={consistency}");
+                (Method::GET, path, Bytes::new())
             }
-            Target::Etcd => self
-                .http
-                .post(format!("http://{endpoint}/v3/kv/range"))
-                .json(&json!({ "key": b64("bench/hot"), "serializable": stale })),
-        };
-        self.authenticated(request)
+            Target::Etcd => {
+                let body = json!({ "key": b64("bench/hot"), "serializable": stale });
+                (Method::POST, "/v3/kv/range".into(), body.to_string().into())
+            }
+        }
+    }
+
+    fn call(&self, n: u64) -> Call {
+        if self.args.workload == Workload::Keepalive {
+            let path = format!("/v1/leases/{}/keepalive", self.lease);
+            return (Method::POST, path, Bytes::new());
+        }
+        if self.is_write(n) {
+            self.write_call(&format!(
+                "{:08x}",
+                self.next_key.fetch_add(1, Ordering::Relaxed)
+            ))
+        } else {
+            self.read_call()
+        }
+    }
+
+    fn request(&self, endpoint: &str, (method, path, body): Call) -> Request<Full<Bytes>> {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, endpoint)
+            .header(header::CONTENT_TYPE, "application/json");
+        if let Some(authorization) = &self.authorization {
+            request = request.header(header::AUTHORIZATION, authorization);
+        }
+        request
+            .body(Full::new(body))
+            .expect("a well-formed request")
     }
 
     fn authenticated(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
@@ -122,19 +164,6 @@ impl Shared {
                 request.basic_auth(user, self.args.password.as_ref())
             }
             _ => request,
-        }
-    }
-
-    fn request(&self, endpoint: &str, write: bool) -> reqwest::RequestBuilder {
-        if self.args.workload == Workload::Keepalive {
-            let url = format!("http://{endpoint}/v1/leases/{}/keepalive", self.lease);
-            return self.authenticated(self.http.post(url));
-        }
-        if write {
-            let key = format!("{:08x}", self.next_key.fetch_add(1, Ordering::Relaxed));
-            self.write_request(endpoint, &key)
-        } else {
-            self.read_request(endpoint)
         }
     }
 
@@ -147,27 +176,92 @@ impl Shared {
     }
 }
 
-fn b64(text: &str) -> String {
+fn b64(text: impl AsRef<[u8]>) -> String {
     base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+/// A keep-alive HTTP/1.1 connection to one endpoint, opened on first use and again after a
+/// failure. The key-value workloads send bare hyper requests over it rather than going
+/// through reqwest: the generator shares the machine's cores with the cluster it measures,
+/// so every microsecond it spends per request is taken from the system under test.
+struct Connection {
+    endpoint: String,
+    sender: Option<SendRequest<Full<Bytes>>>,
+}
+
+impl Connection {
+    fn new(endpoint: &str) -> Self {
+        Self {
+            endpoint: endpoint.to_string(),
+            sender: None,
+        }
+    }
+
+    /// Sends `request` and reads the whole answer; an error says why it was not a success.
+    async fn send(&mut self, request: Request<Full<Bytes>>) -> Result<(), String> {
+        let sender = match &mut self.sender {
+            Some(sender) => sender,
+            None => self.sender.insert(connect(&self.endpoint).await?),
+        };
+        let exchange = async {
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = response.status();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            Ok::<_, String>((status, body))
+        };
+        match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
+            Ok(Ok((status, _))) if status.is_success() => Ok(()),
+            Ok(Ok((status, body))) => Err(format!("{status}: {}", String::from_utf8_lossy(&body))),
+            Ok(Err(err)) => {
+                self.sender = None;
+                Err(err)
+            }
+            Err(_) => {
+                self.sender = None;
+                Err(format!("no answer within {REQUEST_TIMEOUT:?}"))
+            }
+        }
+    }
+}
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn connect(endpoint: &str) -> Result<SendRequest<Full<Bytes>>, String> {
+    let stream = tokio::net::TcpStream::connect(endpoint)
+        .await
+        .map_err(|e| format!("connecting to {endpoint}: {e}"))?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("connecting to {endpoint}: {e}"))?;
+    tokio::spawn(connection);
+    Ok(sender)
 }
 
 async fn client(shared: Arc<Shared>, id: usize, until: Instant) -> Histogram<u64> {
     let mut histogram =
         Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
     let endpoints = &shared.args.endpoints;
+    let mut connections: Vec<_> = endpoints.iter().map(|e| Connection::new(e)).collect();
     let mut n = id as u64;
     while Instant::now() < until && shared.claim() {
-        let endpoint = &endpoints[n as usize % endpoints.len()];
-        let request = shared.request(endpoint, shared.is_write(n));
+        let at = n as usize % endpoints.len();
+        let request = shared.request(&endpoints[at], shared.call(n));
         let sent = Instant::now();
-        let ok = match request.send().await {
-            Ok(response) => response.status().is_success() && response.bytes().await.is_ok(),
-            Err(_) => false,
-        };
-        if ok {
-            histogram.saturating_record(sent.elapsed().as_micros() as u64);
-        } else {
-            shared.errors.fetch_add(1, Ordering::Relaxed);
+        match connections[at].send(request).await {
+            Ok(()) => histogram.saturating_record(sent.elapsed().as_micros() as u64),
+            Err(err) => {
+                tracing::debug!(%err, "request failed");
+                shared.errors.fetch_add(1, Ordering::Relaxed);
+            }
         }
         n += 1;
     }
@@ -306,8 +400,22 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     } else {
         0
     };
+    let value = "v".repeat(args.value_size);
+    let value = match args.target {
+        Target::Keel => json!({ "value": value }).to_string(),
+        Target::Etcd => b64(value),
+    };
+    let authorization = match (&args.user, args.target) {
+        (Some(user), Target::Keel) => {
+            let credentials = format!("{user}:{}", args.password.as_deref().unwrap_or(""));
+            let encoded = format!("Basic {}", b64(credentials));
+            Some(HeaderValue::from_str(&encoded).map_err(|e| format!("--user/--password: {e}"))?)
+        }
+        _ => None,
+    };
     let shared = Arc::new(Shared {
-        value: "v".repeat(args.value_size),
+        value: value.into(),
+        authorization,
         lease,
         args,
         http,
@@ -319,14 +427,12 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         shared.args.workload,
         Workload::Get | Workload::StaleGet | Workload::Mixed
     ) {
-        let response = shared
-            .write_request(&shared.args.endpoints[0], "hot")
-            .send()
+        let endpoint = &shared.args.endpoints[0];
+        let seed = shared.request(endpoint, shared.write_call("hot"));
+        Connection::new(endpoint)
+            .send(seed)
             .await
             .map_err(|e| format!("seeding the hot key: {e}"))?;
-        if !response.status().is_success() {
-            return Err(format!("seeding the hot key: {}", response.status()));
-        }
     }
     if shared.args.workload == Workload::Broker {
         if shared.args.target != Target::Keel {

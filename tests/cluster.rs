@@ -475,3 +475,48 @@ async fn a_cluster_creation_cut_short_is_finished_on_restart() {
     let stored = std::fs::read_to_string(node_dir.join("identity.json")).unwrap();
     assert!(!stored.contains("pending_init"), "{stored}");
 }
+
+/// Runs `keel bench` against `cluster` and returns its JSON result.
+async fn bench(cluster: &Cluster, password: &str, args: &[&str]) -> serde_json::Value {
+    let endpoints: Vec<_> = cluster.nodes.iter().map(|n| n.addr()).collect();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["bench", "--endpoints", &endpoints.join(",")])
+        .args(["--user", USER, "--password", password, "--seconds", "30"])
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_load_generator_counts_what_it_did() {
+    let cluster = Cluster::start(3, &["--worker-threads", "1"]).await;
+    let put = bench(&cluster, PASSWORD, &["--clients", "4", "--ops", "200"]).await;
+    assert_eq!(
+        (put["ops"].as_u64(), put["errors"].as_u64()),
+        (Some(200), Some(0))
+    );
+    // Keys are numbered from 0 and written to every node in turn.
+    let last = cluster.get_kv(1, "bench/000000c7", "linearizable").await;
+    assert_eq!(last.as_deref(), Some("v".repeat(256).as_str()));
+
+    let mixed = bench(
+        &cluster,
+        PASSWORD,
+        &["--workload", "mixed", "--clients", "8", "--ops", "100"],
+    )
+    .await;
+    assert_eq!(
+        (mixed["ops"].as_u64(), mixed["errors"].as_u64()),
+        (Some(100), Some(0))
+    );
+    assert!(mixed["p50_ms"].as_f64().unwrap() > 0.0, "{mixed}");
+
+    let refused = bench(&cluster, "wrong", &["--clients", "2", "--ops", "10"]).await;
+    assert_eq!(
+        (refused["ops"].as_u64(), refused["errors"].as_u64()),
+        (Some(0), Some(10))
+    );
+}

@@ -1,0 +1,157 @@
+//! Exactly-once application of retried requests, on real RocksDB stores: a request id is
+//! applied once while its record is in the window, across a restart and after a snapshot
+//! replaced the store, and is forgotten (in the store too) once it leaves the window.
+
+use std::io::Read;
+use std::io::Write;
+use std::sync::Arc;
+
+use futures::stream;
+use keel_raft::machine::Machine;
+use keel_raft::machine::REQUEST_ID_WINDOW;
+use keel_raft::types::Entry;
+use keel_raft::types::Proposal;
+use keel_raft::types::TypeConfig;
+use keel_raft::StateMachine;
+use keel_storage::Error;
+use keel_storage::KvRead;
+use keel_storage::SnapshotFile;
+use keel_storage::StateStore;
+use keel_storage::Store;
+use keel_storage::Txn;
+use openraft::entry::RaftEntry;
+use openraft::storage::RaftStateMachine;
+use openraft::RaftSnapshotBuilder;
+
+/// Counts the commands applied to it.
+struct Counter;
+
+fn count(read: &impl KvRead) -> u64 {
+    read.get(b"count")
+        .unwrap()
+        .map_or(0, |b| u64::from_be_bytes(b.try_into().unwrap()))
+}
+
+impl StateMachine for Counter {
+    fn apply(&self, _index: u64, _command: &[u8], txn: &mut Txn<'_>) -> Result<Vec<u8>, Error> {
+        let count = count(txn) + 1;
+        txn.put(b"count".to_vec(), count.to_be_bytes().to_vec());
+        Ok(Vec::new())
+    }
+}
+
+type State = StateStore<TypeConfig, Machine>;
+
+fn open(dir: &std::path::Path) -> State {
+    Store::open(dir)
+        .unwrap()
+        .state_store(Machine::new(Arc::new(Counter)))
+        .unwrap()
+}
+
+fn entry(index: u64, request_id: Option<&str>, command: &str) -> Entry {
+    let proposal = Proposal {
+        request_id: request_id.map(str::to_string),
+        command: command.as_bytes().to_vec(),
+    };
+    Entry::new_normal(
+        openraft::testing::log_id::<TypeConfig>(1, 1, index),
+        proposal,
+    )
+}
+
+/// Applies `entries` as one batch and returns how many commands the domain has applied.
+async fn apply(state: &mut State, entries: Vec<Entry>) -> u64 {
+    let batch: Vec<_> = entries.into_iter().map(|e| Ok((e, None))).collect();
+    state.apply(stream::iter(batch)).await.unwrap();
+    count(&state.reader())
+}
+
+/// Writes without a request id, from `from` up to and including `to`.
+async fn fill(state: &mut State, from: u64, to: u64) {
+    let mut next = from;
+    while next <= to {
+        let last = (next + 9_999).min(to);
+        apply(
+            state,
+            (next..=last).map(|i| entry(i, None, "fill")).collect(),
+        )
+        .await;
+        next = last + 1;
+    }
+}
+
+fn stored_records(state: &State) -> usize {
+    let reader = state.reader();
+    reader
+        .scan(b"\x00req/", b"\x00req0", usize::MAX)
+        .unwrap()
+        .len()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_id_is_applied_once_until_it_leaves_the_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut state = open(dir.path());
+    let a = |index| entry(index, Some("a"), "x");
+    // The same id with another command is another request.
+    let applied = apply(&mut state, vec![a(1), a(2), entry(3, Some("a"), "y")]).await;
+    assert_eq!(applied, 2);
+
+    // A restart keeps the records.
+    drop(state);
+    let mut state = open(dir.path());
+    assert_eq!(apply(&mut state, vec![a(4)]).await, 2);
+
+    // The last entry that still remembers index 1, then the first that does not.
+    fill(&mut state, 5, REQUEST_ID_WINDOW - 1).await;
+    let filled = REQUEST_ID_WINDOW - 5;
+    assert_eq!(
+        apply(&mut state, vec![a(REQUEST_ID_WINDOW)]).await,
+        2 + filled
+    );
+    assert_eq!(stored_records(&state), 2);
+    let past = apply(&mut state, vec![a(REQUEST_ID_WINDOW + 1)]).await;
+    assert_eq!(past, 3 + filled);
+    // Index 1's record left the store; index 3's and the new one remain.
+    assert_eq!(stored_records(&state), 2);
+    assert_eq!(
+        apply(&mut state, vec![a(REQUEST_ID_WINDOW + 2)]).await,
+        past
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn records_arrive_with_a_snapshot() {
+    let dir_a = tempfile::tempdir().unwrap();
+    let mut a = open(dir_a.path());
+    let applied = apply(
+        &mut a,
+        vec![
+            entry(1, Some("a"), "x"),
+            entry(2, None, "z"),
+            entry(3, None, "z"),
+        ],
+    )
+    .await;
+    assert_eq!(applied, 3);
+    a.build_snapshot().await.unwrap();
+    let current = a.get_current_snapshot().await.unwrap().unwrap();
+    let mut bytes = Vec::new();
+    current
+        .snapshot
+        .reopen()
+        .unwrap()
+        .read_to_end(&mut bytes)
+        .unwrap();
+
+    // b has applied entries of its own (its window is loaded) before the snapshot lands.
+    let dir_b = tempfile::tempdir().unwrap();
+    let mut b = open(dir_b.path());
+    apply(&mut b, vec![entry(1, Some("b"), "x"), entry(2, None, "z")]).await;
+    let received = SnapshotFile::create(b.incoming_snapshot_path()).unwrap();
+    (&received.file).write_all(&bytes).unwrap();
+    b.install_snapshot(&current.meta, received).await.unwrap();
+    assert_eq!(apply(&mut b, vec![entry(4, Some("a"), "x")]).await, 3);
+    assert_eq!(apply(&mut b, vec![entry(5, Some("b"), "x")]).await, 4);
+}

@@ -193,6 +193,11 @@ impl RaftNode {
             // Entries are at most ~1 MiB (the API's value limit), so a batch stays well under
             // the peer routes' 256 MiB body limit.
             max_payload_entries: 64,
+            // Replication reads an entry as soon as the leader's append returns instead of at
+            // the end of the core's loop, and the core takes acknowledgements before more
+            // proposals. Commit still waits for the leader's fsync. Measured in paired runs:
+            // put@64 +14 %, get@64 +12-17 %, mixed@64 +11-15 %, put@256 within noise.
+            broadcast_submitted_on_append: Some(true),
             ..Default::default()
         };
         let raft_config = Arc::new(

@@ -16,6 +16,7 @@ mod machine_info;
 mod node;
 mod proxy_probe;
 
+use axum::serve::ListenerExt;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
@@ -61,9 +62,16 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn serve(settings: config::Settings) -> Result<(), String> {
+    // Without TCP_NODELAY, an answer written in more than one piece can wait for the peer's
+    // delayed ACK (40 ms on Linux) before its second piece leaves.
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
-        .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
+        .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?
+        .tap_io(|connection| {
+            if let Err(err) = connection.set_nodelay(true) {
+                tracing::debug!(%err, "cannot set TCP_NODELAY on a connection");
+            }
+        });
     let bootstrap = settings.bootstrap;
     let node = node::Node::open(settings).await?;
     if bootstrap == config::BootstrapMode::Auto {

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # keel and etcd side by side on this machine: two 3-member clusters on loopback, both with
-# durable fsync, run one after the other and driven by the same load generator (`keel bench`)
-# over HTTP/JSON: keel through /v1/kv, etcd through its /v3/kv/* JSON gateway.
+# durable fsync, driven by the same load generator (`keel bench`) over HTTP/JSON: keel through
+# /v1/kv, etcd through its /v3/kv/* JSON gateway. Both clusters stay up for the whole run and
+# every row runs keel, then etcd, back to back: this host's speed drifts by 20-40 % within
+# minutes, and rows measured minutes apart made the ratios swing with it. The cluster not being
+# measured sits idle (heartbeats only) meanwhile.
 #
 #   scripts/bench.sh [SECONDS_PER_RUN]       (default 5)
 #
@@ -33,25 +36,18 @@ fi
 cargo build --release --quiet --bin keel
 KEEL="$CARGO_TARGET_DIR/release/keel"
 
-run_workloads() {
-  local target=$1 endpoints=$2
-  for workload in $WORKLOADS; do
-    for clients in $CLIENTS; do
-      "$KEEL" bench --target "$target" --endpoints "$endpoints" --workload "$workload" \
-        --clients "$clients" --seconds "$SECONDS_PER_RUN" | tee -a "$OUT/results.jsonl"
-    done
-  done
+KEEL_ENDPOINTS=127.0.0.1:7761,127.0.0.1:7762,127.0.0.1:7763
+ETCD_ENDPOINTS=127.0.0.1:2371,127.0.0.1:2372,127.0.0.1:2373
+
+measure() {
+  local target=$1 endpoints=$2 workload=$3 clients=$4
+  "$KEEL" bench --target "$target" --endpoints "$endpoints" --workload "$workload" \
+    --clients "$clients" --seconds "$SECONDS_PER_RUN" | tee -a "$OUT/results.jsonl"
 }
 
 # keel
 scripts/cluster.sh clean >/dev/null 2>&1 || true
 scripts/cluster.sh start
-run_workloads keel 127.0.0.1:7761,127.0.0.1:7762,127.0.0.1:7763
-for clients in $BROKER_CLIENTS; do
-  "$KEEL" bench --target keel --endpoints 127.0.0.1:7761,127.0.0.1:7762,127.0.0.1:7763 \
-    --workload broker --clients "$clients" --seconds "$SECONDS_PER_RUN" | tee -a "$OUT/results.jsonl"
-done
-scripts/cluster.sh clean >/dev/null
 
 # etcd (fsyncs its WAL by default)
 ETCD_DATA=$OUT/etcd-cluster
@@ -66,12 +62,22 @@ for n in 1 2 3; do
     >"$ETCD_DATA.e$n.log" 2>&1 &
   pids+=($!)
 done
-trap 'kill ${pids[*]} 2>/dev/null || true' EXIT
+trap 'kill ${pids[*]} 2>/dev/null || true; scripts/cluster.sh clean >/dev/null 2>&1 || true' EXIT
 for _ in $(seq 1 100); do
   curl -sf -X POST http://127.0.0.1:2371/v3/kv/put -d '{"key":"cmVhZHk=","value":"MQ=="}' >/dev/null && break
   sleep 0.2
 done
-run_workloads etcd 127.0.0.1:2371,127.0.0.1:2372,127.0.0.1:2373
+
+for workload in $WORKLOADS; do
+  for clients in $CLIENTS; do
+    measure keel "$KEEL_ENDPOINTS" "$workload" "$clients"
+    measure etcd "$ETCD_ENDPOINTS" "$workload" "$clients"
+  done
+done
 kill "${pids[@]}" 2>/dev/null || true
+for clients in $BROKER_CLIENTS; do
+  measure keel "$KEEL_ENDPOINTS" broker "$clients"
+done
+scripts/cluster.sh clean >/dev/null
 
 python3 scripts/bench-report.py "$OUT"

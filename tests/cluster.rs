@@ -66,6 +66,12 @@ async fn writes_on_any_node_are_read_linearizably_on_every_node() {
         .await
         .unwrap();
     assert!(metrics.contains("keel_raft_voters 3"), "{metrics}");
+    // The joins went through the log with request ids, so the exactly-once mirror holds some.
+    let remembered = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("keel_request_ids_remembered "))
+        .and_then(|value| value.parse::<u64>().ok());
+    assert!(remembered.is_some_and(|ids| ids > 0), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

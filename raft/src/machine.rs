@@ -86,6 +86,8 @@ struct RequestWindow {
     recorded: VecDeque<(u64, Vec<u8>)>,
     /// Record key to the latest index that recorded it.
     latest: HashMap<Vec<u8>, u64>,
+    /// Bytes of the record keys in `recorded`.
+    key_bytes: usize,
 }
 
 impl RequestWindow {
@@ -106,6 +108,7 @@ impl RequestWindow {
     }
 
     fn record(&mut self, index: u64, record: Vec<u8>) {
+        self.key_bytes += record.len();
         self.latest.insert(record.clone(), index);
         self.recorded.push_back((index, record));
     }
@@ -120,6 +123,7 @@ impl RequestWindow {
                 break;
             }
             let (recorded_at, record) = self.recorded.pop_front().expect("front exists");
+            self.key_bytes -= record.len();
             txn.delete(request_by_index_key(recorded_at));
             // A retry recorded again after an earlier record of the same id stays.
             if self.latest.get(&record) == Some(&recorded_at) {
@@ -129,6 +133,18 @@ impl RequestWindow {
         }
     }
 }
+
+/// What the in-memory mirror of the request records holds, for `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RememberedRequests {
+    /// Request ids on record.
+    pub ids: usize,
+    /// Estimated heap bytes of the mirror: each key is held twice, plus per-entry overhead.
+    pub bytes: usize,
+}
+
+/// Rough per-record overhead of the mirror's queue slot and hash-map entry.
+const MIRROR_ENTRY_OVERHEAD: usize = 80;
 
 /// The storage [`Application`] keel's Raft runs; see the module documentation.
 pub struct Machine {
@@ -142,6 +158,19 @@ impl Machine {
             domain,
             requests: Mutex::default(),
         }
+    }
+}
+
+impl Machine {
+    /// What the mirror of request records holds; empty until the first entry is applied.
+    pub fn remembered_requests(&self) -> RememberedRequests {
+        let requests = self.requests.lock().expect("request window");
+        requests
+            .as_ref()
+            .map_or_else(RememberedRequests::default, |window| RememberedRequests {
+                ids: window.latest.len(),
+                bytes: 2 * window.key_bytes + MIRROR_ENTRY_OVERHEAD * window.recorded.len(),
+            })
     }
 }
 

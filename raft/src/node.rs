@@ -36,6 +36,7 @@ use serde::Deserialize;
 use serde::Serialize;
 
 use crate::machine::Machine;
+use crate::machine::RememberedRequests;
 use crate::machine::StateMachine;
 use crate::network::CallError;
 use crate::network::Network;
@@ -244,6 +245,11 @@ impl RaftNode {
 
     pub(crate) fn state(&self) -> &KeelStateStore {
         &self.state
+    }
+
+    /// What this node remembers of recent request ids (for exactly-once retries).
+    pub fn remembered_requests(&self) -> RememberedRequests {
+        self.state.app().remembered_requests()
     }
 
     /// A read-only view of this node's applied state.

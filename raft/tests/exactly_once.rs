@@ -111,10 +111,14 @@ async fn a_request_id_is_applied_once_until_it_leaves_the_window() {
         2 + filled
     );
     assert_eq!(stored_records(&state), 2);
+    assert_eq!(state.app().remembered_requests().ids, 2);
     let past = apply(&mut state, vec![a(REQUEST_ID_WINDOW + 1)]).await;
     assert_eq!(past, 3 + filled);
     // Index 1's record left the store; index 3's and the new one remain.
     assert_eq!(stored_records(&state), 2);
+    let remembered = state.app().remembered_requests();
+    assert_eq!(remembered.ids, 2);
+    assert!(remembered.bytes > 0, "{remembered:?}");
     assert_eq!(
         apply(&mut state, vec![a(REQUEST_ID_WINDOW + 2)]).await,
         past

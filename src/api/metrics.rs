@@ -82,6 +82,17 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
             "Number of voters.",
             m.membership_config.membership().voter_ids().count() as u64,
         );
+        let requests = raft.remembered_requests();
+        gauge(
+            "keel_request_ids_remembered",
+            "Request ids on record for exactly-once retries (the last 100000 log entries).",
+            requests.ids as u64,
+        );
+        gauge(
+            "keel_request_ids_memory_bytes",
+            "Estimated memory of the in-memory index of those request ids.",
+            requests.bytes as u64,
+        );
         if let Ok(broker) = node.domain.broker.current(&raft.reader()) {
             let store = &broker.store;
             gauge(

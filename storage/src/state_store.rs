@@ -95,6 +95,11 @@ impl<C: RaftTypeConfig, A: Application<C>> StateStore<C, A> {
         })
     }
 
+    /// The application this store applies entries through.
+    pub fn app(&self) -> &A {
+        &self.app
+    }
+
     /// A read-only view of the applied data, for serving queries.
     pub fn reader(&self) -> Reader {
         Reader::new(self.db.clone())

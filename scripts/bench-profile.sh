@@ -30,7 +30,7 @@ fi
 cargo build --release --quiet --bin keel
 KEEL="$CARGO_TARGET_DIR/release/keel"
 mkdir -p "$OUT"
-rm -f "$OUT"/*.data "$OUT"/*.data.old
+rm -f "$OUT"/*.data "$OUT"/*.data.old "$OUT"/*.err
 scripts/cluster.sh clean >/dev/null 2>&1 || true
 trap 'scripts/cluster.sh clean >/dev/null 2>&1 || true' EXIT
 scripts/cluster.sh start
@@ -54,14 +54,26 @@ for n in 1 2 3; do before[$n]=$(cpu_ticks "$(pid_of $n)"); done
 bench=$!
 sleep 1
 profile_seconds=$(( SECONDS_TO_RUN - 2 ))
+declare -A recorders
 for role in leader follower; do
   node=${!role}
   perf record -q -F 499 -g --call-graph dwarf,16384 -p "$(pid_of "$node")" \
-    -o "$OUT/$role.data" -- sleep "$profile_seconds" 2>/dev/null &
+    -o "$OUT/$role.data" -- sleep "$profile_seconds" 2>"$OUT/$role.err" &
+  recorders[$role]=$!
 done
 wait "$bench"
-wait
+for role in leader follower; do
+  if ! wait "${recorders[$role]}"; then
+    echo "bench-profile: perf record failed on the $role:" >&2
+    cat "$OUT/$role.err" >&2
+    exit 1
+  fi
+done
 ops=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["ops"])' "$OUT/bench.json")
+if (( ops == 0 )); then
+  echo "bench-profile: the load generator completed no operation: $(cat "$OUT/bench.json")" >&2
+  exit 1
+fi
 hz=$(getconf CLK_TCK)
 
 echo

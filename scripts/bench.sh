@@ -2,9 +2,10 @@
 # keel and etcd side by side on this machine: two 3-member clusters on loopback, both with
 # durable fsync, driven by the same load generator (`keel bench`) over HTTP/JSON: keel through
 # /v1/kv, etcd through its /v3/kv/* JSON gateway. Both clusters stay up for the whole run and
-# every row runs keel, then etcd, back to back: this host's speed drifts by 20-40 % within
-# minutes, and rows measured minutes apart made the ratios swing with it. The cluster not being
-# measured sits idle (heartbeats only) meanwhile.
+# every row runs on both back to back, who goes first alternating: this host's speed drifts by
+# 20-40 % within minutes, and rows measured minutes apart made the ratios swing with it. The
+# cluster not being measured takes no requests meanwhile (it may still be flushing or compacting
+# what it was just sent).
 #
 #   scripts/bench.sh [SECONDS_PER_RUN]       (default 5)
 #
@@ -68,10 +69,18 @@ for _ in $(seq 1 100); do
   sleep 0.2
 done
 
+# Who goes first alternates by row, so that neither system always runs while the other is
+# still flushing or compacting what the previous row wrote.
+row=0
 for workload in $WORKLOADS; do
   for clients in $CLIENTS; do
-    measure keel "$KEEL_ENDPOINTS" "$workload" "$clients"
-    measure etcd "$ETCD_ENDPOINTS" "$workload" "$clients"
+    if (( row++ % 2 == 0 )); then
+      measure keel "$KEEL_ENDPOINTS" "$workload" "$clients"
+      measure etcd "$ETCD_ENDPOINTS" "$workload" "$clients"
+    else
+      measure etcd "$ETCD_ENDPOINTS" "$workload" "$clients"
+      measure keel "$KEEL_ENDPOINTS" "$workload" "$clients"
+    fi
   done
 done
 kill "${pids[@]}" 2>/dev/null || true

@@ -14,7 +14,7 @@ import sys
 
 # (area, substrings of a frame that put a sample there), most specific first.
 AREAS = [
-    ("fsync", ["fdatasync", "__x64_sys_fsync", "fsync"]),
+    ("fsync", ["fdatasync", "do_fsync", "rocksdb::DBImpl::FlushWAL"]),
     ("RocksDB flush + compaction", ["FlushJob", "CompactionJob", "BGWorkCompaction", "BGWorkFlush"]),
     ("RocksDB write (WAL + memtable)", ["rocksdb::DBImpl::WriteImpl"]),
     ("RocksDB read", ["rocksdb::DBImpl::Get", "rocksdb::DBIter", "rocksdb::DBImpl::MultiGet"]),
@@ -22,7 +22,7 @@ AREAS = [
     ("Raft core (openraft)", ["openraft::"]),
     ("peer RPC client", ["reqwest::", "keel_raft::network"]),
     ("JSON", ["serde_json::"]),
-    ("HTTP server + handlers", ["hyper::", "axum::", "keel::api"]),
+    ("HTTP (server, handlers, peer connections)", ["hyper::", "axum::", "keel::api"]),
     ("tokio scheduler + timers", ["tokio::runtime", "tokio::time"]),
 ]
 OTHER = "other"

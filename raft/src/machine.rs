@@ -164,7 +164,11 @@ impl Machine {
 impl Machine {
     /// What the mirror of request records holds; empty until the first entry is applied.
     pub fn remembered_requests(&self) -> RememberedRequests {
-        let requests = self.requests.lock().expect("request window");
+        // A panic in apply stops the node anyway; /metrics still answers meanwhile.
+        let requests = self
+            .requests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         requests
             .as_ref()
             .map_or_else(RememberedRequests::default, |window| RememberedRequests {

@@ -10,6 +10,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use keel_raft::machine::REQUEST_ID_WINDOW;
 use openraft::ServerState;
 
 use crate::node::Node;
@@ -85,7 +86,9 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
         let requests = raft.remembered_requests();
         gauge(
             "keel_request_ids_remembered",
-            "Request ids on record for exactly-once retries (the last 100000 log entries).",
+            &format!(
+                "Request ids on record for exactly-once retries (the last {REQUEST_ID_WINDOW} log entries)."
+            ),
             requests.ids as u64,
         );
         gauge(

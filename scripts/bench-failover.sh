@@ -19,19 +19,10 @@ scripts/cluster.sh clean >/dev/null 2>&1 || true
 trap 'scripts/cluster.sh clean >/dev/null 2>&1 || true' EXIT
 scripts/cluster.sh start
 
-# Which cluster.sh node (1..3) leads: the member whose address matches the leader's uid.
-leader_node() {
-  curl -sf -u "$AUTH" "http://127.0.0.1:$(port "$1")/v1/cluster" | python3 -c '
-import json, sys
-info = json.load(sys.stdin)
-addr = next(m["addr"] for m in info["members"] if m["uid"] == info["leader"])
-print(int(addr.rsplit(":", 1)[1]) - '"$KEEL_BASE_PORT"')'
-}
-
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 results=()
 for round in $(seq 1 "$ROUNDS"); do
-  leader=$(leader_node 1 || leader_node 2 || leader_node 3)
+  leader=$(scripts/cluster.sh leader)
   survivor=$(( leader % 3 + 1 ))
   curl -sf -u "$AUTH" -X PUT "http://127.0.0.1:$(port "$survivor")/v1/kv/failover/warm" -d '{"value":"x"}' >/dev/null
   pid=$(cat "$KEEL_CLUSTER_DATA/node$leader.pid")

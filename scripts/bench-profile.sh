@@ -37,12 +37,7 @@ scripts/cluster.sh start
 
 pid_of() { cat "$KEEL_CLUSTER_DATA/node$1.pid"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-# The cluster.sh node (1..3) that leads: the member whose uid is the leader's, by its port.
-leader=$(curl -sf -u "$KEEL_USER:$KEEL_PASSWORD" http://127.0.0.1:7761/v1/cluster | python3 -c '
-import json, sys
-info = json.load(sys.stdin)
-addr = next(m["addr"] for m in info["members"] if m["uid"] == info["leader"])
-print(int(addr.rsplit(":", 1)[1]) - 7760)')
+leader=$(scripts/cluster.sh leader)
 follower=$(( leader % 3 + 1 ))
 
 # A short warm-up, so connections, caches and the first snapshot are not what is measured.

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs a bootstrapped 3-node keel cluster of real processes on 127.0.0.1.
 #
-#   scripts/cluster.sh start|stop|status|kill ID|restart ID|clean
+#   scripts/cluster.sh start|stop|status|leader|kill ID|restart ID|clean
 #
+# `leader` prints the ID (1..N) of the node that leads, as the first running node that answers
+# sees it.
 # Node N serves its API (and Raft traffic) on port ${KEEL_BASE_PORT:-7700}+N and keeps its data
 # in ./cluster-data/nodeN. Credentials come from KEEL_USER / KEEL_PASSWORD (defaults below).
 # `start` returns once the cluster has a leader and every node is a voter; on existing data it
@@ -124,12 +126,26 @@ status() {
   done
 }
 
+leader() {
+  for id in $(seq 1 "$NODES"); do
+    running "$id" || continue
+    curl -sf -u "$(auth)" "http://127.0.0.1:$(port "$id")/v1/cluster" | python3 -c '
+import json, sys
+info = json.load(sys.stdin)
+addr = next(m["addr"] for m in info["members"] if m["uid"] == info["leader"])
+print(int(addr.rsplit(":", 1)[1]) - int(sys.argv[1]))' "$BASE_PORT" && return
+  done
+  echo "cluster.sh: no running node knows a leader" >&2
+  return 1
+}
+
 case ${1:-} in
   start) start ;;
   stop) for id in $(seq 1 "$NODES"); do stop_node "$id"; done ;;
   status) status ;;
+  leader) leader ;;
   kill) stop_node "${2:?node id}" KILL ;;
   restart) stop_node "${2:?node id}"; KEEL=$(bin); launch "$2" api; wait_http "$2" ;;
   clean) for id in $(seq 1 "$NODES"); do stop_node "$id" KILL; done; rm -rf "$DATA" ;;
-  *) echo "usage: $0 start|stop|status|kill ID|restart ID|clean" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|status|leader|kill ID|restart ID|clean" >&2; exit 2 ;;
 esac

@@ -159,9 +159,7 @@ impl Machine {
             requests: Mutex::default(),
         }
     }
-}
 
-impl Machine {
     /// What the mirror of request records holds; empty until the first entry is applied.
     pub fn remembered_requests(&self) -> RememberedRequests {
         // A panic in apply stops the node anyway; /metrics still answers meanwhile.

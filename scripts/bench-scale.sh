@@ -7,7 +7,8 @@
 # Prints: load rate; RSS and data size per node; the time from restarting a node (kill -9)
 # until it answers a linearizable read and has applied the leader's commit index; and the
 # size of the newest snapshot and how long a follower that missed more than a snapshot's
-# worth of entries (so the leader purged them) takes to catch up from it. KEEL_EXTRA_ARGS
+# worth of entries (so the leader purged them) takes to catch up from it, and that node's peak
+# memory while it did (VmHWM). KEEL_EXTRA_ARGS
 # reaches the nodes (e.g. "--snapshot-every 25000" to be sure the missed entries are purged).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -67,3 +68,5 @@ snapshot=$(cluster_field "$follower" '["snapshot_index"]')
 how="by log replication"
 ((snapshot > before)) && how="by a snapshot from the leader (index $snapshot, beyond the $before it had applied)"
 echo "node $follower applied the leader's commit index $target $(since "$t0") s after start, $how"
+pid=$(cat "$KEEL_CLUSTER_DATA/node$follower.pid")
+echo "node $follower peak RSS since its start: $(( $(awk '/VmHWM/ {print $2}' "/proc/$pid/status") / 1024 )) MiB"

@@ -118,9 +118,16 @@ impl From<keel_raft::Error> for Error {
 
 impl From<keel_storage::Error> for Error {
     fn from(err: keel_storage::Error) -> Self {
-        Error::Internal(format!(
-            "storage failure: {err}; check this node's disk and log"
-        ))
+        match err {
+            keel_storage::Error::Installing => Error::Unavailable {
+                code: "installing_snapshot",
+                message: err.to_string(),
+                retry_after: Duration::from_secs(1),
+            },
+            err => Error::Internal(format!(
+                "storage failure: {err}; check this node's disk and log"
+            )),
+        }
     }
 }
 
@@ -159,5 +166,28 @@ impl IntoResponse for Error {
             );
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_errors_map_to_what_the_client_should_do() {
+        let cases = [
+            (keel_storage::Error::Installing, 503, "installing_snapshot"),
+            (
+                keel_storage::Error::Corrupt("bad key".into()),
+                500,
+                "internal_error",
+            ),
+        ];
+        for (storage, status, code) in cases {
+            let error = Error::from(storage);
+            assert_eq!((error.status().as_u16(), error.code()), (status, code));
+        }
+        let response = Error::from(keel_storage::Error::Installing).into_response();
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
     }
 }

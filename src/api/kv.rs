@@ -130,7 +130,14 @@ impl WatchStream {
     /// Queues the next events, or waits for some; false once the stream must end.
     async fn fill(&mut self) -> Result<(), Error> {
         let raft = self.node.raft()?;
-        let events = kv::events_after(&raft.reader(), self.after, WATCH_BATCH)?;
+        let events = match kv::events_after(&raft.reader(), self.after, WATCH_BATCH) {
+            // A snapshot is replacing this node's state; the history goes on after it.
+            Err(keel_storage::Error::Installing) => {
+                self.changes.next(Instant::now() + PROGRESS_EVERY).await?;
+                return Ok(());
+            }
+            events => events?,
+        };
         if let Some(first) = events.first() {
             if first.revision != self.after.saturating_add(1) {
                 // The history the client needs was compacted while it fell behind.

@@ -20,6 +20,9 @@ pub enum Error {
     Codec(#[from] bincode::Error),
     #[error("corrupt data: {0}")]
     Corrupt(String),
+    /// A read overlapped the install of a snapshot, which replaces the state in steps.
+    #[error("this node is installing a snapshot from the leader and serves reads again once it has; retry, or ask another node")]
+    Installing,
 }
 
 impl Error {

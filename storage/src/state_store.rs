@@ -11,8 +11,12 @@
 //! afterwards; building one therefore syncs the WAL first.
 //!
 //! Snapshots are built from a RocksDB point-in-time view, so apply and heartbeats go on while
-//! the file is written, and installed with one atomic write batch, so a crash mid-install
-//! leaves the old state intact.
+//! the file is written. They are installed in batches of [`INSTALL_BATCH_BYTES`], so memory
+//! stays flat however large the state: one batch for the whole file grew a node by the
+//! snapshot's size (409 MiB at a million keys). In between, the store holds part of the
+//! snapshot, so the first write also records an install marker (synced), and the last one
+//! replaces it with the new `last_applied` (synced): a node restarted mid-install finishes
+//! loading the same file before it starts, and reads meanwhile are refused (see [`Installs`]).
 
 use std::fs;
 use std::io;
@@ -43,6 +47,7 @@ use crate::cf;
 use crate::keyspace;
 use crate::snapshot;
 use crate::snapshot::SnapshotReader;
+use crate::txn::Installs;
 use crate::txn::Reader;
 use crate::Error;
 use crate::SnapshotFile;
@@ -65,8 +70,17 @@ pub struct StateStore<C, A> {
     app: Arc<A>,
     snapshot_dir: PathBuf,
     publishing: Arc<std::sync::Mutex<()>>,
+    installs: Installs,
     _config: PhantomData<C>,
 }
+
+/// Write-batch size of a snapshot install.
+const INSTALL_BATCH_BYTES: usize = 4 << 20;
+
+/// Where a received snapshot waits while it is installed: a name the start-up cleanup of
+/// partial files keeps (a restart finishes the install from it) and that is not yet a
+/// snapshot this node would serve (its state does not match it until the install is done).
+const INSTALLING_FILE: &str = "installing.snapfile";
 
 impl<C, A> Clone for StateStore<C, A> {
     fn clone(&self) -> Self {
@@ -75,6 +89,7 @@ impl<C, A> Clone for StateStore<C, A> {
             app: self.app.clone(),
             snapshot_dir: self.snapshot_dir.clone(),
             publishing: self.publishing.clone(),
+            installs: self.installs.clone(),
             _config: PhantomData,
         }
     }
@@ -86,13 +101,16 @@ impl<C: RaftTypeConfig, A: Application<C>> StateStore<C, A> {
     pub(crate) fn new(db: Arc<DB>, snapshot_dir: PathBuf, app: A) -> Result<Self, Error> {
         fs::create_dir_all(&snapshot_dir).map_err(|e| Error::io(&snapshot_dir, e))?;
         remove_partial_files(&snapshot_dir)?;
-        Ok(Self {
+        let store = Self {
             db,
             app: Arc::new(app),
             snapshot_dir,
             publishing: Arc::default(),
+            installs: Installs::default(),
             _config: PhantomData,
-        })
+        };
+        store.finish_interrupted_install()?;
+        Ok(store)
     }
 
     /// The application this store applies entries through.
@@ -102,7 +120,7 @@ impl<C: RaftTypeConfig, A: Application<C>> StateStore<C, A> {
 
     /// A read-only view of the applied data, for serving queries.
     pub fn reader(&self) -> Reader {
-        Reader::new(self.db.clone())
+        Reader::new(self.db.clone(), self.installs.clone())
     }
 
     /// Where an incoming snapshot should be written before it is installed.
@@ -181,7 +199,13 @@ impl<C: RaftTypeConfig, A: Application<C>> StateStore<C, A> {
         // The log below this snapshot is purged once it exists, so the state it was taken
         // from must survive a power loss too.
         self.db.flush_wal(true)?;
-        let view = self.db.snapshot();
+        // A view taken while an install is loading would hold part of two states.
+        let view = loop {
+            match self.installs.guard(|| Ok(self.db.snapshot())) {
+                Err(Error::Installing) => std::thread::sleep(std::time::Duration::from_millis(20)),
+                view => break view?,
+            }
+        };
         let cf_meta = self
             .db
             .cf_handle(cf::SM_META)
@@ -216,9 +240,7 @@ impl<C: RaftTypeConfig, A: Application<C>> StateStore<C, A> {
     fn publish(&self, partial: &Path, path: &Path) -> Result<(), Error> {
         let _one_at_a_time = self.publishing.lock().expect("snapshot publish lock");
         fs::rename(partial, path).map_err(|e| Error::io(path, e))?;
-        fs::File::open(&self.snapshot_dir)
-            .and_then(|dir| dir.sync_all())
-            .map_err(|e| Error::io(&self.snapshot_dir, e))?;
+        sync_dir(&self.snapshot_dir)?;
         for old in snapshot_files(&self.snapshot_dir)? {
             if old.as_path() < path {
                 fs::remove_file(&old).map_err(|e| Error::io(&old, e))?;
@@ -232,30 +254,100 @@ impl<C: RaftTypeConfig, A: Application<C>> StateStore<C, A> {
         meta: &SnapshotMetaOf<C>,
         snapshot: SnapshotFile,
     ) -> Result<(), Error> {
-        let (pairs, stored_meta) = SnapshotReader::open(&snapshot)?;
+        let published = self.snapshot_dir.join(snapshot_name::<C>(meta));
+        if snapshot.path == published {
+            return self.load_snapshot(meta, &published);
+        }
+        let installing = self.snapshot_dir.join(INSTALLING_FILE);
+        fs::rename(&snapshot.path, &installing).map_err(|e| Error::io(&installing, e))?;
+        sync_dir(&self.snapshot_dir)?;
+        self.load_snapshot(meta, &installing)?;
+        self.publish(&installing, &published)
+    }
+
+    /// Replaces the state machine's data and applied state with the snapshot at `path`; see
+    /// the module documentation.
+    fn load_snapshot(&self, meta: &SnapshotMetaOf<C>, path: &Path) -> Result<(), Error> {
+        let (pairs, stored_meta) = SnapshotReader::open(&SnapshotFile::open(path.to_path_buf())?)?;
         let stored_meta: SnapshotMetaOf<C> = bincode::deserialize(&stored_meta)?;
         if stored_meta.last_log_id != meta.last_log_id {
             return Err(Error::Corrupt(format!(
-                "snapshot file is for {:?}, expected {:?}",
-                stored_meta.last_log_id, meta.last_log_id
+                "snapshot file {} is for {:?}, expected {:?}",
+                path.display(),
+                stored_meta.last_log_id,
+                meta.last_log_id
             )));
         }
+        let file_name = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .ok_or_else(|| Error::Corrupt(format!("snapshot path {}", path.display())))?;
         let cf_data = self.db.cf_handle(cf::SM_DATA).expect("state column family");
+        let cf_meta = self
+            .db
+            .cf_handle(cf::SM_META)
+            .expect("state meta column family");
+        let mut synced = WriteOptions::default();
+        synced.set_sync(true);
+
+        self.installs.begin();
         let mut batch = WriteBatch::default();
+        batch.put_cf(
+            cf_meta,
+            keyspace::INSTALLING,
+            bincode::serialize(&(file_name, meta))?,
+        );
         // Application keys are never empty, and none starts with 0xff bytes this long.
         batch.delete_range_cf(cf_data, &[][..], &[0xffu8; 64][..]);
+        self.db.write_opt(batch, &synced)?;
+        let mut batch = WriteBatch::default();
         for pair in pairs {
             let (key, value) = pair?;
             batch.put_cf(cf_data, key, value);
+            if batch.size_in_bytes() >= INSTALL_BATCH_BYTES {
+                self.db.write(std::mem::take(&mut batch))?;
+            }
         }
         self.put_applied_state(&mut batch, &meta.last_log_id, Some(&meta.last_membership))?;
-        let mut opts = WriteOptions::default();
-        opts.set_sync(true);
-        self.db.write_opt(batch, &opts)?;
+        batch.delete_cf(cf_meta, keyspace::INSTALLING);
+        self.db.write_opt(batch, &synced)?;
+        self.installs.end();
+        Ok(())
+    }
 
-        let path = self.snapshot_dir.join(snapshot_name::<C>(meta));
-        if snapshot.path != path {
-            self.publish(&snapshot.path, &path)?;
+    /// Loads again the snapshot whose install a crash or kill interrupted, so the node never
+    /// starts on a state that is part old and part new.
+    fn finish_interrupted_install(&self) -> Result<(), Error> {
+        let cf_meta = self
+            .db
+            .cf_handle(cf::SM_META)
+            .expect("state meta column family");
+        let installing = self.snapshot_dir.join(INSTALLING_FILE);
+        let Some(marker) = self.db.get_cf(cf_meta, keyspace::INSTALLING)? else {
+            // The install stopped before it changed any data: the state is the old one whole.
+            if installing.exists() {
+                fs::remove_file(&installing).map_err(|e| Error::io(&installing, e))?;
+            }
+            return Ok(());
+        };
+        let (file_name, meta): (String, SnapshotMetaOf<C>) = bincode::deserialize(&marker)?;
+        let path = self.snapshot_dir.join(&file_name);
+        tracing::warn!(
+            snapshot = %path.display(),
+            "a snapshot install was interrupted; loading the snapshot again before starting"
+        );
+        self.load_snapshot(&meta, &path).map_err(|err| {
+            Error::Corrupt(format!(
+                "cannot finish installing snapshot {}: {err}. This node's state is incomplete: \
+                 remove its data directory and add it to the cluster again",
+                path.display()
+            ))
+        })?;
+        if path == installing {
+            self.publish(
+                &installing,
+                &self.snapshot_dir.join(snapshot_name::<C>(&meta)),
+            )?;
         }
         Ok(())
     }
@@ -297,6 +389,13 @@ fn snapshot_files(dir: &Path) -> Result<Vec<PathBuf>, Error> {
         .map(|entry| entry.path())
         .filter(|path| path.extension().is_some_and(|ext| ext == "snap"))
         .collect())
+}
+
+/// Makes renames in `dir` durable.
+fn sync_dir(dir: &Path) -> Result<(), Error> {
+    fs::File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|e| Error::io(dir, e))
 }
 
 fn remove_partial_files(dir: &Path) -> Result<(), Error> {

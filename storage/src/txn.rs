@@ -5,9 +5,17 @@
 //! which commits them in one RocksDB write together with `last_applied`. [`Reader`] is the
 //! read-only view the API serves reads from. Both implement [`KvRead`], so a query written once
 //! runs against either.
+//!
+//! A snapshot install replaces the data in several writes (see the state store), so between
+//! them the store holds part of the old state and part of the new. [`Installs`] lets a
+//! [`Reader`] tell that its read overlapped an install and refuse it with
+//! [`Error::Installing`] rather than answer from a state that never existed. Reads never
+//! wait: they run on the API's async tasks, and an install can take seconds.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use rocksdb::ColumnFamily;
@@ -114,15 +122,47 @@ impl KvRead for Txn<'_> {
     }
 }
 
+/// A sequence lock over snapshot installs: the count is odd while an install is loading data.
+#[derive(Clone, Default)]
+pub(crate) struct Installs(Arc<AtomicU64>);
+
+impl Installs {
+    pub(crate) fn begin(&self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Marks the install done. A failed install is never ended: openraft stops on a storage
+    /// error, reads stay refused rather than see the partial state, and a restart of the
+    /// node finishes the install.
+    pub(crate) fn end(&self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Runs `read`, or fails with [`Error::Installing`] if an install was loading data at any
+    /// moment of it.
+    pub(crate) fn guard<T>(&self, read: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
+        let before = self.0.load(Ordering::SeqCst);
+        if before % 2 == 1 {
+            return Err(Error::Installing);
+        }
+        let value = read()?;
+        if self.0.load(Ordering::SeqCst) != before {
+            return Err(Error::Installing);
+        }
+        Ok(value)
+    }
+}
+
 /// A read-only view of the latest applied state.
 #[derive(Clone)]
 pub struct Reader {
     db: Arc<DB>,
+    installs: Installs,
 }
 
 impl Reader {
-    pub(crate) fn new(db: Arc<DB>) -> Self {
-        Self { db }
+    pub(crate) fn new(db: Arc<DB>, installs: Installs) -> Self {
+        Self { db, installs }
     }
 
     fn cf(&self) -> &ColumnFamily {
@@ -132,10 +172,11 @@ impl Reader {
 
 impl KvRead for Reader {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
-        Ok(self.db.get_cf(self.cf(), key)?)
+        self.installs.guard(|| Ok(self.db.get_cf(self.cf(), key)?))
     }
 
     fn scan(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<Pair>, Error> {
-        scan_db(&self.db, self.cf(), from, to, limit)
+        self.installs
+            .guard(|| scan_db(&self.db, self.cf(), from, to, limit))
     }
 }

@@ -55,12 +55,27 @@ async fn apply(state: &mut StateStore<TestConfig, KeyPerEntry>, range: std::ops:
     state.apply(stream::iter(batch)).await.unwrap();
 }
 
+/// A state store in `dir` that has applied the entries of `range`.
+async fn state_store_with(
+    dir: &std::path::Path,
+    range: std::ops::Range<u64>,
+) -> StateStore<TestConfig, KeyPerEntry> {
+    let mut state = Store::open(dir).unwrap().state_store(KeyPerEntry).unwrap();
+    apply(&mut state, range).await;
+    state
+}
+
+/// The whole file, read from its start as the network sends it.
+fn bytes_of(snapshot: &SnapshotFile) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    snapshot.reopen().unwrap().read_to_end(&mut bytes).unwrap();
+    bytes
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_snapshot_shipped_as_bytes_installs_whole_on_another_store() {
     let dir_a = tempfile::tempdir().unwrap();
-    let store_a = Store::open(dir_a.path()).unwrap();
-    let mut a = store_a.state_store(KeyPerEntry).unwrap();
-    apply(&mut a, 1..301).await;
+    let mut a = state_store_with(dir_a.path(), 1..301).await;
     let built = a.build_snapshot().await.unwrap();
     assert_eq!(built.meta.last_log_id.unwrap().index(), 300);
 
@@ -68,13 +83,7 @@ async fn a_snapshot_shipped_as_bytes_installs_whole_on_another_store() {
     // metadata; streaming it must still start at byte 0.
     let current = a.get_current_snapshot().await.unwrap().unwrap();
     assert_eq!(current.meta, built.meta);
-    let mut bytes = Vec::new();
-    current
-        .snapshot
-        .reopen()
-        .unwrap()
-        .read_to_end(&mut bytes)
-        .unwrap();
+    let bytes = bytes_of(&current.snapshot);
     assert!(bytes.starts_with(b"KEELSNAP1"));
     // Reading the header did not move the handle openraft holds (it once did, and a
     // follower received a snapshot without its first megabyte, and stopped).
@@ -85,9 +94,7 @@ async fn a_snapshot_shipped_as_bytes_installs_whole_on_another_store() {
     assert_eq!(from_handle, bytes);
 
     let dir_b = tempfile::tempdir().unwrap();
-    let store_b = Store::open(dir_b.path()).unwrap();
-    let mut b = store_b.state_store(KeyPerEntry).unwrap();
-    apply(&mut b, 1..5).await;
+    let mut b = state_store_with(dir_b.path(), 1..5).await;
 
     // A transfer cut short is refused before it can reach the state machine.
     let truncated = SnapshotFile::create(b.incoming_snapshot_path()).unwrap();
@@ -114,4 +121,88 @@ async fn a_snapshot_shipped_as_bytes_installs_whole_on_another_store() {
     // Applying continues after the snapshot.
     apply(&mut b, 301..311).await;
     assert_eq!(b.reader().scan(b"k", b"l", 1000).unwrap().len(), 310);
+}
+
+/// A snapshot file whose pair at about `fraction` of its length claims a value longer than
+/// the rest of the file: its header and end marker are intact, so it passes `verify`, and
+/// loading it fails part of the way through.
+fn corrupt_midway(bytes: &[u8], fraction: f64) -> Vec<u8> {
+    let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    let mut at = 9 + 4 + u32_at(9);
+    while (at as f64) < bytes.len() as f64 * fraction {
+        at += 8 + u32_at(at) + u32_at(at + 4);
+    }
+    let mut corrupt = bytes.to_vec();
+    corrupt[at + 4..at + 8].copy_from_slice(&(16u32 << 20).to_le_bytes());
+    corrupt
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_install_cut_short_refuses_reads_and_is_finished_on_restart() {
+    // About 10 MiB of state, so the install writes several batches before it stops.
+    let dir_a = tempfile::tempdir().unwrap();
+    let mut a = state_store_with(dir_a.path(), 0..0).await;
+    let long_keys: Vec<_> = (1..20_001)
+        .map(|i| {
+            let key = format!("k{i:05}{}", "x".repeat(500));
+            Ok((
+                EntryOf::<TestConfig>::new_normal(
+                    openraft::testing::log_id::<TestConfig>(1, 1, i),
+                    key,
+                ),
+                None,
+            ))
+        })
+        .collect();
+    a.apply(stream::iter(long_keys)).await.unwrap();
+    let snapshot = a.build_snapshot().await.unwrap();
+    let bytes = bytes_of(&snapshot.snapshot);
+
+    let dir_b = tempfile::tempdir().unwrap();
+    let mut b = state_store_with(dir_b.path(), 1..5).await;
+    let received = SnapshotFile::create(b.incoming_snapshot_path()).unwrap();
+    (&received.file)
+        .write_all(&corrupt_midway(&bytes, 0.6))
+        .unwrap();
+    received.verify().unwrap();
+    let failed = b.install_snapshot(&snapshot.meta, received).await;
+    assert!(failed.is_err(), "the corrupt pair stops the install");
+    // Part of the snapshot is loaded and the old keys are gone: reads must not see that.
+    assert!(matches!(b.reader().get(b"k0001"), Err(Error::Installing)));
+    assert!(matches!(
+        b.reader().scan(b"k", b"l", 10),
+        Err(Error::Installing)
+    ));
+    drop(b);
+
+    // A restart loads the same file again, and refuses to start on a file it cannot load.
+    let store_b = Store::open(dir_b.path()).unwrap();
+    let refused = store_b
+        .state_store(KeyPerEntry)
+        .err()
+        .expect("cannot finish");
+    assert!(
+        refused.to_string().contains("remove its data directory"),
+        "{refused}"
+    );
+    drop(store_b);
+
+    // Had the node been killed while loading an intact file, the restart finishes the job.
+    let snapshots = dir_b.path().join("snapshots");
+    let installing = std::fs::read_dir(&snapshots)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|path| path.extension().is_none_or(|ext| ext != "snap"))
+        .expect("the file being installed is kept");
+    std::fs::write(&installing, &bytes).unwrap();
+    let store_b = Store::open(dir_b.path()).unwrap();
+    let mut b = store_b.state_store(KeyPerEntry).unwrap();
+    let (applied, _) = b.applied_state().await.unwrap();
+    assert_eq!(applied, snapshot.meta.last_log_id);
+    let reader = b.reader();
+    assert_eq!(reader.scan(b"k", b"l", 30_000).unwrap().len(), 20_000);
+    assert_eq!(reader.get(b"k0001").unwrap(), None, "the old state is gone");
+    let current = b.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta, snapshot.meta);
+    assert!(!installing.exists(), "published under its snapshot name");
 }

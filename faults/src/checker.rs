@@ -44,6 +44,13 @@ fn step(state: Option<i64>, op: &Operation) -> Option<Option<i64>> {
             state
         }),
         (F::Add, _) => Some(state),
+        // The broker's epoch starts at 0 (absent) and a raise only moves it up.
+        (F::Raise, Outcome::Ok) => (state.unwrap_or(0) < op.value?).then_some(op.value),
+        (F::Raise, _) => Some(if state.unwrap_or(0) < op.value? {
+            op.value
+        } else {
+            state
+        }),
     }
 }
 
@@ -428,6 +435,50 @@ mod tests {
                     op(1, Cas, Some(2), Some(1), (20, 30), Ok),
                     op(2, Cas, Some(3), Some(2), (40, 50), Ok),
                     op(3, Read, Some(3), None, (60, 70), Ok),
+                ],
+                Verdict::Valid,
+            ),
+            (
+                "raises in order, seen by reads",
+                vec![
+                    op(0, Raise, Some(3), None, (0, 10), Ok),
+                    op(1, Read, Some(3), None, (15, 18), Ok),
+                    op(2, Raise, Some(5), None, (20, 30), Ok),
+                    op(3, Read, Some(5), None, (35, 38), Ok),
+                ],
+                Verdict::Valid,
+            ),
+            (
+                "the epoch went back: a raise to less than an acknowledged one succeeded",
+                vec![
+                    op(0, Raise, Some(5), None, (0, 10), Ok),
+                    op(1, Raise, Some(3), None, (20, 30), Ok),
+                ],
+                Verdict::Invalid,
+            ),
+            (
+                "concurrent raises both succeed only lower first",
+                vec![
+                    op(0, Raise, Some(3), None, (0, 30), Ok),
+                    op(1, Raise, Some(5), None, (5, 25), Ok),
+                    op(2, Read, Some(5), None, (35, 38), Ok),
+                ],
+                Verdict::Valid,
+            ),
+            (
+                "a read below an acknowledged raise",
+                vec![
+                    op(0, Raise, Some(5), None, (0, 10), Ok),
+                    op(1, Read, Some(4), None, (20, 30), Ok),
+                ],
+                Verdict::Invalid,
+            ),
+            (
+                "an unknown raise below the epoch changes nothing",
+                vec![
+                    op(0, Raise, Some(5), None, (0, 10), Ok),
+                    op(1, Raise, Some(3), None, (20, 25), Info),
+                    op(2, Read, Some(5), None, (30, 35), Ok),
                 ],
                 Verdict::Valid,
             ),

@@ -12,6 +12,8 @@ pub enum F {
     Write,
     Cas,
     Add,
+    /// Raise the undermoon broker's global epoch to `value` if it is below it.
+    Raise,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,10 +2,10 @@
 //!
 //! Runs a cluster of real `keel` processes, each in its own network namespace, drives it with
 //! concurrent clients (registers with read/write/compare-and-set, a grow-only set, a watcher
-//! that follows every change across reconnects) while a nemesis kills, pauses, partitions,
-//! drops packets, skews clocks and changes membership; then heals everything, checks the
-//! history (linearizability per register key, no lost set element, every watched revision
-//! exactly once) and writes a report. Exit code 0: valid; 1: invalid; 2: unknown or the
+//! that follows every change across reconnects, the undermoon broker's global epoch) while a
+//! nemesis kills, pauses, partitions, drops packets, skews clocks and changes membership; then
+//! heals everything, checks the history (linearizability per register key and of the epoch,
+//! no lost set element, every watched revision exactly once) and writes a report. Exit code 0: valid; 1: invalid; 2: unknown or the
 //! harness failed. Run it through `scripts/faults.sh`.
 
 mod checker;
@@ -135,6 +135,13 @@ async fn run(args: Args) -> Result<Verdict, String> {
                 .set_client(process, seed.wrapping_add(process as u64)),
         ));
     }
+    for process in args.clients + 2..args.clients + 4 {
+        clients.push(tokio::spawn(
+            workload
+                .clone()
+                .epoch_client(process, seed.wrapping_add(process as u64)),
+        ));
+    }
 
     let mut nemesis = nemesis::Nemesis::new(faults, StdRng::seed_from_u64(seed));
     let windows = nemesis
@@ -168,11 +175,16 @@ async fn run(args: Args) -> Result<Verdict, String> {
     cluster.stop_all();
 
     let history = workload.history.lock().expect("history").clone();
-    let registers = checker::check_registers(&history, Duration::from_secs(60));
+    let (epoch, registers): (Vec<_>, Vec<_>) =
+        checker::check_registers(&history, Duration::from_secs(60))
+            .into_iter()
+            .partition(|result| result.key == workload::EPOCH_KEY);
     let set = checker::check_set(&history, &final_set);
     let watch = checker::check_watch(&watched, first_revision + 1, last_revision);
     let register_verdict = overall(registers.iter().map(|r| r.verdict));
-    let verdict = overall([register_verdict, set.verdict, watch.verdict]);
+    let epoch_verdict = overall(epoch.iter().map(|r| r.verdict));
+    let checks = [register_verdict, epoch_verdict, set.verdict, watch.verdict];
+    let verdict = overall(checks);
     let count = |f: history::F, o: history::Outcome| {
         history
             .iter()
@@ -190,6 +202,7 @@ async fn run(args: Args) -> Result<Verdict, String> {
         "faults": windows,
         "checks": {
             "linearizable registers": { "verdict": register_verdict, "detail": registers },
+            "broker epoch (linearizable, only grows)": { "verdict": epoch_verdict, "detail": epoch },
             "set (no lost acknowledged add)": { "verdict": set.verdict, "detail": set },
             "watch (every revision once, in order)": { "verdict": watch.verdict, "detail": watch },
         },
@@ -198,6 +211,7 @@ async fn run(args: Args) -> Result<Verdict, String> {
             "write": { "ok": count(history::F::Write, history::Outcome::Ok), "fail": count(history::F::Write, history::Outcome::Fail), "info": count(history::F::Write, history::Outcome::Info) },
             "cas": { "ok": count(history::F::Cas, history::Outcome::Ok), "fail": count(history::F::Cas, history::Outcome::Fail), "info": count(history::F::Cas, history::Outcome::Info) },
             "add": { "ok": count(history::F::Add, history::Outcome::Ok), "fail": count(history::F::Add, history::Outcome::Fail), "info": count(history::F::Add, history::Outcome::Info) },
+            "raise": { "ok": count(history::F::Raise, history::Outcome::Ok), "fail": count(history::F::Raise, history::Outcome::Fail), "info": count(history::F::Raise, history::Outcome::Info) },
         },
     });
     let write_json = |name: &str, value: &serde_json::Value| {
@@ -213,7 +227,6 @@ async fn run(args: Args) -> Result<Verdict, String> {
     report::html(&out.join("index.html"), &results, &windows)?;
 
     println!("{}", serde_json::to_string_pretty(&json!({ "verdict": verdict, "counts": results["counts"], "faults": windows.len(), "report": out.join("index.html") })).expect("json"));
-    let checks = [register_verdict, set.verdict, watch.verdict];
     let passed = checks.iter().filter(|v| **v == Verdict::Valid).count();
     println!("faults: {passed} passed, {} failed", checks.len() - passed);
     Ok(verdict)

@@ -19,6 +19,7 @@ fn colour(f: F) -> RGBColor {
         F::Write => RGBColor(255, 127, 14),
         F::Cas => RGBColor(44, 160, 44),
         F::Add => RGBColor(148, 103, 189),
+        F::Raise => RGBColor(214, 39, 40),
     }
 }
 
@@ -60,7 +61,7 @@ pub fn plot(
             )))
             .map_err(|e| e.to_string())?;
     }
-    for f in [F::Read, F::Write, F::Cas, F::Add] {
+    for f in [F::Read, F::Write, F::Cas, F::Add, F::Raise] {
         let points = history.iter().filter(|op| op.f == f);
         let (settled, unknown): (Vec<&Operation>, Vec<&Operation>) =
             points.partition(|op| op.outcome != Outcome::Info);

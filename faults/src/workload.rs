@@ -1,5 +1,6 @@
 //! The clients: concurrent processes that read, write and compare-and-set a few registers,
-//! add elements to a set, and watch every change, through randomly chosen nodes.
+//! add elements to a set, read and raise the undermoon broker's global epoch, and watch every
+//! change, through randomly chosen nodes.
 //!
 //! Each operation is recorded with its invocation and completion time and an outcome: `ok`
 //! and `fail` only when the answer proves what happened (a 2xx, a 409 compare failure, a
@@ -27,6 +28,9 @@ use crate::history::F;
 
 /// Registers the register workload spreads over.
 pub const KEYS: usize = 3;
+
+/// The history key of the broker's global epoch, checked like a register that only grows.
+pub const EPOCH_KEY: &str = "broker-epoch";
 
 /// How long a client waits for one answer before calling it indeterminate.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(6);
@@ -96,18 +100,15 @@ impl Workload {
             Ok(response) => {
                 let status = response.status().as_u16();
                 let body: Value = response.json().await.unwrap_or(Value::Null);
+                // keel's dialects name the error `error_code`, undermoon's `error`.
+                let error = body["error_code"].as_str().or(body["error"].as_str());
+                let error = format!("{status} {}", error.unwrap_or(""));
                 if (200..300).contains(&status) || also_ok.contains(&status) {
                     Answer::Ok(body, status)
                 } else if (400..500).contains(&status) {
-                    Answer::Fail(format!(
-                        "{status} {}",
-                        body["error_code"].as_str().unwrap_or("")
-                    ))
+                    Answer::Fail(error)
                 } else {
-                    Answer::Unknown(format!(
-                        "{status} {}",
-                        body["error_code"].as_str().unwrap_or("")
-                    ))
+                    Answer::Unknown(error)
                 }
             }
             // Refused: the request never reached a server.
@@ -220,6 +221,55 @@ impl Workload {
                 .header("Idempotency-Key", format!("add-{value}"))
                 .json(&json!({ "value": "1" }));
             settle_write(&mut op, self.send(request, &[]).await);
+            self.record(op);
+        }
+    }
+
+    /// One broker client: reads the undermoon broker's global epoch (`GET /api/v3/epoch`) and
+    /// raises it to fresh values (`PUT /api/v3/epoch/{n}`, refused unless `n` is greater)
+    /// until the end of the run. Coordinators order metadata by this epoch, so it must only
+    /// grow, and reads must see every acknowledged raise.
+    pub async fn epoch_client(self: Arc<Self>, process: usize, seed: u64) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        while Instant::now() < self.until {
+            let node = rng.gen_range(0..self.node_addrs.len());
+            let base = format!("http://{}/api/v3/epoch", self.node_addrs[node]);
+            let mut op = Operation {
+                id: 0,
+                process,
+                node: node + 1,
+                f: F::Read,
+                key: EPOCH_KEY.into(),
+                value: None,
+                expected: None,
+                invoke_ns: self.now_ns(),
+                complete_ns: 0,
+                outcome: Outcome::Ok,
+                error: None,
+            };
+            if rng.gen_bool(0.5) {
+                match self.send(self.http.get(&base), &[]).await {
+                    // Epoch 0 is the register's initial (absent) state.
+                    Answer::Ok(body, _) => op.value = body.as_i64().filter(|epoch| *epoch != 0),
+                    Answer::Fail(e) | Answer::Unknown(e) => {
+                        op.outcome = Outcome::Fail;
+                        op.error = Some(e);
+                    }
+                }
+            } else {
+                let epoch = self.fresh_value();
+                op.f = F::Raise;
+                op.value = Some(epoch);
+                let answer = match self
+                    .send(self.http.put(format!("{base}/{epoch}")), &[])
+                    .await
+                {
+                    // undermoon's "try again": the raise may still have been committed.
+                    Answer::Fail(e) if e.ends_with("RETRY") => Answer::Unknown(e),
+                    answer => answer,
+                };
+                settle_write(&mut op, answer);
+            }
             self.record(op);
         }
     }

@@ -31,11 +31,15 @@ KEEL="$CARGO_TARGET_DIR/release/keel"
 echo "== loading $KEYS keys (64 clients)"
 "$KEEL" bench --endpoints "$ENDPOINTS" --workload put --clients 64 --seconds 100000 --ops "$KEYS"
 
+rss_mib() { echo $(( $(ps -o rss= -p "$(cat "$KEEL_CLUSTER_DATA/node$1.pid")") / 1024 )); }
 echo "== memory and disk per node"
+declare -A loaded
+for id in 1 2 3; do loaded[$id]=$(rss_mib "$id"); done
+# Nodes hand freed heap memory back every 30 s (src/memory.rs).
+sleep 35
 for id in 1 2 3; do
-  pid=$(cat "$KEEL_CLUSTER_DATA/node$id.pid")
-  rss=$(ps -o rss= -p "$pid")
-  echo "node $id: RSS $((rss / 1024)) MiB, data $(du -sm "$KEEL_CLUSTER_DATA/node$id" | cut -f1) MiB"
+  echo "node $id: RSS ${loaded[$id]} MiB right after the load, $(rss_mib "$id") MiB 35 s later;" \
+    "data $(du -sm "$KEEL_CLUSTER_DATA/node$id" | cut -f1) MiB"
 done
 
 follower=1

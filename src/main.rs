@@ -13,6 +13,7 @@ mod domain;
 mod error;
 mod lessor;
 mod machine_info;
+mod memory;
 mod node;
 mod proxy_probe;
 
@@ -78,6 +79,7 @@ async fn serve(settings: config::Settings) -> Result<(), String> {
         node.auto_bootstrap()?;
     }
     tokio::spawn(node.lessor.clone().run(node.clone()));
+    tokio::spawn(memory::release_freed_periodically());
     tracing::info!(
         listen = %node.settings.listen,
         advertise = %node.settings.advertise,

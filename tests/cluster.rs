@@ -66,12 +66,21 @@ async fn writes_on_any_node_are_read_linearizably_on_every_node() {
         .await
         .unwrap();
     assert!(metrics.contains("keel_raft_voters 3"), "{metrics}");
+    let metric = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|value| value.parse::<u64>().ok())
+    };
     // The joins went through the log with request ids, so the exactly-once mirror holds some.
-    let remembered = metrics
-        .lines()
-        .find_map(|line| line.strip_prefix("keel_request_ids_remembered "))
-        .and_then(|value| value.parse::<u64>().ok());
+    let remembered = metric("keel_request_ids_remembered");
     assert!(remembered.is_some_and(|ids| ids > 0), "{metrics}");
+    // A node with RocksDB open and a runtime going holds megabytes, not bytes or terabytes.
+    let resident = metric("process_resident_memory_bytes");
+    assert!(
+        resident.is_some_and(|bytes| (1 << 20..1 << 40).contains(&bytes)),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

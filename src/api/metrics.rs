@@ -34,6 +34,13 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
         "Seconds since this process started.",
         node.started.elapsed().as_secs(),
     );
+    if let Some(resident) = crate::memory::resident_bytes() {
+        gauge(
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes.",
+            resident,
+        );
+    }
     gauge(
         "keel_data_bytes",
         "Bytes of the node's data directory.",

@@ -5,8 +5,8 @@
 //! that follows every change across reconnects, the undermoon broker's global epoch) while a
 //! nemesis kills, pauses, partitions, drops packets, skews clocks and changes membership; then
 //! heals everything, checks the history (linearizability per register key and of the epoch,
-//! no lost set element, every watched revision exactly once) and writes a report. Exit code 0: valid; 1: invalid; 2: unknown or the
-//! harness failed. Run it through `scripts/faults.sh`.
+//! no lost set element, every watched revision exactly once) and writes a report. Exit code
+//! 0: valid; 1: invalid; 2: unknown or the harness failed. Run it through `scripts/faults.sh`.
 
 mod checker;
 mod cluster;

@@ -202,6 +202,12 @@ impl<C: RaftTypeConfig, A: Application<C>> StateStore<C, A> {
         // A view taken while an install is loading would hold part of two states.
         let view = loop {
             match self.installs.guard(|| Ok(self.db.snapshot())) {
+                Err(Error::Installing) if self.installs.failed() => {
+                    return Err(Error::Corrupt(
+                        "a snapshot install failed on this node; restart it to finish the install"
+                            .into(),
+                    ))
+                }
                 Err(Error::Installing) => std::thread::sleep(std::time::Duration::from_millis(20)),
                 view => break view?,
             }
@@ -282,6 +288,23 @@ impl<C: RaftTypeConfig, A: Application<C>> StateStore<C, A> {
             .file_name()
             .and_then(|name| name.to_str())
             .ok_or_else(|| Error::Corrupt(format!("snapshot path {}", path.display())))?;
+        self.installs.begin();
+        let loaded = self.replace_state(meta, file_name, pairs);
+        match &loaded {
+            Ok(()) => self.installs.end(),
+            Err(_) => self.installs.fail(),
+        }
+        loaded
+    }
+
+    /// The writes of [`Self::load_snapshot`]: marker and range delete, the pairs in batches,
+    /// then the applied state in place of the marker.
+    fn replace_state(
+        &self,
+        meta: &SnapshotMetaOf<C>,
+        file_name: &str,
+        pairs: SnapshotReader,
+    ) -> Result<(), Error> {
         let cf_data = self.db.cf_handle(cf::SM_DATA).expect("state column family");
         let cf_meta = self
             .db
@@ -289,8 +312,6 @@ impl<C: RaftTypeConfig, A: Application<C>> StateStore<C, A> {
             .expect("state meta column family");
         let mut synced = WriteOptions::default();
         synced.set_sync(true);
-
-        self.installs.begin();
         let mut batch = WriteBatch::default();
         batch.put_cf(
             cf_meta,
@@ -311,7 +332,6 @@ impl<C: RaftTypeConfig, A: Application<C>> StateStore<C, A> {
         self.put_applied_state(&mut batch, &meta.last_log_id, Some(&meta.last_membership))?;
         batch.delete_cf(cf_meta, keyspace::INSTALLING);
         self.db.write_opt(batch, &synced)?;
-        self.installs.end();
         Ok(())
     }
 

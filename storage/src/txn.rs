@@ -14,6 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -124,29 +125,43 @@ impl KvRead for Txn<'_> {
 
 /// A sequence lock over snapshot installs: the count is odd while an install is loading data.
 #[derive(Clone, Default)]
-pub(crate) struct Installs(Arc<AtomicU64>);
+pub(crate) struct Installs(Arc<InstallState>);
+
+#[derive(Default)]
+struct InstallState {
+    count: AtomicU64,
+    failed: AtomicBool,
+}
 
 impl Installs {
     pub(crate) fn begin(&self) {
-        self.0.fetch_add(1, Ordering::SeqCst);
+        self.0.count.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// Marks the install done. A failed install is never ended: openraft stops on a storage
-    /// error, reads stay refused rather than see the partial state, and a restart of the
-    /// node finishes the install.
     pub(crate) fn end(&self) {
-        self.0.fetch_add(1, Ordering::SeqCst);
+        self.0.count.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Marks the install that began as failed: it never ends, so reads stay refused rather
+    /// than see the partial state. openraft stops on the storage error, and a restart of the
+    /// node finishes the install.
+    pub(crate) fn fail(&self) {
+        self.0.failed.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn failed(&self) -> bool {
+        self.0.failed.load(Ordering::SeqCst)
     }
 
     /// Runs `read`, or fails with [`Error::Installing`] if an install was loading data at any
     /// moment of it.
     pub(crate) fn guard<T>(&self, read: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
-        let before = self.0.load(Ordering::SeqCst);
+        let before = self.0.count.load(Ordering::SeqCst);
         if before % 2 == 1 {
             return Err(Error::Installing);
         }
         let value = read()?;
-        if self.0.load(Ordering::SeqCst) != before {
+        if self.0.count.load(Ordering::SeqCst) != before {
             return Err(Error::Installing);
         }
         Ok(value)

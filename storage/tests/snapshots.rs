@@ -173,6 +173,8 @@ async fn an_install_cut_short_refuses_reads_and_is_finished_on_restart() {
         b.reader().scan(b"k", b"l", 10),
         Err(Error::Installing)
     ));
+    // Nor may a snapshot be built from it, and the build must not wait for it forever.
+    assert!(b.build_snapshot().await.is_err());
     drop(b);
 
     // A restart loads the same file again, and refuses to start on a file it cannot load.

@@ -121,6 +121,23 @@ impl Workload {
         }
     }
 
+    /// An operation of `process` on node index `node`, invoked now; its answer fills the rest.
+    fn invoke(&self, process: usize, node: usize, f: F, key: String) -> Operation {
+        Operation {
+            id: 0,
+            process,
+            node: node + 1,
+            f,
+            key,
+            value: None,
+            expected: None,
+            invoke_ns: self.now_ns(),
+            complete_ns: 0,
+            outcome: Outcome::Ok,
+            error: None,
+        }
+    }
+
     fn record(&self, mut op: Operation) {
         op.id = self.next_op.fetch_add(1, Ordering::Relaxed);
         op.complete_ns = self.now_ns();
@@ -143,19 +160,7 @@ impl Workload {
             let key = format!("r{k}");
             let url = format!("{base}/v1/kv/reg/{key}");
             let roll = rng.gen_range(0..10);
-            let mut op = Operation {
-                id: 0,
-                process,
-                node: node + 1,
-                f: F::Read,
-                key,
-                value: None,
-                expected: None,
-                invoke_ns: self.now_ns(),
-                complete_ns: 0,
-                outcome: Outcome::Ok,
-                error: None,
-            };
+            let mut op = self.invoke(process, node, F::Read, key);
             let cas_from = last_read[k].filter(|_| roll >= 8);
             if roll < 5 || (roll >= 8 && cas_from.is_none()) {
                 match self.send(self.http.get(&url), &[404]).await {
@@ -202,19 +207,8 @@ impl Workload {
             let node = rng.gen_range(0..self.node_addrs.len());
             let value = self.fresh_value();
             let url = format!("http://{}/v1/kv/set/{value:012}", self.node_addrs[node]);
-            let mut op = Operation {
-                id: 0,
-                process,
-                node: node + 1,
-                f: F::Add,
-                key: "set".into(),
-                value: Some(value),
-                expected: None,
-                invoke_ns: self.now_ns(),
-                complete_ns: 0,
-                outcome: Outcome::Ok,
-                error: None,
-            };
+            let mut op = self.invoke(process, node, F::Add, "set".into());
+            op.value = Some(value);
             let request = self
                 .http
                 .put(url)
@@ -234,19 +228,7 @@ impl Workload {
         while Instant::now() < self.until {
             let node = rng.gen_range(0..self.node_addrs.len());
             let base = format!("http://{}/api/v3/epoch", self.node_addrs[node]);
-            let mut op = Operation {
-                id: 0,
-                process,
-                node: node + 1,
-                f: F::Read,
-                key: EPOCH_KEY.into(),
-                value: None,
-                expected: None,
-                invoke_ns: self.now_ns(),
-                complete_ns: 0,
-                outcome: Outcome::Ok,
-                error: None,
-            };
+            let mut op = self.invoke(process, node, F::Read, EPOCH_KEY.into());
             if rng.gen_bool(0.5) {
                 match self.send(self.http.get(&base), &[]).await {
                     // Epoch 0 is the register's initial (absent) state.

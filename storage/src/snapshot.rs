@@ -5,10 +5,15 @@
 //! installed by streaming it back into a write batch. The format is deliberately dull:
 //!
 //! ```text
-//! "KEELSNAP1" | u32 meta length | bincode(meta) | { u32 key length | u32 value length | key | value }* | u32::MAX
+//! "KEELSNAP2" | u32 meta length | bincode(meta) | { u32 key length | u32 value length | key | value }* | u32::MAX | u32 CRC-32
 //! ```
 //!
-//! The end marker lets a reader tell a complete file from a truncated transfer.
+//! The end marker lets a reader tell a complete file from a truncated transfer; the CRC-32 of
+//! every byte before it catches a file damaged in transfer or on disk, which would otherwise
+//! install as a state no other node has. [`SnapshotFile::verify`] checks both before a
+//! received file reaches the state machine, and reading pairs checks the CRC again at the end,
+//! before an install completes. Files of the first version (`KEELSNAP1`, no CRC) are still
+//! read, so a node keeps the snapshots an older keel wrote.
 
 use std::fs::File;
 use std::io::BufReader;
@@ -21,7 +26,9 @@ use std::path::PathBuf;
 use crate::txn::Pair;
 use crate::Error;
 
-const MAGIC: &[u8; 9] = b"KEELSNAP1";
+const MAGIC: &[u8; 9] = b"KEELSNAP2";
+/// The first version's magic: no CRC after the end marker.
+const MAGIC_V1: &[u8; 9] = b"KEELSNAP1";
 const END: u32 = u32::MAX;
 
 /// A snapshot on disk: openraft's `SnapshotData` for keel.
@@ -62,24 +69,42 @@ impl SnapshotFile {
         Ok(self.len()? == 0)
     }
 
-    /// Checks that the file is a whole keel snapshot (its header and its end marker), so a
-    /// transfer cut short is refused before it reaches the state machine.
+    /// Checks that the file is a whole, undamaged keel snapshot (header, end marker and CRC),
+    /// so a transfer cut short or corrupted is refused before it reaches the state machine.
     pub fn verify(&self) -> Result<(), Error> {
-        use std::os::unix::fs::FileExt;
-        SnapshotReader::open(self)?;
+        let (reader, _) = SnapshotReader::open(self)?;
         let len = self.len()?;
-        let mut tail = [0u8; 4];
-        let complete = len >= 4
-            && self.file.read_exact_at(&mut tail, len - 4).is_ok()
-            && u32::from_le_bytes(tail) == END;
-        if complete {
-            Ok(())
-        } else {
-            Err(Error::Corrupt(format!(
-                "snapshot {}: truncated",
-                self.path.display()
-            )))
+        let trailer = if reader.checksummed { 8 } else { 4 };
+        let mut input = BufReader::with_capacity(1 << 20, self.reopen()?);
+        let mut hasher = crc32fast::Hasher::new();
+        let mut left = len
+            .checked_sub(trailer)
+            .ok_or_else(|| reader.corrupt("truncated"))?;
+        let mut chunk = vec![0u8; 1 << 20];
+        while left > 0 {
+            let take = chunk.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            input
+                .read_exact(&mut chunk[..take])
+                .map_err(|_| reader.corrupt("truncated"))?;
+            hasher.update(&chunk[..take]);
+            left -= take as u64;
         }
+        let mut tail = [0u8; 8];
+        let tail = &mut tail[..trailer as usize];
+        input
+            .read_exact(tail)
+            .map_err(|_| reader.corrupt("truncated"))?;
+        if u32::from_le_bytes(tail[..4].try_into().expect("4 bytes")) != END {
+            return Err(reader.corrupt("truncated"));
+        }
+        if reader.checksummed {
+            // The CRC covers the end marker too.
+            hasher.update(&tail[..4]);
+            if u32::from_le_bytes(tail[4..].try_into().expect("4 bytes")) != hasher.finalize() {
+                return Err(reader.corrupt("checksum mismatch: the file is damaged"));
+            }
+        }
+        Ok(())
     }
 
     /// A fresh handle on the file, positioned at its start.
@@ -96,7 +121,10 @@ pub(crate) fn write(
 ) -> Result<(), Error> {
     let io_err = |e| Error::io(path, e);
     let file = File::create(path).map_err(io_err)?;
-    let mut out = BufWriter::with_capacity(1 << 20, file);
+    let mut out = Checksummed {
+        inner: BufWriter::with_capacity(1 << 20, file),
+        hasher: crc32fast::Hasher::new(),
+    };
     out.write_all(MAGIC).map_err(io_err)?;
     write_len(&mut out, meta.len()).map_err(io_err)?;
     out.write_all(meta).map_err(io_err)?;
@@ -108,9 +136,30 @@ pub(crate) fn write(
         out.write_all(&value).map_err(io_err)?;
     }
     out.write_all(&END.to_le_bytes()).map_err(io_err)?;
-    let file = out.into_inner().map_err(|e| io_err(e.into_error()))?;
+    let crc = out.hasher.finalize();
+    let mut file = out.inner;
+    file.write_all(&crc.to_le_bytes()).map_err(io_err)?;
+    let file = file.into_inner().map_err(|e| io_err(e.into_error()))?;
     file.sync_all().map_err(io_err)?;
     Ok(())
+}
+
+/// A writer that keeps the CRC-32 of what passes through it.
+struct Checksummed<W> {
+    inner: W,
+    hasher: crc32fast::Hasher,
+}
+
+impl<W: Write> Write for Checksummed<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let written = self.inner.write(buf)?;
+        self.hasher.update(&buf[..written]);
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 fn write_len(out: &mut impl Write, len: usize) -> std::io::Result<()> {
@@ -123,6 +172,10 @@ pub(crate) struct SnapshotReader {
     path: PathBuf,
     input: BufReader<File>,
     done: bool,
+    /// Whether the file carries a CRC (every version but the first).
+    checksummed: bool,
+    /// The CRC-32 of the bytes read so far.
+    hasher: crc32fast::Hasher,
 }
 
 impl SnapshotReader {
@@ -136,12 +189,16 @@ impl SnapshotReader {
             path,
             input: BufReader::with_capacity(1 << 20, file),
             done: false,
+            checksummed: true,
+            hasher: crc32fast::Hasher::new(),
         };
         let mut magic = [0u8; MAGIC.len()];
         reader.read_exact(&mut magic)?;
-        if &magic != MAGIC {
-            return Err(reader.corrupt("not a keel snapshot"));
-        }
+        reader.checksummed = match &magic {
+            MAGIC => true,
+            MAGIC_V1 => false,
+            _ => return Err(reader.corrupt("not a keel snapshot")),
+        };
         let len = reader.read_u32()?;
         let meta = reader.read_vec(len)?;
         Ok((reader, meta))
@@ -154,7 +211,9 @@ impl SnapshotReader {
     fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), Error> {
         self.input
             .read_exact(buf)
-            .map_err(|_| self.corrupt("truncated"))
+            .map_err(|_| self.corrupt("truncated"))?;
+        self.hasher.update(buf);
+        Ok(())
     }
 
     fn read_u32(&mut self) -> Result<u32, Error> {
@@ -172,6 +231,12 @@ impl SnapshotReader {
     fn next_pair(&mut self) -> Result<Option<Pair>, Error> {
         let key_len = self.read_u32()?;
         if key_len == END {
+            if self.checksummed {
+                let crc = self.hasher.clone().finalize();
+                if self.read_u32()? != crc {
+                    return Err(self.corrupt("checksum mismatch: the file is damaged"));
+                }
+            }
             return Ok(None);
         }
         let value_len = self.read_u32()?;

@@ -84,7 +84,7 @@ async fn a_snapshot_shipped_as_bytes_installs_whole_on_another_store() {
     let current = a.get_current_snapshot().await.unwrap().unwrap();
     assert_eq!(current.meta, built.meta);
     let bytes = bytes_of(&current.snapshot);
-    assert!(bytes.starts_with(b"KEELSNAP1"));
+    assert!(bytes.starts_with(b"KEELSNAP2"));
     // Reading the header did not move the handle openraft holds (it once did, and a
     // follower received a snapshot without its first megabyte, and stopped).
     let mut from_handle = Vec::new();
@@ -123,18 +123,17 @@ async fn a_snapshot_shipped_as_bytes_installs_whole_on_another_store() {
     assert_eq!(b.reader().scan(b"k", b"l", 1000).unwrap().len(), 310);
 }
 
-/// A snapshot file whose pair at about `fraction` of its length claims a value longer than
-/// the rest of the file: its header and end marker are intact, so it passes `verify`, and
-/// loading it fails part of the way through.
-fn corrupt_midway(bytes: &[u8], fraction: f64) -> Vec<u8> {
+/// A snapshot file with one byte flipped in the value of the pair at about `fraction` of its
+/// length: every length still adds up, so only the checksum tells it from the original.
+fn damaged_midway(bytes: &[u8], fraction: f64) -> Vec<u8> {
     let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
     let mut at = 9 + 4 + u32_at(9);
     while (at as f64) < bytes.len() as f64 * fraction {
         at += 8 + u32_at(at) + u32_at(at + 4);
     }
-    let mut corrupt = bytes.to_vec();
-    corrupt[at + 4..at + 8].copy_from_slice(&(16u32 << 20).to_le_bytes());
-    corrupt
+    let mut damaged = bytes.to_vec();
+    damaged[at + 8 + u32_at(at)] ^= 0xff;
+    damaged
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -160,13 +159,21 @@ async fn an_install_cut_short_refuses_reads_and_is_finished_on_restart() {
 
     let dir_b = tempfile::tempdir().unwrap();
     let mut b = state_store_with(dir_b.path(), 1..5).await;
+    // A transfer that damaged a byte is refused on arrival.
+    let damaged = damaged_midway(&bytes, 0.6);
     let received = SnapshotFile::create(b.incoming_snapshot_path()).unwrap();
-    (&received.file)
-        .write_all(&corrupt_midway(&bytes, 0.6))
-        .unwrap();
+    (&received.file).write_all(&damaged).unwrap();
+    assert!(
+        received.verify().is_err(),
+        "the checksum catches the flipped byte"
+    );
+    // Damage after the check (on disk) is caught while loading, after several batches.
+    let received = SnapshotFile::create(b.incoming_snapshot_path()).unwrap();
+    (&received.file).write_all(&bytes).unwrap();
     received.verify().unwrap();
+    std::fs::write(&received.path, &damaged).unwrap();
     let failed = b.install_snapshot(&snapshot.meta, received).await;
-    assert!(failed.is_err(), "the corrupt pair stops the install");
+    assert!(failed.is_err(), "the checksum stops the install");
     // Part of the snapshot is loaded and the old keys are gone: reads must not see that.
     assert!(matches!(b.reader().get(b"k0001"), Err(Error::Installing)));
     assert!(matches!(
@@ -207,4 +214,23 @@ async fn an_install_cut_short_refuses_reads_and_is_finished_on_restart() {
     let current = b.get_current_snapshot().await.unwrap().unwrap();
     assert_eq!(current.meta, snapshot.meta);
     assert!(!installing.exists(), "published under its snapshot name");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_first_version_snapshot_without_checksum_still_installs() {
+    let dir_a = tempfile::tempdir().unwrap();
+    let mut a = state_store_with(dir_a.path(), 1..101).await;
+    let snapshot = a.build_snapshot().await.unwrap();
+    // Version 1 is version 2 without the CRC after the end marker.
+    let mut v1 = bytes_of(&snapshot.snapshot);
+    v1[..9].copy_from_slice(b"KEELSNAP1");
+    v1.truncate(v1.len() - 4);
+
+    let dir_b = tempfile::tempdir().unwrap();
+    let mut b = state_store_with(dir_b.path(), 0..0).await;
+    let received = SnapshotFile::create(b.incoming_snapshot_path()).unwrap();
+    (&received.file).write_all(&v1).unwrap();
+    received.verify().unwrap();
+    b.install_snapshot(&snapshot.meta, received).await.unwrap();
+    assert_eq!(b.reader().scan(b"k", b"l", 1000).unwrap().len(), 100);
 }

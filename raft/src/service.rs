@@ -218,8 +218,12 @@ async fn receive_into(
     let (vote, meta) = header.ok_or("snapshot transfer ended before its header")?;
     out.sync_all().await.map_err(|e| e.to_string())?;
     // A broken transfer is refused here (the leader sends it again) instead of failing the
-    // state machine, which would stop this node.
-    target.verify().map_err(|e| e.to_string())?;
+    // state machine, which would stop this node. The check reads the whole file, so it runs
+    // off the async runtime, whose timers and heartbeats must not wait for it.
+    let target = tokio::task::spawn_blocking(move || target.verify().map(|()| target))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
     Ok((
         vote,
         SnapshotOf::<TypeConfig, SnapshotFile> {

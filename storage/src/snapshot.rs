@@ -75,7 +75,7 @@ impl SnapshotFile {
         let (reader, _) = SnapshotReader::open(self)?;
         let len = self.len()?;
         let trailer = if reader.checksummed { 8 } else { 4 };
-        let mut input = BufReader::with_capacity(1 << 20, self.reopen()?);
+        let mut input = self.reopen()?;
         let mut hasher = crc32fast::Hasher::new();
         let mut left = len
             .checked_sub(trailer)

@@ -4,11 +4,13 @@
 //! - [`machine`]: adapts the domain's deterministic state machine to the storage crate and
 //!   makes retried requests apply once.
 //! - [`network`] and [`service`]: peer RPCs over HTTP with bincode bodies and a cluster secret.
+//! - [`append_stream`]: replication as a pipelined stream over one upgraded connection.
 //! - [`node`]: a node's lifecycle, membership changes, and forwarding of writes and
 //!   linearizable reads to the leader.
 //!
 //! The crate knows nothing of the REST API or of what commands mean.
 
+pub mod append_stream;
 mod error;
 pub mod machine;
 pub mod network;

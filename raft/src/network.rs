@@ -4,13 +4,22 @@
 //! the cluster secret in a header so that a stranger cannot inject votes or entries. Every
 //! request has a deadline (openraft's per-RPC TTL); connection failures surface as
 //! `Unreachable`, which makes openraft back off instead of hammering a dead peer. Snapshots
-//! are streamed from their file; they are never held in memory whole.
+//! are streamed from their file; they are never held in memory whole. AppendEntries (entries
+//! and heartbeats) travel on the pipelined [`append_stream`] instead, and fall back to one
+//! request each for a peer that does not speak it.
 //!
 //! [`PeerClient`] is also what a follower uses to forward client requests to the leader.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Duration;
+use std::time::Instant;
 
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::Stream;
 use futures::StreamExt;
 use openraft::error::NetworkError;
 use openraft::error::RPCError;
@@ -18,6 +27,7 @@ use openraft::error::RaftError;
 use openraft::error::ReplicationClosed;
 use openraft::error::StreamingError;
 use openraft::error::Unreachable;
+use openraft::network::stream_append_sequential;
 use openraft::network::RPCOption;
 use openraft::raft::AppendEntriesRequest;
 use openraft::raft::AppendEntriesResponse;
@@ -25,6 +35,7 @@ use openraft::raft::SnapshotResponse;
 use openraft::raft::VoteRequest;
 use openraft::raft::VoteResponse;
 use openraft::type_config::alias::SnapshotOf;
+use openraft::OptionalSend;
 use openraft::RaftNetworkFactory;
 use openraft::RaftNetworkV2;
 use serde::de::DeserializeOwned;
@@ -32,6 +43,7 @@ use serde::Serialize;
 
 use keel_storage::SnapshotFile;
 
+use crate::append_stream;
 use crate::types::KeelNode;
 use crate::types::NodeId;
 use crate::types::TypeConfig;
@@ -137,6 +149,45 @@ impl PeerClient {
             body: format!("undecodable answer: {e}"),
         })
     }
+
+    /// Upgrades a POST to `path` on `addr` to a raw connection speaking `protocol`.
+    pub(crate) async fn upgrade(
+        &self,
+        addr: &str,
+        path: &str,
+        protocol: &'static str,
+        timeout: Duration,
+    ) -> Result<reqwest::Upgraded, CallError> {
+        let exchange = async {
+            let response = self
+                .http
+                .post(format!("http://{addr}{path}"))
+                .header(SECRET_HEADER, &self.secret)
+                .header(reqwest::header::CONNECTION, "upgrade")
+                .header(reqwest::header::UPGRADE, protocol)
+                .send()
+                .await
+                .map_err(|e| classify(addr, timeout, e))?;
+            let status = response.status();
+            if status != reqwest::StatusCode::SWITCHING_PROTOCOLS {
+                return Err(CallError::Refused {
+                    addr: addr.into(),
+                    status: status.as_u16(),
+                    body: response.text().await.unwrap_or_default(),
+                });
+            }
+            response
+                .upgrade()
+                .await
+                .map_err(|e| classify(addr, timeout, e))
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| CallError::Timeout {
+                addr: addr.into(),
+                timeout,
+            })?
+    }
 }
 
 fn classify(addr: &str, timeout: Duration, err: reqwest::Error) -> CallError {
@@ -163,6 +214,7 @@ fn classify(addr: &str, timeout: Duration, err: reqwest::Error) -> CallError {
 pub struct Network {
     client: PeerClient,
     min_rpc_timeout: Duration,
+    streamless: Streamless,
 }
 
 impl Network {
@@ -170,6 +222,7 @@ impl Network {
         Self {
             client,
             min_rpc_timeout,
+            streamless: Default::default(),
         }
     }
 }
@@ -183,6 +236,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             addr: node.addr.clone(),
             client: self.client.clone(),
             min_rpc_timeout: self.min_rpc_timeout,
+            channel: Default::default(),
+            streamless: self.streamless.clone(),
         }
     }
 }
@@ -193,9 +248,29 @@ pub struct Peer {
     addr: String,
     client: PeerClient,
     min_rpc_timeout: Duration,
+    /// The append stream's connection, kept between sessions (in a mutex only because
+    /// openraft wants a `Sync` network and the connection is not; it is never contended).
+    channel: std::sync::Mutex<Option<append_stream::Channel>>,
+    streamless: Streamless,
 }
 
+/// Peers that refused the append stream (an older keel), by address, and until when they get
+/// AppendEntries one HTTP request at a time. Shared by all of a node's [`Peer`]s, so that a
+/// refusal is asked for once, not once per replication stream and heartbeat worker.
+type Streamless = Arc<Mutex<HashMap<String, Instant>>>;
+
+/// How long a peer that refused the append stream is sent single requests before the
+/// leader asks again (it may have been upgraded meanwhile).
+const STREAM_RETRY_AFTER: Duration = Duration::from_secs(60);
+
 impl Peer {
+    fn refused_stream_lately(&self) -> bool {
+        let mut streamless = self.streamless.lock().expect("streamless peers");
+        let now = Instant::now();
+        streamless.retain(|_, until| now < *until);
+        streamless.contains_key(&self.addr)
+    }
+
     async fn rpc<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         path: &str,
@@ -228,6 +303,60 @@ fn to_rpc_error(target: NodeId, err: CallError) -> RPCError<TypeConfig> {
 
 impl RaftNetworkV2<TypeConfig> for Peer {
     type SnapshotData = SnapshotFile;
+
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<'s, Result<BoxStream<'s, append_stream::Answer>, RPCError<TypeConfig>>>
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+    {
+        Box::pin(async move {
+            if self.refused_stream_lately() {
+                return stream_append_sequential(self, input, option).await;
+            }
+            let timeout = option.hard_ttl().max(self.min_rpc_timeout);
+            let slot = self.channel.get_mut().expect("append stream slot");
+            let pooled = slot.take().and_then(|mut c| c.is_quiet().then_some(c));
+            let channel = match pooled {
+                Some(channel) => channel,
+                None => match self
+                    .client
+                    .upgrade(
+                        &self.addr,
+                        append_stream::PATH,
+                        append_stream::PROTOCOL,
+                        timeout,
+                    )
+                    .await
+                {
+                    Ok(io) => append_stream::Channel::new(io),
+                    Err(CallError::Refused { status: 404, .. }) => {
+                        tracing::info!(
+                            target = self.target,
+                            "peer does not speak the append stream; sending it single requests"
+                        );
+                        self.streamless
+                            .lock()
+                            .expect("streamless peers")
+                            .insert(self.addr.clone(), Instant::now() + STREAM_RETRY_AFTER);
+                        return stream_append_sequential(self, input, option).await;
+                    }
+                    Err(err) => return Err(to_rpc_error(self.target, err)),
+                },
+            };
+            let target = self.target;
+            Ok(append_stream::session(
+                self.channel.get_mut().expect("append stream slot"),
+                channel,
+                input,
+                timeout,
+                move |err| to_rpc_error(target, err),
+                self.addr.clone(),
+            ))
+        })
+    }
 
     async fn append_entries(
         &mut self,

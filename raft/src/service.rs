@@ -4,6 +4,7 @@
 //! Every route checks the cluster secret first (in constant time) and answers 401 without
 //! touching Raft when it is wrong. Bodies are bincode; answers are bincode `Result`s, so a
 //! Raft-level refusal travels back as data and only transport failures are HTTP errors.
+//! `/raft/append-stream` upgrades its connection to the pipelined [`append_stream`].
 
 use std::future::Future;
 use std::sync::Arc;
@@ -12,7 +13,9 @@ use std::sync::OnceLock;
 use axum::body::Body;
 use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
+use axum::extract::Request;
 use axum::extract::State;
+use axum::http::header;
 use axum::http::HeaderMap;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -30,6 +33,7 @@ use tokio::io::AsyncWriteExt;
 
 use keel_storage::SnapshotFile;
 
+use crate::append_stream;
 use crate::network::SECRET_HEADER;
 use crate::node::LeaderRequest;
 use crate::node::RaftNode;
@@ -51,6 +55,7 @@ pub fn router(slot: RaftSlot) -> Router {
         .route("/raft/pre-vote", post(pre_vote))
         .route("/raft/snapshot", post(snapshot))
         .route("/raft/forward", post(forward))
+        .route(append_stream::PATH, post(append_stream))
         .layer(DefaultBodyLimit::max(MAX_RPC_BYTES))
         .with_state(slot)
 }
@@ -161,6 +166,38 @@ async fn forward(State(slot): State<RaftSlot>, headers: HeaderMap, body: Bytes) 
         |node, request: LeaderRequest| async move { node.execute(&request).await },
     )
     .await
+}
+
+/// Switches the connection to the append stream and serves it on a task of its own.
+async fn append_stream(State(slot): State<RaftSlot>, request: Request) -> Response {
+    let node = match authorized(&slot, request.headers()) {
+        Ok(node) => node.clone(),
+        Err(refusal) => return refusal.into_response(),
+    };
+    let asked = request
+        .headers()
+        .get(header::UPGRADE)
+        .is_some_and(|protocol| protocol == append_stream::PROTOCOL);
+    if !asked {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("ask for `Upgrade: {}`", append_stream::PROTOCOL),
+        )
+            .into_response();
+    }
+    let upgrade = hyper::upgrade::on(request);
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(io) => append_stream::serve(node, hyper_util::rt::TokioIo::new(io)).await,
+            Err(err) => tracing::debug!(%err, "append stream upgrade failed"),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, append_stream::PROTOCOL)
+        .body(Body::empty())
+        .expect("a well-formed response")
 }
 
 /// Receives a streamed snapshot into a file, then hands it to Raft.

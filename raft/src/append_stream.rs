@@ -1,0 +1,396 @@
+//! Pipelined AppendEntries: replication over one long-lived connection per peer.
+//!
+//! openraft hands the network a *stream* of AppendEntries requests and wants their results
+//! back in order. Answered one HTTP request at a time, a leader could send new entries to a
+//! follower only after that follower had answered the previous request: at one client, every
+//! write waited behind the entry-less request that tells followers about the last commit, and
+//! every heartbeat (each ReadIndex round is one) paid for a whole HTTP exchange.
+//!
+//! Here the leader upgrades one HTTP request (`POST /raft/append-stream`, cluster secret
+//! checked like every peer route) to a raw connection and writes length-prefixed bincode
+//! frames on it as soon as openraft produces them. The follower feeds them, in arrival order
+//! (TCP keeps it), to `Raft::stream_append` and writes the results back in the same order.
+//!
+//! A *session* is one `stream_append` call: requests, then `End`; the follower answers every
+//! request and then `End`. A connection whose session ended that way serves the next session
+//! (heartbeats are one-request sessions, twenty a second). One that broke off, went quiet for
+//! too long or carried a refusal is closed, so no session ever reads another's leftovers.
+//!
+//! A follower that predates this protocol answers the upgrade with 404; the leader then sends
+//! that peer one HTTP request per AppendEntries, as before.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::FutureExt;
+use futures::SinkExt;
+use futures::Stream;
+use futures::StreamExt;
+use openraft::async_runtime::WatchReceiver;
+use openraft::error::Fatal;
+use openraft::error::NetworkError;
+use openraft::error::RPCError;
+use openraft::raft::AppendEntriesRequest;
+use openraft::raft::StreamAppendResult;
+use serde::Deserialize;
+use serde::Serialize;
+use tokio::io::AsyncRead;
+use tokio::io::AsyncWrite;
+use tokio::io::ReadHalf;
+use tokio::io::WriteHalf;
+use tokio::time::Instant;
+use tokio_util::codec::FramedRead;
+use tokio_util::codec::FramedWrite;
+use tokio_util::codec::LengthDelimitedCodec;
+
+use crate::network::CallError;
+use crate::node::RaftNode;
+use crate::types::TypeConfig;
+use crate::types::Vote;
+
+/// The route a leader upgrades, and the protocol name it asks for.
+pub const PATH: &str = "/raft/append-stream";
+pub const PROTOCOL: &str = "keel-append-stream";
+
+/// Largest frame either side accepts: a batch of entries stays far below it (see
+/// `max_payload_entries`), the same bound as the peer routes' body limit.
+const MAX_FRAME_BYTES: usize = 256 << 20;
+
+/// How often an idle follower-side connection checks that its leader still leads.
+const IDLE_CHECK: Duration = Duration::from_secs(5);
+
+type Request = AppendEntriesRequest<TypeConfig>;
+type Outcome = Result<StreamAppendResult<TypeConfig>, Fatal<TypeConfig>>;
+
+#[derive(Debug, Serialize, Deserialize)]
+enum ToFollower {
+    Append(Request),
+    End,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum ToLeader {
+    Appended(Outcome),
+    End,
+}
+
+fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .max_frame_length(MAX_FRAME_BYTES)
+        .new_codec()
+}
+
+/// One direction of an upgraded connection, as frames.
+type FrameReader<IO> = FramedRead<ReadHalf<IO>, LengthDelimitedCodec>;
+type FrameWriter<IO> = FramedWrite<WriteHalf<IO>, LengthDelimitedCodec>;
+
+fn framed<IO: AsyncRead + AsyncWrite>(io: IO) -> (FrameReader<IO>, FrameWriter<IO>) {
+    let (read, write) = tokio::io::split(io);
+    (
+        FramedRead::new(read, codec()),
+        FramedWrite::new(write, codec()),
+    )
+}
+
+fn encode<T: Serialize>(frame: &T) -> std::io::Result<Bytes> {
+    bincode::serialize(frame)
+        .map(Bytes::from)
+        .map_err(std::io::Error::other)
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(
+    frame: Option<std::io::Result<bytes::BytesMut>>,
+) -> Result<T, String> {
+    match frame {
+        Some(Ok(bytes)) => {
+            bincode::deserialize(&bytes).map_err(|e| format!("undecodable frame: {e}"))
+        }
+        Some(Err(e)) => Err(e.to_string()),
+        None => Err("the connection closed".into()),
+    }
+}
+
+/// The leader's end of an upgraded connection to one follower, between sessions.
+pub struct Channel {
+    read: FrameReader<reqwest::Upgraded>,
+    write: FrameWriter<reqwest::Upgraded>,
+}
+
+impl Channel {
+    pub(crate) fn new(io: reqwest::Upgraded) -> Self {
+        let (read, write) = framed(io);
+        Self { read, write }
+    }
+
+    /// False if the follower closed the connection (or sent something) since the last
+    /// session ended: only a quiet connection can carry a new one.
+    pub(crate) fn is_quiet(&mut self) -> bool {
+        self.read.next().now_or_never().is_none()
+    }
+}
+
+/// What a session yields to openraft.
+pub type Answer = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
+
+/// Runs one session on `channel`: sends `input` as openraft produces it and yields the
+/// follower's answers in order. A session that ends cleanly puts the channel back into
+/// `slot`; one that fails drops it. An answer overdue by `timeout` while requests are
+/// outstanding fails the session.
+pub fn session<'s, S>(
+    slot: &'s mut Option<Channel>,
+    channel: Channel,
+    input: S,
+    timeout: Duration,
+    fail: impl Fn(CallError) -> RPCError<TypeConfig> + Send + 's,
+    addr: String,
+) -> futures::stream::BoxStream<'s, Answer>
+where
+    S: Stream<Item = Request> + Send + Unpin + 'static,
+{
+    let session = Session {
+        slot,
+        channel: Some(channel),
+        input,
+        input_done: false,
+        outstanding: 0,
+        timeout,
+        deadline: Box::pin(tokio::time::sleep(timeout)),
+        fail,
+        addr,
+    };
+    Box::pin(futures::stream::unfold(session, |mut session| async move {
+        let answer = session.next_answer().await?;
+        Some((answer, session))
+    }))
+}
+
+struct Session<'s, S, F> {
+    slot: &'s mut Option<Channel>,
+    /// `None` once the session is over.
+    channel: Option<Channel>,
+    input: S,
+    input_done: bool,
+    /// Requests sent and not answered yet.
+    outstanding: usize,
+    timeout: Duration,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    fail: F,
+    addr: String,
+}
+
+impl<S, F> Session<'_, S, F>
+where
+    S: Stream<Item = Request> + Unpin,
+    F: Fn(CallError) -> RPCError<TypeConfig>,
+{
+    async fn next_answer(&mut self) -> Option<Answer> {
+        loop {
+            let awaits_answer = self.awaits_answer();
+            let channel = self.channel.as_mut()?;
+            tokio::select! {
+                biased;
+                frame = channel.read.next() => return self.on_frame(decode(frame)),
+                request = self.input.next(), if !self.input_done => {
+                    // A follower that stopped reading must not hold the leader's stream forever.
+                    match tokio::time::timeout(self.timeout, self.send(request)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => return Some(Err(self.broken(e.to_string()))),
+                        Err(_) => return Some(Err(self.overdue())),
+                    }
+                }
+                () = &mut self.deadline, if awaits_answer => return Some(Err(self.overdue())),
+            }
+        }
+    }
+
+    fn on_frame(&mut self, frame: Result<ToLeader, String>) -> Option<Answer> {
+        match frame {
+            Ok(ToLeader::Appended(outcome)) if self.outstanding > 0 => {
+                self.outstanding -= 1;
+                self.deadline.as_mut().reset(Instant::now() + self.timeout);
+                match outcome {
+                    Ok(Ok(matched)) => Some(Ok(Ok(matched))),
+                    // The follower ends its side after a refusal.
+                    Ok(Err(refusal)) => {
+                        self.channel = None;
+                        Some(Ok(Err(refusal)))
+                    }
+                    Err(fatal) => {
+                        self.channel = None;
+                        Some(Err(RPCError::Network(NetworkError::new(&fatal))))
+                    }
+                }
+            }
+            Ok(ToLeader::End) if self.input_done && self.outstanding == 0 => {
+                *self.slot = self.channel.take();
+                None
+            }
+            Ok(unexpected) => Some(Err(self.broken(format!(
+                "unexpected {unexpected:?} with {} requests unanswered",
+                self.outstanding
+            )))),
+            Err(reason) => Some(Err(self.broken(reason))),
+        }
+    }
+
+    /// Whether the follower owes an answer: to a request, or the `End` of the session.
+    fn awaits_answer(&self) -> bool {
+        self.outstanding > 0 || self.input_done
+    }
+
+    /// Writes `request` and whatever else openraft has ready, then flushes them together.
+    async fn send(&mut self, mut request: Option<Request>) -> std::io::Result<()> {
+        if !self.awaits_answer() {
+            self.deadline.as_mut().reset(Instant::now() + self.timeout);
+        }
+        let channel = self.channel.as_mut().expect("a session in progress");
+        loop {
+            match request {
+                Some(entries) => {
+                    channel
+                        .write
+                        .feed(encode(&ToFollower::Append(entries))?)
+                        .await?;
+                    self.outstanding += 1;
+                }
+                None => {
+                    channel.write.feed(encode(&ToFollower::End)?).await?;
+                    self.input_done = true;
+                    break;
+                }
+            }
+            match self.input.next().now_or_never() {
+                Some(next) => request = next,
+                None => break,
+            }
+        }
+        SinkExt::<Bytes>::flush(&mut channel.write).await
+    }
+
+    fn overdue(&mut self) -> RPCError<TypeConfig> {
+        self.channel = None;
+        (self.fail)(CallError::Timeout {
+            addr: self.addr.clone(),
+            timeout: self.timeout,
+        })
+    }
+
+    fn broken(&mut self, reason: String) -> RPCError<TypeConfig> {
+        self.channel = None;
+        (self.fail)(CallError::Unreachable {
+            addr: self.addr.clone(),
+            reason,
+        })
+    }
+}
+
+/// The follower's end: serves sessions on an upgraded connection until it closes, breaks or
+/// belongs to a leader that no longer leads.
+pub async fn serve<IO>(node: Arc<RaftNode>, io: IO)
+where
+    IO: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut read, mut write) = framed(io);
+    let mut leader_vote = None;
+    loop {
+        let first = match next_frame(&node, &mut read, leader_vote.as_ref()).await {
+            Some(ToFollower::Append(request)) => request,
+            // A session with nothing to send.
+            Some(ToFollower::End) => {
+                let Ok(frame) = encode(&ToLeader::End) else {
+                    return;
+                };
+                if write.send(frame).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            None => return,
+        };
+        leader_vote = Some(first.vote);
+        match serve_session(&node, first, read, &mut write).await {
+            Some(back) => read = back,
+            None => return,
+        }
+    }
+}
+
+/// Serves one session; returns the reader if the session ended cleanly.
+async fn serve_session<IO>(
+    node: &Arc<RaftNode>,
+    first: Request,
+    read: FrameReader<IO>,
+    write: &mut FrameWriter<IO>,
+) -> Option<FrameReader<IO>>
+where
+    IO: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let vote = first.vote;
+    let (give_back, returned) = tokio::sync::oneshot::channel();
+    // openraft pulls requests on a task of its own; the reader comes back once `End` arrived.
+    let requests = futures::stream::unfold(
+        (Some(first), read, Some(give_back), node.clone()),
+        move |(pending, mut read, mut give_back, node)| async move {
+            if let Some(request) = pending {
+                return Some((request, (None, read, give_back, node)));
+            }
+            match next_frame(&node, &mut read, Some(&vote)).await? {
+                ToFollower::Append(request) => Some((request, (None, read, give_back, node))),
+                ToFollower::End => {
+                    let _ = give_back.take()?.send(read);
+                    None
+                }
+            }
+        },
+    );
+    let answers = node.raft().stream_append(Box::pin(requests));
+    let mut answers = std::pin::pin!(answers);
+    loop {
+        let answer = match answers.next().now_or_never() {
+            Some(answer) => answer,
+            None => {
+                SinkExt::<Bytes>::flush(write).await.ok()?;
+                answers.next().await
+            }
+        };
+        let Some(answer) = answer else { break };
+        let refused = !matches!(answer, Ok(Ok(_)));
+        write
+            .feed(encode(&ToLeader::Appended(answer)).ok()?)
+            .await
+            .ok()?;
+        if refused {
+            let _ = SinkExt::<Bytes>::flush(write).await;
+            return None;
+        }
+    }
+    let read = returned.await.ok()?;
+    write.send(encode(&ToLeader::End).ok()?).await.ok()?;
+    Some(read)
+}
+
+/// The next frame from the leader. A connection that stays quiet is closed once this node
+/// follows someone else than `leader_vote` (the stream of a deposed leader whose connection
+/// never closed), or at once if no session has started on it yet.
+async fn next_frame<IO: AsyncRead>(
+    node: &RaftNode,
+    read: &mut FrameReader<IO>,
+    leader_vote: Option<&Vote>,
+) -> Option<ToFollower> {
+    loop {
+        match tokio::time::timeout(IDLE_CHECK, read.next()).await {
+            Ok(frame) => {
+                return decode(frame)
+                    .map_err(|reason| tracing::debug!(%reason, "append stream ends"))
+                    .ok()
+            }
+            Err(_) => {
+                let current = node.raft().metrics().borrow_watched().vote;
+                if leader_vote != Some(&current) {
+                    return None;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! Replication through the append stream, between two in-process nodes on real RocksDB stores
+//! and real HTTP: a follower that speaks the stream, and one that answers its upgrade with
+//! 404 like a keel from before it, which must still get every entry (one request at a time).
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::IntoResponse;
+use keel_raft::append_stream;
+use keel_raft::service::RaftSlot;
+use keel_raft::RaftConfig;
+use keel_raft::RaftNode;
+use keel_raft::StateMachine;
+use keel_storage::Error;
+use keel_storage::KvRead;
+use keel_storage::Store;
+use keel_storage::Txn;
+
+/// Stores every command under its log index.
+struct Recorder;
+
+impl StateMachine for Recorder {
+    fn apply(&self, index: u64, command: &[u8], txn: &mut Txn<'_>) -> Result<Vec<u8>, Error> {
+        txn.put(index.to_be_bytes().to_vec(), command.to_vec());
+        Ok(Vec::new())
+    }
+}
+
+/// What a node's peer routes were asked for.
+#[derive(Default)]
+struct Seen {
+    upgrades: AtomicUsize,
+    single_appends: AtomicUsize,
+}
+
+struct TestNode {
+    raft: Arc<RaftNode>,
+    addr: String,
+    seen: Arc<Seen>,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts node `id` on a free port; with `speaks_stream` false its upgrade answers 404.
+async fn start(id: u64, speaks_stream: bool) -> TestNode {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let raft = RaftNode::start(
+        id,
+        &store,
+        Arc::new(Recorder),
+        "secret".into(),
+        RaftConfig::default(),
+    )
+    .await
+    .unwrap();
+    let slot = RaftSlot::default();
+    slot.set(raft.clone()).ok().unwrap();
+    let seen = Arc::new(Seen::default());
+    let counted = seen.clone();
+    let routes = keel_raft::service::router(slot).layer(axum::middleware::from_fn(
+        move |request: Request, next: Next| {
+            let seen = counted.clone();
+            async move {
+                let path = request.uri().path();
+                if path == append_stream::PATH {
+                    seen.upgrades.fetch_add(1, Ordering::SeqCst);
+                    if !speaks_stream {
+                        return StatusCode::NOT_FOUND.into_response();
+                    }
+                } else if path == "/raft/append" {
+                    seen.single_appends.fetch_add(1, Ordering::SeqCst);
+                }
+                next.run(request).await
+            }
+        },
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move { axum::serve(listener, routes).await.unwrap() });
+    TestNode {
+        raft,
+        addr,
+        seen,
+        _dir: dir,
+    }
+}
+
+async fn applied_on(node: &TestNode, index: u64) -> Option<Vec<u8>> {
+    for _ in 0..200 {
+        if let Some(command) = node.raft.reader().get(&index.to_be_bytes()).unwrap() {
+            return Some(command);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    None
+}
+
+/// A two-node cluster of `leader` and a follower, `writes` commands proposed on the leader;
+/// returns the follower once it applied all of them.
+async fn replicate(follower_speaks_stream: bool, writes: usize) -> TestNode {
+    let leader = start(1, true).await;
+    let follower = start(2, follower_speaks_stream).await;
+    leader.raft.initialize(leader.addr.clone()).await.unwrap();
+    leader
+        .raft
+        .raft()
+        .wait(Some(Duration::from_secs(10)))
+        .applied_index_at_least(Some(1), "the first membership")
+        .await
+        .unwrap();
+    leader
+        .raft
+        .add_voter(2, follower.addr.clone())
+        .await
+        .unwrap();
+    // Concurrent proposals, so that entries are in flight to the follower together.
+    let proposals = (0..writes).map(|n| {
+        let raft = leader.raft.clone();
+        async move { raft.propose(format!("write {n}").into_bytes(), None).await }
+    });
+    for reply in futures::future::join_all(proposals).await {
+        reply.unwrap();
+    }
+    let last = leader.raft.metrics().last_applied.unwrap().index;
+    let command = applied_on(&follower, last).await;
+    assert!(command.is_some(), "the follower never applied entry {last}");
+    for index in 1..=last {
+        assert_eq!(
+            follower.raft.reader().get(&index.to_be_bytes()).unwrap(),
+            leader.raft.reader().get(&index.to_be_bytes()).unwrap(),
+            "entry {index} differs"
+        );
+    }
+    follower
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_gets_every_entry_through_the_stream() {
+    let follower = replicate(true, 200).await;
+    // Connections are kept across sessions: one for entries, one for heartbeats, and new ones
+    // only when openraft restarts a stream (as when the learner became a voter).
+    let upgrades = follower.seen.upgrades.load(Ordering::SeqCst);
+    assert!((1..=4).contains(&upgrades), "{upgrades} connections");
+    assert_eq!(
+        follower.seen.single_appends.load(Ordering::SeqCst),
+        0,
+        "entries went around the stream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_without_the_stream_gets_every_entry_one_request_at_a_time() {
+    let follower = replicate(false, 200).await;
+    assert!(follower.seen.single_appends.load(Ordering::SeqCst) > 0);
+    // The refusal is remembered: the leader does not ask again for every heartbeat.
+    let upgrades = follower.seen.upgrades.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let heartbeats = follower.seen.single_appends.load(Ordering::SeqCst);
+    assert_eq!(follower.seen.upgrades.load(Ordering::SeqCst), upgrades);
+    assert!(upgrades <= 2, "asked {upgrades} times");
+    assert!(heartbeats > 0);
+}

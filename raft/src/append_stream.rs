@@ -8,8 +8,9 @@
 //!
 //! Here the leader upgrades one HTTP request (`POST /raft/append-stream`, cluster secret
 //! checked like every peer route) to a raw connection and writes length-prefixed bincode
-//! frames on it as soon as openraft produces them. The follower feeds them, in arrival order
-//! (TCP keeps it), to `Raft::stream_append` and writes the results back in the same order.
+//! frames on it as openraft produces them, with up to [`MAX_UNANSWERED`] requests awaiting
+//! their answers. The follower feeds them, in arrival order (TCP keeps it), to
+//! `Raft::stream_append` and writes the results back in the same order.
 //!
 //! A *session* is one `stream_append` call: requests, then `End`; the follower answers every
 //! request and then `End`. A connection whose session ended that way serves the next session
@@ -56,6 +57,12 @@ pub const PROTOCOL: &str = "keel-append-stream";
 /// Largest frame either side accepts: a batch of entries stays far below it (see
 /// `max_payload_entries`), the same bound as the peer routes' body limit.
 const MAX_FRAME_BYTES: usize = 256 << 20;
+
+/// Requests a leader keeps unanswered on one stream. Two let the next entries go out while
+/// the previous request (often the entry-less one announcing a commit) is still answered.
+/// Without a limit a busy leader sends smaller batches: 64 writing clients then measured 6 %
+/// fewer writes and more CPU per write than with this limit.
+const MAX_UNANSWERED: usize = 2;
 
 /// How often an idle follower-side connection checks that its leader still leads.
 const IDLE_CHECK: Duration = Duration::from_secs(5);
@@ -133,8 +140,8 @@ impl Channel {
 /// What a session yields to openraft.
 pub type Answer = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
 
-/// Runs one session on `channel`: sends `input` as openraft produces it and yields the
-/// follower's answers in order. A session that ends cleanly puts the channel back into
+/// Runs one session on `channel`: sends `input` as openraft produces it (at most
+/// [`MAX_UNANSWERED`] requests ahead of the answers) and yields the follower's answers in order. A session that ends cleanly puts the channel back into
 /// `slot`; one that fails drops it. An answer overdue by `timeout` while requests are
 /// outstanding fails the session.
 pub fn session<'s, S>(
@@ -191,7 +198,7 @@ where
             tokio::select! {
                 biased;
                 frame = channel.read.next() => return self.on_frame(decode(frame)),
-                request = self.input.next(), if !self.input_done => {
+                request = self.input.next(), if !self.input_done && self.outstanding < MAX_UNANSWERED => {
                     // A follower that stopped reading must not hold the leader's stream forever.
                     match tokio::time::timeout(self.timeout, self.send(request)).await {
                         Ok(Ok(())) => {}
@@ -259,6 +266,9 @@ where
                     self.input_done = true;
                     break;
                 }
+            }
+            if self.outstanding >= MAX_UNANSWERED {
+                break;
             }
             match self.input.next().now_or_never() {
                 Some(next) => request = next,

@@ -250,7 +250,7 @@ pub struct Peer {
     min_rpc_timeout: Duration,
     /// The append stream's connection, kept between sessions (in a mutex only because
     /// openraft wants a `Sync` network and the connection is not; it is never contended).
-    channel: std::sync::Mutex<Option<append_stream::Channel>>,
+    channel: Mutex<Option<append_stream::Channel>>,
     streamless: Streamless,
 }
 

@@ -66,12 +66,7 @@ async fn writes_on_any_node_are_read_linearizably_on_every_node() {
         .await
         .unwrap();
     assert!(metrics.contains("keel_raft_voters 3"), "{metrics}");
-    let metric = |name: &str| {
-        metrics
-            .lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-            .and_then(|value| value.parse::<u64>().ok())
-    };
+    let metric = |name: &str| metric_value(&metrics, name);
     // The joins went through the log with request ids, so the exactly-once mirror holds some.
     let remembered = metric("keel_request_ids_remembered");
     assert!(remembered.is_some_and(|ids| ids > 0), "{metrics}");
@@ -81,6 +76,31 @@ async fn writes_on_any_node_are_read_linearizably_on_every_node() {
         resident.is_some_and(|bytes| (1 << 20..1 << 40).contains(&bytes)),
         "{metrics}"
     );
+
+    // The leader replicates over a few kept connections (entries and heartbeats to each
+    // follower, again when a membership change restarts replication), not one per request.
+    let mut leaders = Vec::new();
+    for node in 0..3 {
+        let metrics = cluster.get(node, "/metrics").send().await.unwrap();
+        let metrics = metrics.text().await.unwrap();
+        if metric_value(&metrics, "keel_raft_is_leader") == Some(1) {
+            leaders.push(metric_value(
+                &metrics,
+                "keel_raft_append_streams_opened_total",
+            ));
+        }
+    }
+    assert!(
+        matches!(leaders[..], [Some(opened)] if (2..=12).contains(&opened)),
+        "append streams opened by the leader: {leaders:?}"
+    );
+}
+
+fn metric_value(metrics: &str, name: &str) -> Option<u64> {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.parse().ok())
 }
 
 #[tokio::test(flavor = "multi_thread")]

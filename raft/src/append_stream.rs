@@ -380,9 +380,9 @@ where
     Some(read)
 }
 
-/// The next frame from the leader. A connection that stays quiet is closed once this node
-/// follows someone else than `leader_vote` (the stream of a deposed leader whose connection
-/// never closed), or at once if no session has started on it yet.
+/// The next frame from the leader. A connection quiet for [`IDLE_CHECK`] is closed if this
+/// node now follows another vote than `leader_vote` (the stream of a deposed leader whose
+/// connection never closed), or if no session has started on it yet.
 async fn next_frame<IO: AsyncRead>(
     node: &RaftNode,
     read: &mut FrameReader<IO>,

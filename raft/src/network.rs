@@ -12,6 +12,8 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -215,6 +217,7 @@ pub struct Network {
     client: PeerClient,
     min_rpc_timeout: Duration,
     streamless: Streamless,
+    streams_opened: Arc<AtomicU64>,
 }
 
 impl Network {
@@ -223,7 +226,14 @@ impl Network {
             client,
             min_rpc_timeout,
             streamless: Default::default(),
+            streams_opened: Default::default(),
         }
+    }
+
+    /// Counts the append stream connections this node's [`Peer`]s open: a few per follower
+    /// and leadership when all is well, climbing when connections keep breaking.
+    pub fn streams_opened(&self) -> Arc<AtomicU64> {
+        self.streams_opened.clone()
     }
 }
 
@@ -238,6 +248,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             min_rpc_timeout: self.min_rpc_timeout,
             channel: Default::default(),
             streamless: self.streamless.clone(),
+            streams_opened: self.streams_opened.clone(),
         }
     }
 }
@@ -252,6 +263,7 @@ pub struct Peer {
     /// openraft wants a `Sync` network and the connection is not; it is never contended).
     channel: Mutex<Option<append_stream::Channel>>,
     streamless: Streamless,
+    streams_opened: Arc<AtomicU64>,
 }
 
 /// Peers that refused the append stream (an older keel), by address, and until when they get
@@ -331,7 +343,10 @@ impl RaftNetworkV2<TypeConfig> for Peer {
                     )
                     .await
                 {
-                    Ok(io) => append_stream::Channel::new(io),
+                    Ok(io) => {
+                        self.streams_opened.fetch_add(1, Ordering::Relaxed);
+                        append_stream::Channel::new(io)
+                    }
                     Err(CallError::Refused { status: 404, .. }) => {
                         tracing::info!(
                             target = self.target,

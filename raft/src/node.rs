@@ -14,6 +14,8 @@
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -149,6 +151,7 @@ pub struct RaftNode {
     read_batches: [Mutex<ReadBatch>; 2],
     /// Proposals waiting to be forwarded to the leader (on a follower).
     forwards: Mutex<ForwardBatch>,
+    append_streams_opened: Arc<AtomicU64>,
 }
 
 /// How many forwards of proposals a follower keeps in flight to the leader at once.
@@ -210,15 +213,11 @@ impl RaftNode {
             .state_store(Machine::new(domain))
             .map_err(|e| Error::Fatal(e.to_string()))?;
         let peers = PeerClient::new(secret.clone(), config.peer_source_ip);
-        let raft = KeelRaft::new(
-            id,
-            raft_config,
-            Network::new(peers.clone(), config.election_timeout_min),
-            store.log_store(),
-            state.clone(),
-        )
-        .await
-        .map_err(|e| Error::Fatal(e.to_string()))?;
+        let network = Network::new(peers.clone(), config.election_timeout_min);
+        let append_streams_opened = network.streams_opened();
+        let raft = KeelRaft::new(id, raft_config, network, store.log_store(), state.clone())
+            .await
+            .map_err(|e| Error::Fatal(e.to_string()))?;
         Ok(Arc::new(Self {
             id,
             raft,
@@ -228,6 +227,7 @@ impl RaftNode {
             config,
             read_batches: Default::default(),
             forwards: Default::default(),
+            append_streams_opened,
         }))
     }
 
@@ -255,6 +255,11 @@ impl RaftNode {
     /// A read-only view of this node's applied state.
     pub fn reader(&self) -> Reader {
         self.state.reader()
+    }
+
+    /// Append stream connections this node has opened to followers while it led.
+    pub fn append_streams_opened(&self) -> u64 {
+        self.append_streams_opened.load(Ordering::Relaxed)
     }
 
     pub fn metrics(&self) -> RaftMetrics {

@@ -23,109 +23,120 @@ pub fn routes(node: Arc<Node>) -> Router {
 
 async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     let mut out = String::new();
-    let mut gauge = |name: &str, help: &str, value: u64| {
+    // Prometheus' naming convention: a `_total` only ever grows.
+    let mut metric = |name: &str, help: &str, value: u64| {
+        let kind = if name.ends_with("_total") {
+            "counter"
+        } else {
+            "gauge"
+        };
         let _ = writeln!(
             out,
-            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
         );
     };
-    gauge(
+    metric(
         "keel_up_seconds",
         "Seconds since this process started.",
         node.started.elapsed().as_secs(),
     );
     if let Some(resident) = crate::memory::resident_bytes() {
-        gauge(
+        metric(
             "process_resident_memory_bytes",
             "Resident memory size in bytes.",
             resident,
         );
     }
-    gauge(
+    metric(
         "keel_data_bytes",
         "Bytes of the node's data directory.",
         node.store_size(),
     );
     if let Ok(raft) = node.raft() {
         let m = raft.metrics();
-        gauge("keel_raft_node_id", "This node's uid.", m.id);
-        gauge("keel_raft_term", "Current Raft term.", m.current_term);
-        gauge(
+        metric("keel_raft_node_id", "This node's uid.", m.id);
+        metric("keel_raft_term", "Current Raft term.", m.current_term);
+        metric(
             "keel_raft_is_leader",
             "1 if this node leads.",
             u64::from(m.state == ServerState::Leader),
         );
-        gauge(
+        metric(
             "keel_raft_leader_id",
             "uid of the known leader, 0 if none.",
             m.current_leader.unwrap_or(0),
         );
-        gauge(
+        metric(
             "keel_raft_last_log_index",
             "Index of the last log entry.",
             m.last_log_index.unwrap_or(0),
         );
-        gauge(
+        metric(
             "keel_raft_commit_index",
             "Index of the last committed entry.",
             m.local_committed.map_or(0, |id| id.index),
         );
-        gauge(
+        metric(
             "keel_raft_applied_index",
             "Index of the last applied entry.",
             m.last_applied.map_or(0, |id| id.index),
         );
-        gauge(
+        metric(
             "keel_raft_snapshot_index",
             "Index covered by the latest snapshot.",
             m.snapshot.map_or(0, |id| id.index),
         );
-        gauge(
+        metric(
             "keel_raft_purged_index",
             "Index up to which the log is purged.",
             m.purged.map_or(0, |id| id.index),
         );
-        gauge(
+        metric(
             "keel_raft_voters",
             "Number of voters.",
             m.membership_config.membership().voter_ids().count() as u64,
         );
+        metric(
+            "keel_raft_append_streams_opened_total",
+            "Replication connections this node opened to followers while leading; a steady climb means they keep breaking.",
+            raft.append_streams_opened(),
+        );
         let requests = raft.remembered_requests();
-        gauge(
+        metric(
             "keel_request_ids_remembered",
             &format!(
                 "Request ids on record for exactly-once retries (the last {REQUEST_ID_WINDOW} log entries)."
             ),
             requests.ids as u64,
         );
-        gauge(
+        metric(
             "keel_request_ids_memory_bytes",
             "Estimated memory of the in-memory index of those request ids.",
             requests.bytes as u64,
         );
         if let Ok(broker) = node.domain.broker.current(&raft.reader()) {
             let store = &broker.store;
-            gauge(
+            metric(
                 "keel_broker_epoch",
                 "The undermoon broker's global epoch.",
                 store.global_epoch,
             );
-            gauge(
+            metric(
                 "keel_broker_clusters",
                 "Redis clusters in the broker.",
                 store.clusters.len() as u64,
             );
-            gauge(
+            metric(
                 "keel_broker_migrating_clusters",
                 "Clusters with a migration running.",
                 store.clusters.values().filter(|c| c.is_migrating()).count() as u64,
             );
-            gauge(
+            metric(
                 "keel_broker_proxies",
                 "Registered server proxies.",
                 store.all_proxies.len() as u64,
             );
-            gauge(
+            metric(
                 "keel_broker_free_proxies",
                 "Registered server proxies in no cluster.",
                 store
@@ -134,7 +145,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
                     .filter(|p| p.cluster.is_none())
                     .count() as u64,
             );
-            gauge(
+            metric(
                 "keel_broker_failed_proxies",
                 "Server proxies failed over and not registered again.",
                 store.failed_proxies.len() as u64,

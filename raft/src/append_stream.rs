@@ -1,4 +1,4 @@
-//! Pipelined AppendEntries: replication over one long-lived connection per peer.
+//! Pipelined AppendEntries: replication over long-lived connections to each peer.
 //!
 //! openraft hands the network a *stream* of AppendEntries requests and wants their results
 //! back in order. Answered one HTTP request at a time, a leader could send new entries to a

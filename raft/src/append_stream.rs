@@ -119,13 +119,13 @@ fn decode<T: for<'de> Deserialize<'de>>(
 }
 
 /// The leader's end of an upgraded connection to one follower, between sessions.
-pub struct Channel {
-    read: FrameReader<reqwest::Upgraded>,
-    write: FrameWriter<reqwest::Upgraded>,
+pub struct Channel<IO = reqwest::Upgraded> {
+    read: FrameReader<IO>,
+    write: FrameWriter<IO>,
 }
 
-impl Channel {
-    pub(crate) fn new(io: reqwest::Upgraded) -> Self {
+impl<IO: AsyncRead + AsyncWrite> Channel<IO> {
+    pub(crate) fn new(io: IO) -> Self {
         let (read, write) = framed(io);
         Self { read, write }
     }
@@ -144,9 +144,9 @@ pub type Answer = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
 /// [`MAX_UNANSWERED`] requests ahead of the answers) and yields the follower's answers in order. A session that ends cleanly puts the channel back into
 /// `slot`; one that fails drops it. An answer overdue by `timeout` while requests are
 /// outstanding fails the session.
-pub fn session<'s, S>(
-    slot: &'s mut Option<Channel>,
-    channel: Channel,
+pub fn session<'s, S, IO>(
+    slot: &'s mut Option<Channel<IO>>,
+    channel: Channel<IO>,
     input: S,
     timeout: Duration,
     fail: impl Fn(CallError) -> RPCError<TypeConfig> + Send + 's,
@@ -154,6 +154,7 @@ pub fn session<'s, S>(
 ) -> futures::stream::BoxStream<'s, Answer>
 where
     S: Stream<Item = Request> + Send + Unpin + 'static,
+    IO: AsyncRead + AsyncWrite + Send + 's,
 {
     let session = Session {
         slot,
@@ -172,10 +173,10 @@ where
     }))
 }
 
-struct Session<'s, S, F> {
-    slot: &'s mut Option<Channel>,
+struct Session<'s, S, F, IO> {
+    slot: &'s mut Option<Channel<IO>>,
     /// `None` once the session is over.
-    channel: Option<Channel>,
+    channel: Option<Channel<IO>>,
     input: S,
     input_done: bool,
     /// Requests sent and not answered yet.
@@ -186,10 +187,11 @@ struct Session<'s, S, F> {
     addr: String,
 }
 
-impl<S, F> Session<'_, S, F>
+impl<S, F, IO> Session<'_, S, F, IO>
 where
     S: Stream<Item = Request> + Unpin,
     F: Fn(CallError) -> RPCError<TypeConfig>,
+    IO: AsyncRead + AsyncWrite,
 {
     async fn next_answer(&mut self) -> Option<Answer> {
         loop {
@@ -401,6 +403,165 @@ async fn next_frame<IO: AsyncRead>(
                     return None;
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The leader's half of a session against a scripted follower on an in-memory pipe: each
+    //! case is the requests openraft hands over, what the follower answers, and what openraft
+    //! then sees and whether the connection is kept for the next session.
+
+    use super::*;
+    use openraft::raft::StreamAppendError;
+
+    /// What the scripted follower does when it reads a request or the end of the session.
+    #[derive(Clone, Copy)]
+    enum Reply {
+        Appended,
+        Conflict,
+        End,
+        Garbage,
+        Silence,
+        Close,
+    }
+
+    struct Case {
+        name: &'static str,
+        requests: usize,
+        follower: &'static [Reply],
+        /// What openraft sees, one word per answer: `ok`, `conflict`, `timeout` or `broken`.
+        seen: &'static str,
+        kept: bool,
+    }
+
+    const CASES: &[Case] = &[
+        Case {
+            name: "answers in order, then the end",
+            requests: 2,
+            follower: &[Reply::Appended, Reply::Appended, Reply::End],
+            seen: "ok ok",
+            kept: true,
+        },
+        Case {
+            name: "nothing to send",
+            requests: 0,
+            follower: &[Reply::End],
+            seen: "",
+            kept: true,
+        },
+        Case {
+            name: "a refusal ends the session and the connection",
+            requests: 2,
+            follower: &[Reply::Conflict],
+            seen: "conflict",
+            kept: false,
+        },
+        Case {
+            name: "a silent follower times out",
+            requests: 1,
+            follower: &[Reply::Silence],
+            seen: "timeout",
+            kept: false,
+        },
+        Case {
+            name: "an end before the answers is a broken stream",
+            requests: 1,
+            follower: &[Reply::End],
+            seen: "broken",
+            kept: false,
+        },
+        Case {
+            name: "an undecodable frame is a broken stream",
+            requests: 1,
+            follower: &[Reply::Garbage],
+            seen: "broken",
+            kept: false,
+        },
+        Case {
+            name: "a closed connection is a broken stream",
+            requests: 1,
+            follower: &[Reply::Appended, Reply::Close],
+            seen: "ok broken",
+            kept: false,
+        },
+        Case {
+            name: "a session that ended without its end is not kept",
+            requests: 1,
+            follower: &[Reply::Appended, Reply::Silence],
+            seen: "ok timeout",
+            kept: false,
+        },
+    ];
+
+    fn request() -> Request {
+        AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: None,
+            leader_commit: None,
+            entries: Vec::new(),
+        }
+    }
+
+    /// Answers each frame it reads with the next reply of `script`.
+    async fn follower(io: tokio::io::DuplexStream, script: &'static [Reply]) {
+        let (mut read, mut write) = framed(io);
+        for reply in script {
+            if read.next().await.is_none() {
+                return;
+            }
+            let frame = match reply {
+                Reply::Appended => encode(&ToLeader::Appended(Ok(Ok(None)))).unwrap(),
+                Reply::Conflict => {
+                    let conflict = openraft::testing::log_id::<TypeConfig>(1, 1, 3);
+                    encode(&ToLeader::Appended(Ok(Err(StreamAppendError::Conflict(
+                        conflict,
+                    )))))
+                    .unwrap()
+                }
+                Reply::End => encode(&ToLeader::End).unwrap(),
+                Reply::Garbage => Bytes::from_static(b"\xff\xff\xff"),
+                Reply::Silence => std::future::pending().await,
+                Reply::Close => return,
+            };
+            write.send(frame).await.unwrap();
+        }
+        std::future::pending::<()>().await;
+    }
+
+    fn word(answer: &Answer) -> &'static str {
+        match answer {
+            Ok(Ok(_)) => "ok",
+            Ok(Err(StreamAppendError::Conflict(_))) => "conflict",
+            Ok(Err(_)) => "refused",
+            Err(err) if err.to_string().contains("did not answer") => "timeout",
+            Err(_) => "broken",
+        }
+    }
+
+    #[tokio::test]
+    async fn sessions_against_a_scripted_follower() {
+        for case in CASES {
+            let (leader_io, follower_io) = tokio::io::duplex(1 << 16);
+            tokio::spawn(follower(follower_io, case.follower));
+            let mut slot = None;
+            let input = futures::stream::iter((0..case.requests).map(|_| request()));
+            let answers = session(
+                &mut slot,
+                Channel::new(leader_io),
+                input,
+                Duration::from_millis(200),
+                |err| RPCError::Network(NetworkError::new(&err)),
+                "follower".into(),
+            )
+            .collect::<Vec<_>>();
+            let answers = tokio::time::timeout(Duration::from_secs(5), answers)
+                .await
+                .unwrap_or_else(|_| panic!("{}: the session never ended", case.name));
+            let seen: Vec<_> = answers.iter().map(word).collect();
+            assert_eq!(seen.join(" "), case.seen, "{}", case.name);
+            assert_eq!(slot.is_some(), case.kept, "{}", case.name);
         }
     }
 }

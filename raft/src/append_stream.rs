@@ -45,8 +45,10 @@ use tokio_util::codec::FramedRead;
 use tokio_util::codec::FramedWrite;
 use tokio_util::codec::LengthDelimitedCodec;
 
+use crate::network::to_rpc_error;
 use crate::network::CallError;
 use crate::node::RaftNode;
+use crate::types::NodeId;
 use crate::types::TypeConfig;
 use crate::types::Vote;
 
@@ -140,16 +142,17 @@ impl<IO: AsyncRead + AsyncWrite> Channel<IO> {
 /// What a session yields to openraft.
 pub type Answer = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
 
-/// Runs one session on `channel`: sends `input` as openraft produces it (at most
-/// [`MAX_UNANSWERED`] requests ahead of the answers) and yields the follower's answers in order. A session that ends cleanly puts the channel back into
-/// `slot`; one that fails drops it. An answer overdue by `timeout` while requests are
-/// outstanding fails the session.
+/// Runs one session on `channel` to follower `target` at `addr`: sends `input` as openraft
+/// produces it (at most [`MAX_UNANSWERED`] requests ahead of the answers) and yields the
+/// follower's answers in order. A session that ends cleanly puts the channel back into
+/// `slot`; one that fails drops it. An answer overdue by `timeout` while the follower owes
+/// one fails the session.
 pub fn session<'s, S, IO>(
     slot: &'s mut Option<Channel<IO>>,
     channel: Channel<IO>,
     input: S,
     timeout: Duration,
-    fail: impl Fn(CallError) -> RPCError<TypeConfig> + Send + 's,
+    target: NodeId,
     addr: String,
 ) -> futures::stream::BoxStream<'s, Answer>
 where
@@ -164,7 +167,7 @@ where
         outstanding: 0,
         timeout,
         deadline: Box::pin(tokio::time::sleep(timeout)),
-        fail,
+        target,
         addr,
     };
     Box::pin(futures::stream::unfold(session, |mut session| async move {
@@ -173,7 +176,7 @@ where
     }))
 }
 
-struct Session<'s, S, F, IO> {
+struct Session<'s, S, IO> {
     slot: &'s mut Option<Channel<IO>>,
     /// `None` once the session is over.
     channel: Option<Channel<IO>>,
@@ -183,14 +186,13 @@ struct Session<'s, S, F, IO> {
     outstanding: usize,
     timeout: Duration,
     deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
-    fail: F,
+    target: NodeId,
     addr: String,
 }
 
-impl<S, F, IO> Session<'_, S, F, IO>
+impl<S, IO> Session<'_, S, IO>
 where
     S: Stream<Item = Request> + Unpin,
-    F: Fn(CallError) -> RPCError<TypeConfig>,
     IO: AsyncRead + AsyncWrite,
 {
     async fn next_answer(&mut self) -> Option<Answer> {
@@ -282,18 +284,24 @@ where
 
     fn overdue(&mut self) -> RPCError<TypeConfig> {
         self.channel = None;
-        (self.fail)(CallError::Timeout {
-            addr: self.addr.clone(),
-            timeout: self.timeout,
-        })
+        to_rpc_error(
+            self.target,
+            CallError::Timeout {
+                addr: self.addr.clone(),
+                timeout: self.timeout,
+            },
+        )
     }
 
     fn broken(&mut self, reason: String) -> RPCError<TypeConfig> {
         self.channel = None;
-        (self.fail)(CallError::Unreachable {
-            addr: self.addr.clone(),
-            reason,
-        })
+        to_rpc_error(
+            self.target,
+            CallError::Unreachable {
+                addr: self.addr.clone(),
+                reason,
+            },
+        )
     }
 }
 
@@ -552,7 +560,7 @@ mod tests {
                 Channel::new(leader_io),
                 input,
                 Duration::from_millis(200),
-                |err| RPCError::Network(NetworkError::new(&err)),
+                2,
                 "follower".into(),
             )
             .collect::<Vec<_>>();

@@ -303,7 +303,7 @@ impl Peer {
     }
 }
 
-fn to_rpc_error(target: NodeId, err: CallError) -> RPCError<TypeConfig> {
+pub(crate) fn to_rpc_error(target: NodeId, err: CallError) -> RPCError<TypeConfig> {
     tracing::debug!(target, %err, "peer RPC failed");
     match err {
         CallError::Unreachable { .. } | CallError::Timeout { .. } => {
@@ -361,13 +361,12 @@ impl RaftNetworkV2<TypeConfig> for Peer {
                     Err(err) => return Err(to_rpc_error(self.target, err)),
                 },
             };
-            let target = self.target;
             Ok(append_stream::session(
                 self.channel.get_mut().expect("append stream slot"),
                 channel,
                 input,
                 timeout,
-                move |err| to_rpc_error(target, err),
+                self.target,
                 self.addr.clone(),
             ))
         })

@@ -206,6 +206,32 @@ fn classify(addr: &str, timeout: Duration, err: reqwest::Error) -> CallError {
     }
 }
 
+/// Peers that refused a stream protocol (an older keel), by address, and until when they get
+/// single HTTP requests instead. Shared by all of a node's callers of one protocol, so that a
+/// refusal is asked for once, not once per replication stream or forward.
+#[derive(Clone, Default)]
+pub(crate) struct Refusals(Arc<Mutex<HashMap<String, Instant>>>);
+
+impl Refusals {
+    /// How long a peer that refused is sent single requests before it is asked again (it may
+    /// have been upgraded meanwhile).
+    const RETRY_AFTER: Duration = Duration::from_secs(60);
+
+    pub(crate) fn refused_lately(&self, addr: &str) -> bool {
+        let mut refused = self.0.lock().expect("refusals");
+        let now = Instant::now();
+        refused.retain(|_, until| now < *until);
+        refused.contains_key(addr)
+    }
+
+    pub(crate) fn remember(&self, addr: &str) {
+        self.0
+            .lock()
+            .expect("refusals")
+            .insert(addr.to_string(), Instant::now() + Self::RETRY_AFTER);
+    }
+}
+
 /// Creates a [`Peer`] per target node for openraft.
 ///
 /// openraft gives appends and heartbeats a deadline of one heartbeat interval. On a link
@@ -216,7 +242,7 @@ fn classify(addr: &str, timeout: Duration, err: reqwest::Error) -> CallError {
 pub struct Network {
     client: PeerClient,
     min_rpc_timeout: Duration,
-    streamless: Streamless,
+    streamless: Refusals,
     streams_opened: Arc<AtomicU64>,
 }
 
@@ -262,27 +288,11 @@ pub struct Peer {
     /// The append stream's connection, kept between sessions (in a mutex only because
     /// openraft wants a `Sync` network and the connection is not; it is never contended).
     channel: Mutex<Option<append_stream::Channel>>,
-    streamless: Streamless,
+    streamless: Refusals,
     streams_opened: Arc<AtomicU64>,
 }
 
-/// Peers that refused the append stream (an older keel), by address, and until when they get
-/// AppendEntries one HTTP request at a time. Shared by all of a node's [`Peer`]s, so that a
-/// refusal is asked for once, not once per replication stream and heartbeat worker.
-type Streamless = Arc<Mutex<HashMap<String, Instant>>>;
-
-/// How long a peer that refused the append stream is sent single requests before the
-/// leader asks again (it may have been upgraded meanwhile).
-const STREAM_RETRY_AFTER: Duration = Duration::from_secs(60);
-
 impl Peer {
-    fn refused_stream_lately(&self) -> bool {
-        let mut streamless = self.streamless.lock().expect("streamless peers");
-        let now = Instant::now();
-        streamless.retain(|_, until| now < *until);
-        streamless.contains_key(&self.addr)
-    }
-
     async fn rpc<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         path: &str,
@@ -325,7 +335,7 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
     {
         Box::pin(async move {
-            if self.refused_stream_lately() {
+            if self.streamless.refused_lately(&self.addr) {
                 return stream_append_sequential(self, input, option).await;
             }
             let timeout = option.hard_ttl().max(self.min_rpc_timeout);
@@ -352,10 +362,7 @@ impl RaftNetworkV2<TypeConfig> for Peer {
                             target = self.target,
                             "peer does not speak the append stream; sending it single requests"
                         );
-                        self.streamless
-                            .lock()
-                            .expect("streamless peers")
-                            .insert(self.addr.clone(), Instant::now() + STREAM_RETRY_AFTER);
+                        self.streamless.remember(&self.addr);
                         return stream_append_sequential(self, input, option).await;
                     }
                     Err(err) => return Err(to_rpc_error(self.target, err)),

@@ -78,8 +78,10 @@ async fn writes_on_any_node_are_read_linearizably_on_every_node() {
     );
 
     // The leader replicates over a few kept connections (entries and heartbeats to each
-    // follower, again when a membership change restarts replication), not one per request.
+    // follower, again when a membership change restarts replication), not one per request;
+    // each follower forwarded its writes and reads to the leader over one connection.
     let mut leaders = Vec::new();
+    let mut followers = Vec::new();
     for node in 0..3 {
         let metrics = cluster.get(node, "/metrics").send().await.unwrap();
         let metrics = metrics.text().await.unwrap();
@@ -88,11 +90,20 @@ async fn writes_on_any_node_are_read_linearizably_on_every_node() {
                 &metrics,
                 "keel_raft_append_streams_opened_total",
             ));
+        } else {
+            followers.push(metric_value(
+                &metrics,
+                "keel_raft_forward_streams_opened_total",
+            ));
         }
     }
     assert!(
         matches!(leaders[..], [Some(opened)] if (2..=12).contains(&opened)),
         "append streams opened by the leader: {leaders:?}"
+    );
+    assert!(
+        followers.len() == 2 && followers.iter().all(|o| matches!(o, Some(1..=2))),
+        "forward streams opened by the followers: {followers:?}"
     );
 }
 

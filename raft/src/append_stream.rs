@@ -38,13 +38,13 @@ use serde::Deserialize;
 use serde::Serialize;
 use tokio::io::AsyncRead;
 use tokio::io::AsyncWrite;
-use tokio::io::ReadHalf;
-use tokio::io::WriteHalf;
 use tokio::time::Instant;
-use tokio_util::codec::FramedRead;
-use tokio_util::codec::FramedWrite;
-use tokio_util::codec::LengthDelimitedCodec;
 
+use crate::frames::decode;
+use crate::frames::encode;
+use crate::frames::framed;
+use crate::frames::FrameReader;
+use crate::frames::FrameWriter;
 use crate::network::to_rpc_error;
 use crate::network::CallError;
 use crate::node::RaftNode;
@@ -55,10 +55,6 @@ use crate::types::Vote;
 /// The route a leader upgrades, and the protocol name it asks for.
 pub const PATH: &str = "/raft/append-stream";
 pub const PROTOCOL: &str = "keel-append-stream";
-
-/// Largest frame either side accepts: a batch of entries stays far below it (see
-/// `max_payload_entries`), the same bound as the peer routes' body limit.
-const MAX_FRAME_BYTES: usize = 256 << 20;
 
 /// Requests a leader keeps unanswered on one stream. Two let the next entries go out while
 /// the previous request (often the entry-less one announcing a commit) is still answered.
@@ -82,42 +78,6 @@ enum ToFollower {
 enum ToLeader {
     Appended(Outcome),
     End,
-}
-
-fn codec() -> LengthDelimitedCodec {
-    LengthDelimitedCodec::builder()
-        .max_frame_length(MAX_FRAME_BYTES)
-        .new_codec()
-}
-
-/// One direction of an upgraded connection, as frames.
-type FrameReader<IO> = FramedRead<ReadHalf<IO>, LengthDelimitedCodec>;
-type FrameWriter<IO> = FramedWrite<WriteHalf<IO>, LengthDelimitedCodec>;
-
-fn framed<IO: AsyncRead + AsyncWrite>(io: IO) -> (FrameReader<IO>, FrameWriter<IO>) {
-    let (read, write) = tokio::io::split(io);
-    (
-        FramedRead::new(read, codec()),
-        FramedWrite::new(write, codec()),
-    )
-}
-
-fn encode<T: Serialize>(frame: &T) -> std::io::Result<Bytes> {
-    bincode::serialize(frame)
-        .map(Bytes::from)
-        .map_err(std::io::Error::other)
-}
-
-fn decode<T: for<'de> Deserialize<'de>>(
-    frame: Option<std::io::Result<bytes::BytesMut>>,
-) -> Result<T, String> {
-    match frame {
-        Some(Ok(bytes)) => {
-            bincode::deserialize(&bytes).map_err(|e| format!("undecodable frame: {e}"))
-        }
-        Some(Err(e)) => Err(e.to_string()),
-        None => Err("the connection closed".into()),
-    }
 }
 
 /// The leader's end of an upgraded connection to one follower, between sessions.

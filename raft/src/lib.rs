@@ -5,6 +5,8 @@
 //!   makes retried requests apply once.
 //! - [`network`] and [`service`]: peer RPCs over HTTP with bincode bodies and a cluster secret.
 //! - [`append_stream`]: replication as a pipelined stream over one upgraded connection.
+//! - [`forward_stream`]: a follower's requests to the leader, multiplexed on one upgraded
+//!   connection; [`frames`] is what both streams speak.
 //! - [`node`]: a node's lifecycle, membership changes, and forwarding of writes and
 //!   linearizable reads to the leader.
 //!
@@ -12,6 +14,8 @@
 
 pub mod append_stream;
 mod error;
+pub mod forward_stream;
+mod frames;
 pub mod machine;
 pub mod network;
 pub mod node;

@@ -1,8 +1,8 @@
 //! One control node's Raft: start-up, membership, and requests that must reach the leader.
 //!
 //! Any node accepts any request. [`RaftNode::propose`] and [`RaftNode::read_barrier`] run
-//! locally when this node leads and are otherwise forwarded to the leader over the peer
-//! channel; when the leader changes or is unreachable they wait for the next one and try
+//! locally when this node leads and are otherwise forwarded to the leader over the
+//! [`crate::forward_stream`]; when the leader changes or is unreachable they wait for the next one and try
 //! again, up to the request deadline. That retry is safe because every proposal carries a
 //! request id (the client's `Idempotency-Key`, or one this node makes up), and the state
 //! machine answers a repeated id with the first reply instead of applying it again.
@@ -37,6 +37,7 @@ use openraft::SnapshotPolicy;
 use serde::Deserialize;
 use serde::Serialize;
 
+use crate::forward_stream::Forwarder;
 use crate::machine::Machine;
 use crate::machine::RememberedRequests;
 use crate::machine::StateMachine;
@@ -144,7 +145,7 @@ pub struct RaftNode {
     id: NodeId,
     raft: KeelRaft,
     state: KeelStateStore,
-    peers: PeerClient,
+    forwarder: Forwarder,
     secret: String,
     config: RaftConfig,
     /// Reads waiting for a ReadIndex, for linearizable (0) and lease (1) consistency.
@@ -222,7 +223,7 @@ impl RaftNode {
             id,
             raft,
             state,
-            peers,
+            forwarder: Forwarder::new(peers),
             secret,
             config,
             read_batches: Default::default(),
@@ -260,6 +261,11 @@ impl RaftNode {
     /// Append stream connections this node has opened to followers while it led.
     pub fn append_streams_opened(&self) -> u64 {
         self.append_streams_opened.load(Ordering::Relaxed)
+    }
+
+    /// Forward stream connections this node has opened to leaders while it followed.
+    pub fn forward_streams_opened(&self) -> u64 {
+        self.forwarder.opened()
     }
 
     pub fn metrics(&self) -> RaftMetrics {
@@ -484,10 +490,7 @@ impl RaftNode {
             };
             if let Some((leader_id, node)) = leader.filter(|(id, _)| *id != self.id) {
                 let remaining = deadline.saturating_duration_since(Instant::now());
-                let answer: Result<Result<LeaderAnswer, NotDone>, CallError> = self
-                    .peers
-                    .call(&node.addr, "/raft/forward", &request, remaining)
-                    .await;
+                let answer = self.forwarder.call(&node.addr, &request, remaining).await;
                 match answer {
                     Ok(Ok(answer)) => return Ok(answer),
                     Ok(Err(NotDone::Failed(err))) => return Err(err),

@@ -4,7 +4,8 @@
 //! Every route checks the cluster secret first (in constant time) and answers 401 without
 //! touching Raft when it is wrong. Bodies are bincode; answers are bincode `Result`s, so a
 //! Raft-level refusal travels back as data and only transport failures are HTTP errors.
-//! `/raft/append-stream` upgrades its connection to the pipelined [`append_stream`].
+//! `/raft/append-stream` and `/raft/forward-stream` upgrade their connections to the
+//! [`append_stream`] and the [`forward_stream`].
 
 use std::future::Future;
 use std::sync::Arc;
@@ -23,6 +24,8 @@ use axum::response::Response;
 use axum::routing::post;
 use axum::Router;
 use futures::StreamExt;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
 use openraft::raft::AppendEntriesRequest;
 use openraft::raft::VoteRequest;
 use openraft::type_config::alias::SnapshotMetaOf;
@@ -34,6 +37,7 @@ use tokio::io::AsyncWriteExt;
 use keel_storage::SnapshotFile;
 
 use crate::append_stream;
+use crate::forward_stream;
 use crate::network::SECRET_HEADER;
 use crate::node::LeaderRequest;
 use crate::node::RaftNode;
@@ -54,8 +58,9 @@ pub fn router(slot: RaftSlot) -> Router {
         .route("/raft/vote", post(vote))
         .route("/raft/pre-vote", post(pre_vote))
         .route("/raft/snapshot", post(snapshot))
-        .route("/raft/forward", post(forward))
+        .route(forward_stream::SINGLE_PATH, post(forward))
         .route(append_stream::PATH, post(append_stream))
+        .route(forward_stream::PATH, post(forward_stream))
         .layer(DefaultBodyLimit::max(MAX_RPC_BYTES))
         .with_state(slot)
 }
@@ -168,34 +173,63 @@ async fn forward(State(slot): State<RaftSlot>, headers: HeaderMap, body: Bytes) 
     .await
 }
 
-/// Switches the connection to the append stream and serves it on a task of its own.
+/// Switches the connection to the append stream (a leader's, to this follower).
 async fn append_stream(State(slot): State<RaftSlot>, request: Request) -> Response {
-    let node = match authorized(&slot, request.headers()) {
+    upgrade(
+        &slot,
+        request,
+        append_stream::PROTOCOL,
+        append_stream::serve,
+    )
+}
+
+/// Switches the connection to the forward stream (a follower's, to this leader).
+async fn forward_stream(State(slot): State<RaftSlot>, request: Request) -> Response {
+    upgrade(&slot, request, forward_stream::PROTOCOL, |node, io| {
+        forward_stream::serve(io, move |request| {
+            let node = node.clone();
+            async move { node.execute(&request).await }
+        })
+    })
+}
+
+/// Authenticates an upgrade to `protocol` and serves the connection with `serve` on a task
+/// of its own once the 101 answer is out.
+fn upgrade<F>(
+    slot: &RaftSlot,
+    request: Request,
+    protocol: &'static str,
+    serve: impl FnOnce(Arc<RaftNode>, TokioIo<Upgraded>) -> F + Send + 'static,
+) -> Response
+where
+    F: Future<Output = ()> + Send,
+{
+    let node = match authorized(slot, request.headers()) {
         Ok(node) => node.clone(),
         Err(refusal) => return refusal.into_response(),
     };
     let asked = request
         .headers()
         .get(header::UPGRADE)
-        .is_some_and(|protocol| protocol == append_stream::PROTOCOL);
+        .is_some_and(|asked| asked == protocol);
     if !asked {
         return (
             StatusCode::BAD_REQUEST,
-            format!("ask for `Upgrade: {}`", append_stream::PROTOCOL),
+            format!("ask for `Upgrade: {protocol}`"),
         )
             .into_response();
     }
     let upgrade = hyper::upgrade::on(request);
     tokio::spawn(async move {
         match upgrade.await {
-            Ok(io) => append_stream::serve(node, hyper_util::rt::TokioIo::new(io)).await,
-            Err(err) => tracing::debug!(%err, "append stream upgrade failed"),
+            Ok(io) => serve(node, TokioIo::new(io)).await,
+            Err(err) => tracing::debug!(%err, protocol, "upgrade failed"),
         }
     });
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::CONNECTION, "upgrade")
-        .header(header::UPGRADE, append_stream::PROTOCOL)
+        .header(header::UPGRADE, protocol)
         .body(Body::empty())
         .expect("a well-formed response")
 }

@@ -1,6 +1,7 @@
-//! Replication through the append stream, between two in-process nodes on real RocksDB stores
-//! and real HTTP: a follower that speaks the stream, and one that answers its upgrade with
-//! 404 like a keel from before it, which must still get every entry (one request at a time).
+//! The peer streams between two in-process nodes on real RocksDB stores and real HTTP:
+//! replication through the append stream and forwarding through the forward stream, and for
+//! each a peer that answers the upgrade with 404 like a keel from before it, which must still
+//! get every entry or forward (one HTTP request at a time).
 
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering;
@@ -12,7 +13,9 @@ use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::IntoResponse;
 use keel_raft::append_stream;
+use keel_raft::forward_stream;
 use keel_raft::service::RaftSlot;
+use keel_raft::Consistency;
 use keel_raft::RaftConfig;
 use keel_raft::RaftNode;
 use keel_raft::StateMachine;
@@ -36,6 +39,8 @@ impl StateMachine for Recorder {
 struct Seen {
     upgrades: AtomicUsize,
     single_appends: AtomicUsize,
+    forward_upgrades: AtomicUsize,
+    single_forwards: AtomicUsize,
 }
 
 struct TestNode {
@@ -45,8 +50,8 @@ struct TestNode {
     _dir: tempfile::TempDir,
 }
 
-/// Starts node `id` on a free port; with `speaks_stream` false its upgrade answers 404.
-async fn start(id: u64, speaks_stream: bool) -> TestNode {
+/// Starts node `id` on a free port; with `speaks_streams` false its upgrades answer 404.
+async fn start(id: u64, speaks_streams: bool) -> TestNode {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let raft = RaftNode::start(
@@ -66,14 +71,17 @@ async fn start(id: u64, speaks_stream: bool) -> TestNode {
         move |request: Request, next: Next| {
             let seen = counted.clone();
             async move {
-                let path = request.uri().path();
-                if path == append_stream::PATH {
-                    seen.upgrades.fetch_add(1, Ordering::SeqCst);
-                    if !speaks_stream {
-                        return StatusCode::NOT_FOUND.into_response();
-                    }
-                } else if path == "/raft/append" {
-                    seen.single_appends.fetch_add(1, Ordering::SeqCst);
+                let counter = match request.uri().path() {
+                    append_stream::PATH => &seen.upgrades,
+                    "/raft/append" => &seen.single_appends,
+                    forward_stream::PATH => &seen.forward_upgrades,
+                    forward_stream::SINGLE_PATH => &seen.single_forwards,
+                    _ => return next.run(request).await,
+                };
+                counter.fetch_add(1, Ordering::SeqCst);
+                let upgrade = [append_stream::PATH, forward_stream::PATH];
+                if !speaks_streams && upgrade.contains(&request.uri().path()) {
+                    return StatusCode::NOT_FOUND.into_response();
                 }
                 next.run(request).await
             }
@@ -100,11 +108,10 @@ async fn applied_on(node: &TestNode, index: u64) -> Option<Vec<u8>> {
     None
 }
 
-/// A two-node cluster of `leader` and a follower, `writes` commands proposed on the leader;
-/// returns the follower once it applied all of them.
-async fn replicate(follower_speaks_stream: bool, writes: usize) -> TestNode {
-    let leader = start(1, true).await;
-    let follower = start(2, follower_speaks_stream).await;
+/// A two-node cluster: node 1 leads, node 2 follows.
+async fn two_nodes(leader_speaks_streams: bool, follower_speaks_streams: bool) -> [TestNode; 2] {
+    let leader = start(1, leader_speaks_streams).await;
+    let follower = start(2, follower_speaks_streams).await;
     leader.raft.initialize(leader.addr.clone()).await.unwrap();
     leader
         .raft
@@ -118,16 +125,25 @@ async fn replicate(follower_speaks_stream: bool, writes: usize) -> TestNode {
         .add_voter(2, follower.addr.clone())
         .await
         .unwrap();
-    // Concurrent proposals, so that entries are in flight to the follower together.
+    [leader, follower]
+}
+
+/// Proposes `writes` commands concurrently through `via`, so that several are in flight
+/// together, and checks that every one was acknowledged.
+async fn propose(via: &TestNode, writes: usize) {
     let proposals = (0..writes).map(|n| {
-        let raft = leader.raft.clone();
+        let raft = via.raft.clone();
         async move { raft.propose(format!("write {n}").into_bytes(), None).await }
     });
     for reply in futures::future::join_all(proposals).await {
         reply.unwrap();
     }
+}
+
+/// Checks that `follower` applied every entry `leader` has, and the same ones.
+async fn same_entries(leader: &TestNode, follower: &TestNode) {
     let last = leader.raft.metrics().last_applied.unwrap().index;
-    let command = applied_on(&follower, last).await;
+    let command = applied_on(follower, last).await;
     assert!(command.is_some(), "the follower never applied entry {last}");
     for index in 1..=last {
         assert_eq!(
@@ -136,6 +152,14 @@ async fn replicate(follower_speaks_stream: bool, writes: usize) -> TestNode {
             "entry {index} differs"
         );
     }
+}
+
+/// A two-node cluster whose follower does or does not speak the append stream, `writes`
+/// commands proposed on the leader; returns the follower once it applied all of them.
+async fn replicate(follower_speaks_stream: bool, writes: usize) -> TestNode {
+    let [leader, follower] = two_nodes(true, follower_speaks_stream).await;
+    propose(&leader, writes).await;
+    same_entries(&leader, &follower).await;
     follower
 }
 
@@ -164,4 +188,39 @@ async fn a_follower_without_the_stream_gets_every_entry_one_request_at_a_time() 
     assert_eq!(follower.seen.upgrades.load(Ordering::SeqCst), upgrades);
     assert!(upgrades <= 2, "asked {upgrades} times");
     assert!(heartbeats > 0);
+}
+
+/// Writes and linearizable reads through the follower of a leader that does or does not speak
+/// the forward stream; returns the leader once every write was acknowledged and applied on
+/// both nodes.
+async fn forward(leader_speaks_stream: bool) -> [TestNode; 2] {
+    let [leader, follower] = two_nodes(leader_speaks_stream, true).await;
+    let reads = (0..20).map(|_| follower.raft.read_barrier(Consistency::Linearizable));
+    let (_, reads) = tokio::join!(propose(&follower, 200), futures::future::join_all(reads));
+    for read in reads {
+        read.unwrap();
+    }
+    same_entries(&leader, &follower).await;
+    [leader, follower]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_forwards_writes_and_reads_through_one_stream() {
+    let [leader, follower] = forward(true).await;
+    assert_eq!(leader.seen.forward_upgrades.load(Ordering::SeqCst), 1);
+    assert_eq!(follower.raft.forward_streams_opened(), 1);
+    assert_eq!(
+        leader.seen.single_forwards.load(Ordering::SeqCst),
+        0,
+        "forwards went around the stream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_without_the_stream_gets_forwards_one_request_at_a_time() {
+    let [leader, follower] = forward(false).await;
+    assert!(leader.seen.single_forwards.load(Ordering::SeqCst) > 0);
+    // The refusal is remembered: the follower does not ask again for every forward.
+    assert_eq!(leader.seen.forward_upgrades.load(Ordering::SeqCst), 1);
+    assert_eq!(follower.raft.forward_streams_opened(), 0);
 }

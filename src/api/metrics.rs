@@ -101,6 +101,11 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
             "Replication connections this node opened to followers while leading; a steady climb means they keep breaking.",
             raft.append_streams_opened(),
         );
+        metric(
+            "keel_raft_forward_streams_opened_total",
+            "Connections this node opened to leaders to forward writes and reads while following; a steady climb means they keep breaking.",
+            raft.forward_streams_opened(),
+        );
         let requests = raft.remembered_requests();
         metric(
             "keel_request_ids_remembered",

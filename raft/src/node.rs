@@ -1,11 +1,12 @@
 //! One control node's Raft: start-up, membership, and requests that must reach the leader.
 //!
 //! Any node accepts any request. [`RaftNode::propose`] and [`RaftNode::read_barrier`] run
-//! locally when this node leads and are otherwise forwarded to the leader over the
-//! [`crate::forward_stream`]; when the leader changes or is unreachable they wait for the next one and try
-//! again, up to the request deadline. That retry is safe because every proposal carries a
-//! request id (the client's `Idempotency-Key`, or one this node makes up), and the state
-//! machine answers a repeated id with the first reply instead of applying it again.
+//! locally when this node leads and are otherwise forwarded to the leader on the
+//! [`crate::forward_stream`]; when the leader changes or is unreachable they wait for the
+//! next one and try again, up to the request deadline. That retry is safe because every
+//! proposal carries a request id (the client's `Idempotency-Key`, or one this node makes up),
+//! and the state machine answers a repeated id with the first reply instead of applying it
+//! again.
 //!
 //! Linearizable reads use ReadIndex: the leader confirms with a quorum that it still leads and
 //! returns its commit index; the node that serves the read (leader or follower) waits until it

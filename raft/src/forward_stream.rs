@@ -155,32 +155,23 @@ impl Forwarder {
         addr: &str,
         timeout: Duration,
     ) -> Result<Option<Connection>, CallError> {
-        let slot = self
-            .connections
-            .lock()
-            .expect("forward connections")
-            .entry(addr.to_string())
-            .or_default()
-            .clone();
+        let slot = {
+            let mut connections = self.connections.lock().expect("forward connections");
+            match connections.get(addr) {
+                Some(slot) => slot.clone(),
+                None => connections.entry(addr.to_string()).or_default().clone(),
+            }
+        };
         // Callers of one address wait for one upgrade instead of each opening a connection.
         let mut slot = slot.lock().await;
         if let Some(connection) = slot.as_ref().filter(|c| c.is_open()) {
             return Ok(Some(connection.clone()));
         }
-        if self.refused.refused_lately(addr) {
+        let upgrade = self
+            .refused
+            .upgrade(&self.peers, addr, PATH, PROTOCOL, timeout);
+        let Some(io) = upgrade.await? else {
             return Ok(None);
-        }
-        let io = match self.peers.upgrade(addr, PATH, PROTOCOL, timeout).await {
-            Ok(io) => io,
-            Err(CallError::Refused { status: 404, .. }) => {
-                tracing::info!(
-                    addr,
-                    "leader does not speak the forward stream; forwarding by single requests"
-                );
-                self.refused.remember(addr);
-                return Ok(None);
-            }
-            Err(err) => return Err(err),
         };
         self.opened.fetch_add(1, Ordering::Relaxed);
         let (requests, queued) = mpsc::channel(QUEUED_REQUESTS);

@@ -217,14 +217,43 @@ impl Refusals {
     /// have been upgraded meanwhile).
     const RETRY_AFTER: Duration = Duration::from_secs(60);
 
-    pub(crate) fn refused_lately(&self, addr: &str) -> bool {
+    /// Upgrades a POST to `path` on `addr` to a raw connection speaking `protocol`, unless
+    /// the peer refused it lately. `None`: the peer does not speak the protocol (it answered
+    /// 404, now or lately) and gets single requests instead.
+    pub(crate) async fn upgrade(
+        &self,
+        client: &PeerClient,
+        addr: &str,
+        path: &str,
+        protocol: &'static str,
+        timeout: Duration,
+    ) -> Result<Option<reqwest::Upgraded>, CallError> {
+        if self.refused_lately(addr) {
+            return Ok(None);
+        }
+        match client.upgrade(addr, path, protocol, timeout).await {
+            Ok(io) => Ok(Some(io)),
+            Err(CallError::Refused { status: 404, .. }) => {
+                tracing::info!(
+                    addr,
+                    protocol,
+                    "peer does not speak this stream; sending it single requests"
+                );
+                self.remember(addr);
+                Ok(None)
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    fn refused_lately(&self, addr: &str) -> bool {
         let mut refused = self.0.lock().expect("refusals");
         let now = Instant::now();
         refused.retain(|_, until| now < *until);
         refused.contains_key(addr)
     }
 
-    pub(crate) fn remember(&self, addr: &str) {
+    fn remember(&self, addr: &str) {
         self.0
             .lock()
             .expect("refusals")
@@ -335,17 +364,15 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
     {
         Box::pin(async move {
-            if self.streamless.refused_lately(&self.addr) {
-                return stream_append_sequential(self, input, option).await;
-            }
             let timeout = option.hard_ttl().max(self.min_rpc_timeout);
             let slot = self.channel.get_mut().expect("append stream slot");
             let pooled = slot.take().and_then(|mut c| c.is_quiet().then_some(c));
             let channel = match pooled {
                 Some(channel) => channel,
                 None => match self
-                    .client
+                    .streamless
                     .upgrade(
+                        &self.client,
                         &self.addr,
                         append_stream::PATH,
                         append_stream::PROTOCOL,
@@ -353,18 +380,11 @@ impl RaftNetworkV2<TypeConfig> for Peer {
                     )
                     .await
                 {
-                    Ok(io) => {
+                    Ok(Some(io)) => {
                         self.streams_opened.fetch_add(1, Ordering::Relaxed);
                         append_stream::Channel::new(io)
                     }
-                    Err(CallError::Refused { status: 404, .. }) => {
-                        tracing::info!(
-                            target = self.target,
-                            "peer does not speak the append stream; sending it single requests"
-                        );
-                        self.streamless.remember(&self.addr);
-                        return stream_append_sequential(self, input, option).await;
-                    }
+                    Ok(None) => return stream_append_sequential(self, input, option).await,
                     Err(err) => return Err(to_rpc_error(self.target, err)),
                 },
             };

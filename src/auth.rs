@@ -1,10 +1,19 @@
 //! Client authentication: HTTP Basic against the cluster's credentials.
 //!
 //! Passwords are stored only as salted argon2 hashes inside the replicated cluster config.
-//! argon2 is slow on purpose, so a header that verified once is remembered (in this process's
-//! memory, per password hash) and later requests with it cost a set lookup.
+//! argon2 is slow and memory-hard on purpose (about 19 MiB and tens of milliseconds of CPU per
+//! check), so a header that verified once is remembered (in this process's memory, per password
+//! hash) and later requests with it cost a set lookup.
+//!
+//! Checks run one at a time. Without that limit, 256 clients opening connections at once each
+//! started an argon2 check of the same header: three nodes on two cores spent seconds hashing
+//! and creating blocking threads, heartbeats missed their deadlines and the cluster held
+//! elections. Queued behind one check, the first verifies the header and the rest find it
+//! remembered. A flood of wrong passwords thus costs one core at most, never memory.
 
 use std::collections::HashSet;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
 use argon2::password_hash::SaltString;
@@ -13,6 +22,7 @@ use argon2::PasswordHash;
 use argon2::PasswordHasher;
 use argon2::PasswordVerifier;
 use base64::Engine;
+use tokio::sync::Semaphore;
 
 use crate::domain::cluster::Credentials;
 
@@ -45,22 +55,59 @@ pub fn basic_header(user: &str, password: &str) -> String {
 }
 
 /// Verifies Basic headers, remembering the ones that passed.
-#[derive(Default)]
 pub struct Verifier {
     verified: Mutex<HashSet<(String, String)>>,
+    /// One permit: the argon2 check that may run.
+    hashing: Semaphore,
+    checks: AtomicU64,
+    refusals: AtomicU64,
+}
+
+impl Default for Verifier {
+    fn default() -> Self {
+        Self {
+            verified: Mutex::default(),
+            hashing: Semaphore::new(1),
+            checks: AtomicU64::new(0),
+            refusals: AtomicU64::new(0),
+        }
+    }
 }
 
 impl Verifier {
     pub async fn check(&self, credentials: &Credentials, header: Option<&str>) -> bool {
-        let Some(header) = header else {
-            return false;
+        let valid = match header {
+            Some(header) => self.check_header(credentials, header).await,
+            None => false,
         };
+        if !valid {
+            self.refusals.fetch_add(1, Ordering::Relaxed);
+        }
+        valid
+    }
+
+    /// argon2 checks run so far: headers not yet remembered.
+    pub fn checks(&self) -> u64 {
+        self.checks.load(Ordering::Relaxed)
+    }
+
+    /// Requests refused for missing or wrong credentials.
+    pub fn refusals(&self) -> u64 {
+        self.refusals.load(Ordering::Relaxed)
+    }
+
+    async fn check_header(&self, credentials: &Credentials, header: &str) -> bool {
         let key = (credentials.password_hash.clone(), header.to_string());
-        if self.verified.lock().expect("auth cache").contains(&key) {
+        if self.remembers(&key) {
             return true;
         }
-        // argon2 is slow on purpose: keep it off the async workers, so wrong passwords
-        // cannot stall other requests.
+        let _permit = self.hashing.acquire().await.expect("never closed");
+        // Another request with this header may have verified it while this one queued.
+        if self.remembers(&key) {
+            return true;
+        }
+        self.checks.fetch_add(1, Ordering::Relaxed);
+        // Off the async workers, so that heartbeats and other requests go on meanwhile.
         let (credentials, header) = (credentials.clone(), header.to_string());
         let valid = tokio::task::spawn_blocking(move || verify(&credentials, &header))
             .await
@@ -73,6 +120,10 @@ impl Verifier {
             cache.insert(key);
         }
         valid
+    }
+
+    fn remembers(&self, key: &(String, String)) -> bool {
+        self.verified.lock().expect("auth cache").contains(key)
     }
 }
 
@@ -111,5 +162,28 @@ mod tests {
         assert!(!check(Some(basic_header("root", "s3cret"))).await);
         assert!(!check(Some("Bearer x".into())).await);
         assert!(!check(None).await);
+        assert_eq!(verifier.refusals(), 4);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_first_requests_share_one_check() {
+        let credentials = Credentials {
+            username: "admin".into(),
+            password_hash: hash_password("s3cret").unwrap(),
+        };
+        let verifier = std::sync::Arc::new(Verifier::default());
+        let header = basic_header("admin", "s3cret");
+        let checks: Vec<_> = (0..32)
+            .map(|_| {
+                let (verifier, credentials, header) =
+                    (verifier.clone(), credentials.clone(), header.clone());
+                tokio::spawn(async move { verifier.check(&credentials, Some(&header)).await })
+            })
+            .collect();
+        for check in checks {
+            assert!(check.await.unwrap());
+        }
+        assert_eq!(verifier.checks(), 1);
+        assert_eq!(verifier.refusals(), 0);
     }
 }

@@ -70,6 +70,12 @@ async fn writes_on_any_node_are_read_linearizably_on_every_node() {
     // The joins went through the log with request ids, so the exactly-once mirror holds some.
     let remembered = metric("keel_request_ids_remembered");
     assert!(remembered.is_some_and(|ids| ids > 0), "{metrics}");
+    // One header was ever sent to this node, so argon2 ran once; the rest hit the cache.
+    assert_eq!(
+        metric("keel_auth_password_checks_total"),
+        Some(1),
+        "{metrics}"
+    );
     // A node with RocksDB open and a runtime going holds megabytes, not bytes or terabytes.
     let resident = metric("process_resident_memory_bytes");
     assert!(
@@ -314,6 +320,13 @@ async fn credentials_are_required_and_bad_requests_get_clear_errors() {
     let (status, body) = send_json(cluster.client.get(&url).basic_auth(USER, Some("wrong"))).await;
     assert_eq!(status, 401);
     assert_eq!(body["error_code"], "access_denied");
+    let metrics = cluster.get(0, "/metrics").send().await.unwrap();
+    let metrics = metrics.text().await.unwrap();
+    assert_eq!(
+        metric_value(&metrics, "keel_auth_refusals_total"),
+        Some(2),
+        "{metrics}"
+    );
     // Raft peer routes refuse a caller without the cluster secret.
     let stranger = cluster
         .client

@@ -52,6 +52,16 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
         "Bytes of the node's data directory.",
         node.store_size(),
     );
+    metric(
+        "keel_auth_password_checks_total",
+        "argon2 password checks run (credentials not yet remembered by this node).",
+        node.verifier.checks(),
+    );
+    metric(
+        "keel_auth_refusals_total",
+        "Requests refused for missing or wrong credentials.",
+        node.verifier.refusals(),
+    );
     if let Ok(raft) = node.raft() {
         let m = raft.metrics();
         metric("keel_raft_node_id", "This node's uid.", m.id);

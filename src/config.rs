@@ -90,7 +90,7 @@ pub struct ServeArgs {
     #[arg(long, env = "KEEL_HEARTBEAT_MS")]
     pub heartbeat_ms: Option<u64>,
 
-    /// Minimum election timeout in milliseconds; the maximum is twice this. [default: 250]
+    /// Minimum election timeout in milliseconds; the maximum is twice this. [default: 150]
     #[arg(long, env = "KEEL_ELECTION_TIMEOUT_MS")]
     pub election_timeout_ms: Option<u64>,
 

@@ -16,6 +16,11 @@
 //! whose connection closed see the leader as unreachable and try again (proposals carry
 //! request ids, so a retried one applies once). A leader that predates this protocol answers
 //! the upgrade with 404; the follower then forwards to it by single HTTP requests.
+//!
+//! Connections do not outlive their use: a follower closes one that has been idle for
+//! [`IDLE_CLOSE`] (the leader it served has usually moved on), and forgets the addresses it
+//! no longer has a connection to. A leader drops a connection that has been silent for twice
+//! that: its follower vanished without closing it (powered off, partitioned away for good).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -52,6 +57,9 @@ pub const PROTOCOL: &str = "keel-forward-stream";
 
 /// The HTTP route a follower falls back to for a leader without the stream.
 pub const SINGLE_PATH: &str = "/raft/forward";
+
+/// How long a follower keeps a connection nobody used; the leader waits twice as long.
+const IDLE_CLOSE: Duration = Duration::from_secs(60);
 
 /// What the leader answers to one forwarded request.
 pub(crate) type Answer = Result<LeaderAnswer, NotDone>;
@@ -174,6 +182,7 @@ impl Forwarder {
             return Ok(None);
         };
         self.opened.fetch_add(1, Ordering::Relaxed);
+        self.forget_closed_except(addr);
         let (requests, queued) = mpsc::channel(QUEUED_REQUESTS);
         let closed = CancellationToken::new();
         tokio::spawn(drive(io, queued, closed.clone()));
@@ -183,9 +192,30 @@ impl Forwarder {
     }
 }
 
+impl Forwarder {
+    /// Drops the slots of addresses other than `addr` that hold no open connection (a slot
+    /// in use by a caller is kept), so the map holds the leaders of now, not of history.
+    fn forget_closed_except(&self, addr: &str) {
+        let mut connections = self.connections.lock().expect("forward connections");
+        connections.retain(|other, slot| {
+            other == addr
+                || slot
+                    .try_lock()
+                    .map_or(true, |slot| slot.as_ref().is_some_and(Connection::is_open))
+        });
+    }
+
+    /// Addresses this follower keeps a slot for.
+    #[cfg(test)]
+    fn addresses(&self) -> usize {
+        self.connections.lock().expect("forward connections").len()
+    }
+}
+
 /// The follower's end of one connection: writes queued requests, hands each answer to whoever
-/// waits for it. Returns when the connection breaks, is `closed`, or no caller can queue any
-/// more; the waiters still unanswered then see their answer dropped.
+/// waits for it. Returns when the connection breaks, is `closed`, no caller can queue any
+/// more, or nothing happened on it for [`IDLE_CLOSE`] while no caller waited; the waiters
+/// still unanswered then see their answer dropped.
 async fn drive<IO: AsyncRead + AsyncWrite>(
     io: IO,
     mut queued: mpsc::Receiver<Queued>,
@@ -196,6 +226,7 @@ async fn drive<IO: AsyncRead + AsyncWrite>(
     loop {
         tokio::select! {
             () = closed.cancelled() => return,
+            () = tokio::time::sleep(IDLE_CLOSE), if waiting.is_empty() => return,
             next = queued.recv() => {
                 let Some(mut request) = next else { return };
                 // Everything queued meanwhile goes out in one write.
@@ -230,7 +261,8 @@ async fn drive<IO: AsyncRead + AsyncWrite>(
 }
 
 /// The leader's end: carries out every request that arrives with `execute`, concurrently, and
-/// writes each answer as soon as it is ready. Returns when the connection closes or breaks.
+/// writes each answer as soon as it is ready. Returns when the connection closes or breaks,
+/// or nothing arrived on it for twice [`IDLE_CLOSE`] while no request ran.
 pub(crate) async fn serve<IO, E, F>(io: IO, execute: E)
 where
     IO: AsyncRead + AsyncWrite,
@@ -241,6 +273,10 @@ where
     let mut running = FuturesUnordered::new();
     loop {
         tokio::select! {
+            () = tokio::time::sleep(2 * IDLE_CLOSE), if running.is_empty() => {
+                tracing::debug!("a follower left its forward stream silent; closing it");
+                return;
+            }
             frame = read.next() => match decode::<(u64, LeaderRequest)>(frame) {
                 Ok((id, request)) => {
                     let answer = execute(request);
@@ -408,5 +444,63 @@ mod tests {
             // The next call does not wait on the connection that swallowed this one.
             assert_eq!(forwarder.opened(), attempt);
         }
+    }
+
+    #[tokio::test]
+    async fn a_follower_forgets_leaders_it_has_no_connection_to() {
+        let (first, second) = (silent_leader().await, silent_leader().await);
+        let forwarder = Forwarder::new(PeerClient::new("secret".into(), None));
+        let request = LeaderRequest::Remove { id: 0 };
+        for addr in [&first, &second] {
+            let answer = forwarder
+                .call(addr, &request, Duration::from_millis(100))
+                .await;
+            assert!(matches!(answer, Err(CallError::Timeout { .. })));
+        }
+        // The unanswered call closed the first connection; opening the second forgot it.
+        assert_eq!(forwarder.addresses(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_closes_but_a_slow_answer_keeps_it() {
+        let (follower_io, leader_io) = tokio::io::duplex(1 << 16);
+        let slow = |_| async {
+            tokio::time::sleep(3 * IDLE_CLOSE).await;
+            Ok(LeaderAnswer::Done)
+        };
+        let leader = tokio::spawn(serve(leader_io, slow));
+        let (queue, queued) = mpsc::channel(QUEUED_REQUESTS);
+        let follower = tokio::spawn(drive(follower_io, queued, CancellationToken::new()));
+        let (answer, answered) = oneshot::channel();
+        let frame = encode(&(7u64, &LeaderRequest::Remove { id: 7 })).unwrap();
+        queue.send((7, frame, answer)).await.unwrap();
+        assert!(
+            matches!(answered.await, Ok(Ok(LeaderAnswer::Done))),
+            "neither end may close a connection while a request on it runs"
+        );
+        let answered_at = tokio::time::Instant::now();
+        let closes = tokio::time::timeout(IDLE_CLOSE + Duration::from_secs(1), follower);
+        closes
+            .await
+            .expect("the idle follower's end stays open")
+            .unwrap();
+        assert!(answered_at.elapsed() >= IDLE_CLOSE);
+        // The follower closed it, so the leader's end returns too, at once.
+        let returns = tokio::time::timeout(Duration::from_secs(1), leader);
+        returns
+            .await
+            .expect("the leader's end outlives its follower's")
+            .unwrap();
+        assert!(queue.is_closed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_drops_a_connection_its_follower_left_silent() {
+        let (follower_io, leader_io) = tokio::io::duplex(1 << 16);
+        let started = tokio::time::Instant::now();
+        let drops = tokio::time::timeout(3 * IDLE_CLOSE, serve(leader_io, execute));
+        drops.await.expect("the silent connection stays open");
+        assert!(started.elapsed() >= 2 * IDLE_CLOSE);
+        drop(follower_io);
     }
 }

@@ -158,11 +158,12 @@ where
     async fn next_answer(&mut self) -> Option<Answer> {
         loop {
             let awaits_answer = self.awaits_answer();
+            let may_send = !self.input_done && self.outstanding < MAX_UNANSWERED;
             let channel = self.channel.as_mut()?;
             tokio::select! {
                 biased;
                 frame = channel.read.next() => return self.on_frame(decode(frame)),
-                request = self.input.next(), if !self.input_done && self.outstanding < MAX_UNANSWERED => {
+                request = self.input.next(), if may_send => {
                     // A follower that stopped reading must not hold the leader's stream forever.
                     match tokio::time::timeout(self.timeout, self.send(request)).await {
                         Ok(Ok(())) => {}

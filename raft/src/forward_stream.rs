@@ -190,9 +190,7 @@ impl Forwarder {
         *slot = Some(connection.clone());
         Ok(Some(connection))
     }
-}
 
-impl Forwarder {
     /// Drops the slots of addresses other than `addr` that hold no open connection (a slot
     /// in use by a caller is kept), so the map holds the leaders of now, not of history.
     fn forget_closed_except(&self, addr: &str) {

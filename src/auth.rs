@@ -56,11 +56,33 @@ pub fn basic_header(user: &str, password: &str) -> String {
 
 /// Verifies Basic headers, remembering the ones that passed.
 pub struct Verifier {
-    verified: Mutex<HashSet<(String, String)>>,
+    verified: Mutex<Verified>,
     /// One permit: the argon2 check that may run.
     hashing: Semaphore,
     checks: AtomicU64,
     refusals: AtomicU64,
+}
+
+/// Headers that passed against one password hash; a new hash starts the set over. Looking a
+/// header up needs no allocation, which every authenticated request does.
+#[derive(Default)]
+struct Verified {
+    password_hash: String,
+    headers: HashSet<String>,
+}
+
+impl Verified {
+    fn contains(&self, credentials: &Credentials, header: &str) -> bool {
+        self.password_hash == credentials.password_hash && self.headers.contains(header)
+    }
+
+    fn insert(&mut self, credentials: &Credentials, header: &str) {
+        if self.password_hash != credentials.password_hash || self.headers.len() >= CACHE_LIMIT {
+            self.password_hash.clone_from(&credentials.password_hash);
+            self.headers.clear();
+        }
+        self.headers.insert(header.to_string());
+    }
 }
 
 impl Default for Verifier {
@@ -97,33 +119,30 @@ impl Verifier {
     }
 
     async fn check_header(&self, credentials: &Credentials, header: &str) -> bool {
-        let key = (credentials.password_hash.clone(), header.to_string());
-        if self.remembers(&key) {
+        if self.remembers(credentials, header) {
             return true;
         }
         let _permit = self.hashing.acquire().await.expect("never closed");
         // Another request with this header may have verified it while this one queued.
-        if self.remembers(&key) {
+        if self.remembers(credentials, header) {
             return true;
         }
         self.checks.fetch_add(1, Ordering::Relaxed);
         // Off the async workers, so that heartbeats and other requests go on meanwhile.
-        let (credentials, header) = (credentials.clone(), header.to_string());
-        let valid = tokio::task::spawn_blocking(move || verify(&credentials, &header))
+        let (owned_credentials, owned_header) = (credentials.clone(), header.to_string());
+        let valid = tokio::task::spawn_blocking(move || verify(&owned_credentials, &owned_header))
             .await
             .unwrap_or(false);
         if valid {
-            let mut cache = self.verified.lock().expect("auth cache");
-            if cache.len() >= CACHE_LIMIT {
-                cache.clear();
-            }
-            cache.insert(key);
+            let mut verified = self.verified.lock().expect("auth cache");
+            verified.insert(credentials, header);
         }
         valid
     }
 
-    fn remembers(&self, key: &(String, String)) -> bool {
-        self.verified.lock().expect("auth cache").contains(key)
+    fn remembers(&self, credentials: &Credentials, header: &str) -> bool {
+        let verified = self.verified.lock().expect("auth cache");
+        verified.contains(credentials, header)
     }
 }
 

@@ -3,7 +3,8 @@
 # bindings are generated at build time) and curl (the scripts' HTTP client). Sourced by
 # scripts/run.sh and scripts/test.sh; does nothing when everything is there.
 need=()
-[[ -n "$(ls /usr/lib/llvm-*/lib/libclang*.so* 2>/dev/null)" ]] || need+=(libclang-dev clang)
+# libclang itself, not libclang-cpp (which some images ship alone and bindgen cannot use).
+[[ -n "$(ls /usr/lib/llvm-*/lib/libclang.so* 2>/dev/null)" ]] || need+=(libclang-dev clang)
 command -v curl >/dev/null || need+=(curl)
 if ((${#need[@]})); then
   if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then

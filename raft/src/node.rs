@@ -8,6 +8,10 @@
 //! and the state machine answers a repeated id with the first reply instead of applying it
 //! again.
 //!
+//! Concurrent proposals on one node travel together: a batch is one forward from a follower,
+//! and one message to the Raft core on the leader, which appends it to the log in one write
+//! and replicates it in one request per follower.
+//!
 //! Linearizable reads use ReadIndex: the leader confirms with a quorum that it still leads and
 //! returns its commit index; the node that serves the read (leader or follower) waits until it
 //! has applied that far and then reads its own state. Followers thus serve linearizable reads
@@ -22,6 +26,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 use std::time::Instant;
 
+use futures::StreamExt;
 use keel_storage::Reader;
 use keel_storage::StateStore;
 use keel_storage::Store;
@@ -153,20 +158,20 @@ pub struct RaftNode {
     config: RaftConfig,
     /// Reads waiting for a ReadIndex, for linearizable (0) and lease (1) consistency.
     read_batches: [Mutex<ReadBatch>; 2],
-    /// Proposals waiting to be forwarded to the leader (on a follower).
-    forwards: Mutex<ForwardBatch>,
+    /// Proposals waiting for a batch to carry them to the leader's Raft core.
+    proposals: Mutex<ProposalBatch>,
     append_streams_opened: Arc<AtomicU64>,
 }
 
-/// How many forwards of proposals a follower keeps in flight to the leader at once.
-const FORWARDS_IN_FLIGHT: usize = 2;
+/// How many batches of proposals a node keeps in flight at once.
+const BATCHES_IN_FLIGHT: usize = 2;
 
 type ProposeResult = Result<Vec<u8>, Error>;
 
-/// Proposals a follower forwards together: one peer request carries every proposal that
-/// arrived while the earlier forwards were in flight.
+/// Proposals that travel together: one batch carries every proposal that arrived while the
+/// earlier batches were in flight.
 #[derive(Default)]
-struct ForwardBatch {
+struct ProposalBatch {
     waiting: Vec<(Proposal, tokio::sync::oneshot::Sender<ProposeResult>)>,
     in_flight: usize,
 }
@@ -230,7 +235,7 @@ impl RaftNode {
             secret,
             config,
             read_batches: Default::default(),
-            forwards: Default::default(),
+            proposals: Default::default(),
             append_streams_opened,
         }))
     }
@@ -303,9 +308,9 @@ impl RaftNode {
 
     /// Commits `command` through the leader and returns the domain's reply.
     ///
-    /// The leader proposes it directly. A follower queues it: concurrent proposals on one
-    /// follower share forwards to the leader (one peer request per batch, up to
-    /// [`FORWARDS_IN_FLIGHT`] at a time) instead of one request each.
+    /// Concurrent proposals share batches, up to [`BATCHES_IN_FLIGHT`] at a time: on the
+    /// leader one batch is one message to the Raft core (one log write, one replication
+    /// request), on a follower one forward to the leader.
     pub async fn propose(
         self: &Arc<Self>,
         command: Vec<u8>,
@@ -317,43 +322,28 @@ impl RaftNode {
             request_id: Some(request_id),
             command,
         };
-        let leads = self.raft.metrics().borrow_watched().current_leader == Some(self.id);
-        if leads {
-            return match self
-                .on_leader(
-                    LeaderRequest::Propose(proposal),
-                    self.config.request_timeout,
-                )
-                .await?
-            {
-                LeaderAnswer::Reply(reply) => Ok(reply),
-                other => Err(Error::Fatal(format!(
-                    "unexpected answer to a proposal: {other:?}"
-                ))),
-            };
-        }
         let (answer, answered) = tokio::sync::oneshot::channel();
-        let start_forwarding = {
-            let mut batch = self.forwards.lock().expect("forward batch");
+        let start_batch = {
+            let mut batch = self.proposals.lock().expect("proposal batch");
             batch.waiting.push((proposal, answer));
-            let start = batch.in_flight < FORWARDS_IN_FLIGHT;
+            let start = batch.in_flight < BATCHES_IN_FLIGHT;
             batch.in_flight += usize::from(start);
             start
         };
-        if start_forwarding {
-            tokio::spawn(self.clone().run_forwards());
+        if start_batch {
+            tokio::spawn(self.clone().run_proposals());
         }
         tokio::time::timeout(self.config.request_timeout * 2, answered)
             .await
-            .map_err(|_| Error::Timeout("no forward to the leader answered this write".into()))?
-            .map_err(|_| Error::Fatal("the forward to the leader was dropped".into()))?
+            .map_err(|_| Error::Timeout("no leader answered this write in time".into()))?
+            .map_err(|_| Error::Fatal("the batch carrying this write was dropped".into()))?
     }
 
-    /// Forwards batches of queued proposals until none is waiting.
-    async fn run_forwards(self: Arc<Self>) {
+    /// Carries batches of queued proposals to the leader until none is waiting.
+    async fn run_proposals(self: Arc<Self>) {
         loop {
             let batch = {
-                let mut batch = self.forwards.lock().expect("forward batch");
+                let mut batch = self.proposals.lock().expect("proposal batch");
                 if batch.waiting.is_empty() {
                     batch.in_flight -= 1;
                     return;
@@ -372,7 +362,7 @@ impl RaftNode {
                 Ok(LeaderAnswer::Replies(replies)) if replies.len() == count => replies,
                 Ok(other) => vec![
                     Err(Error::Fatal(format!(
-                        "unexpected answer to forwarded proposals: {other:?}"
+                        "unexpected answer to a batch of proposals: {other:?}"
                     )));
                     count
                 ],
@@ -480,16 +470,20 @@ impl RaftNode {
         let mut last_problem = None;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            // A leader that lost its quorum keeps a write pending; the deadline bounds it.
-            let leader = match tokio::time::timeout(remaining, self.execute(&request)).await {
-                Err(_) => {
-                    return Err(Error::Timeout(
-                        "the leader could not confirm the request with a quorum in time".into(),
-                    ))
-                }
-                Ok(Ok(answer)) => return Ok(answer),
-                Ok(Err(NotDone::Failed(err))) => return Err(err),
-                Ok(Err(NotDone::NotLeader(leader))) => leader,
+            // A follower that knows its leader forwards at once: asking its own Raft core
+            // first cost a round through the core (and a copy of every proposal) per batch.
+            let leader = match self.remote_leader() {
+                Some(leader) => Some(leader),
+                // A leader that lost its quorum keeps a write pending; the deadline bounds it.
+                None => match tokio::time::timeout(remaining, self.execute(&request)).await {
+                    Err(_) => {
+                        let why = "the leader could not confirm the request with a quorum in time";
+                        return Err(Error::Timeout(why.into()));
+                    }
+                    Ok(Ok(answer)) => return Ok(answer),
+                    Ok(Err(NotDone::Failed(err))) => return Err(err),
+                    Ok(Err(NotDone::NotLeader(leader))) => leader,
+                },
             };
             if let Some((leader_id, node)) = leader.filter(|(id, _)| *id != self.id) {
                 let remaining = deadline.saturating_duration_since(Instant::now());
@@ -519,30 +513,34 @@ impl RaftNode {
         }
     }
 
+    /// The leader as this node last heard of it, unless that is this node or unknown.
+    fn remote_leader(&self) -> Option<(NodeId, KeelNode)> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        let leader = metrics.current_leader.filter(|id| *id != self.id)?;
+        let node = metrics.membership_config.membership().get_node(&leader)?;
+        Some((leader, node.clone()))
+    }
+
     /// Carries out `request` if this node leads.
     pub(crate) async fn execute(&self, request: &LeaderRequest) -> Result<LeaderAnswer, NotDone> {
         match request {
+            // From a follower of an earlier keel, which forwards some proposals one by one.
             LeaderRequest::Propose(proposal) => {
-                match self.raft.client_write(proposal.clone()).await {
-                    Ok(response) => Ok(LeaderAnswer::Reply(response.data.0)),
-                    Err(err) => Err(write_error(err)),
+                match self
+                    .write_batch(std::slice::from_ref(proposal))
+                    .await?
+                    .pop()
+                {
+                    Some(reply) => Ok(LeaderAnswer::Reply(reply)),
+                    None => Err(NotDone::Failed(Error::Fatal(
+                        "Raft answered no result for a proposal".into(),
+                    ))),
                 }
             }
             LeaderRequest::ProposeBatch(proposals) => {
-                let writes = proposals
-                    .iter()
-                    .map(|proposal| self.raft.client_write(proposal.clone()));
-                let mut replies = Vec::with_capacity(proposals.len());
-                for result in futures::future::join_all(writes).await {
-                    match result.map_err(write_error) {
-                        Ok(response) => replies.push(Ok(response.data.0)),
-                        Err(NotDone::Failed(err)) => replies.push(Err(err)),
-                        // Leadership moved: the follower sends the whole batch to the new
-                        // leader, and the request ids answer the ones applied here.
-                        Err(not_leader) => return Err(not_leader),
-                    }
-                }
-                Ok(LeaderAnswer::Replies(replies))
+                let replies = self.write_batch(proposals).await?;
+                Ok(LeaderAnswer::Replies(replies.into_iter().map(Ok).collect()))
             }
             LeaderRequest::ReadIndex { lease } => {
                 let policy = if *lease {
@@ -600,6 +598,29 @@ impl RaftNode {
                 Ok(LeaderAnswer::Done)
             }
         }
+    }
+
+    /// Appends `proposals` to the log in one message to the Raft core and waits for each
+    /// reply, in order.
+    async fn write_batch(&self, proposals: &[Proposal]) -> Result<Vec<Vec<u8>>, NotDone> {
+        let fatal = |fatal: openraft::error::Fatal<TypeConfig>| {
+            NotDone::Failed(Error::Fatal(fatal.to_string()))
+        };
+        let mut results = self
+            .raft
+            .client_write_many(proposals.iter().cloned())
+            .await
+            .map_err(fatal)?;
+        let mut replies = Vec::with_capacity(proposals.len());
+        while let Some(result) = results.next().await {
+            match result.map_err(fatal)? {
+                Ok(written) => replies.push(written.response.0),
+                // Leadership moved: the follower sends the whole batch to the new leader,
+                // and the request ids answer the ones applied here.
+                Err(err) => return Err(write_error(RaftError::APIError(err))),
+            }
+        }
+        Ok(replies)
     }
 
     pub async fn shutdown(&self) {

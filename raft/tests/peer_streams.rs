@@ -24,13 +24,14 @@ use keel_storage::KvRead;
 use keel_storage::Store;
 use keel_storage::Txn;
 
-/// Stores every command under its log index.
+/// Stores every command under its log index and answers the command it applied, so that a
+/// proposer can tell its own reply from another's in the same batch.
 struct Recorder;
 
 impl StateMachine for Recorder {
     fn apply(&self, index: u64, command: &[u8], txn: &mut Txn<'_>) -> Result<Vec<u8>, Error> {
         txn.put(index.to_be_bytes().to_vec(), command.to_vec());
-        Ok(Vec::new())
+        Ok(command.to_vec())
     }
 }
 
@@ -128,16 +129,22 @@ async fn two_nodes(leader_speaks_streams: bool, follower_speaks_streams: bool) -
     [leader, follower]
 }
 
-/// Proposes `writes` commands concurrently through `via`, so that several are in flight
-/// together, and checks that every one was acknowledged.
+/// Proposes `writes` commands concurrently through `via`, so that several share a batch, and
+/// checks that every one was acknowledged with its own reply.
 async fn propose(via: &TestNode, writes: usize) {
     let proposals = (0..writes).map(|n| {
         let raft = via.raft.clone();
-        async move { raft.propose(format!("write {n}").into_bytes(), None).await }
+        async move {
+            let command = format!("write {n}").into_bytes();
+            let reply = raft.propose(command.clone(), None).await.unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&reply),
+                String::from_utf8_lossy(&command),
+                "a proposal got another one's reply"
+            );
+        }
     });
-    for reply in futures::future::join_all(proposals).await {
-        reply.unwrap();
-    }
+    futures::future::join_all(proposals).await;
 }
 
 /// Checks that `follower` applied every entry `leader` has, and the same ones.

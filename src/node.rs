@@ -506,11 +506,8 @@ impl Node {
 
     /// The address of the current leader, unless it is this node or unknown.
     pub fn remote_leader_addr(&self) -> Option<String> {
-        let raft = self.raft().ok()?;
-        let metrics = raft.metrics();
-        let leader = metrics.current_leader.filter(|id| *id != raft.id())?;
-        let membership = metrics.membership_config.membership();
-        membership.get_node(&leader).map(|node| node.addr.clone())
+        let (_, leader) = self.raft().ok()?.remote_leader()?;
+        Some(leader.addr)
     }
 
     /// The cluster's credentials (`Some(None)` for the loopback-only default), or `None` while

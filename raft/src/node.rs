@@ -514,7 +514,7 @@ impl RaftNode {
     }
 
     /// The leader as this node last heard of it, unless that is this node or unknown.
-    fn remote_leader(&self) -> Option<(NodeId, KeelNode)> {
+    pub fn remote_leader(&self) -> Option<(NodeId, KeelNode)> {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow_watched();
         let leader = metrics.current_leader.filter(|id| *id != self.id)?;

@@ -51,6 +51,7 @@ pub trait StateMachine: Send + Sync + 'static {
 #[derive(Serialize, Deserialize)]
 struct RequestRecord {
     index: u64,
+    #[serde(with = "serde_bytes")]
     reply: Vec<u8>,
 }
 

@@ -54,6 +54,7 @@ use crate::types::KeelNode;
 use crate::types::NodeId;
 use crate::types::Proposal;
 use crate::types::RaftMetrics;
+use crate::types::Reply;
 use crate::types::TypeConfig;
 use crate::Error;
 
@@ -127,9 +128,9 @@ pub(crate) enum LeaderRequest {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum LeaderAnswer {
-    Reply(Vec<u8>),
+    Reply(#[serde(with = "serde_bytes")] Vec<u8>),
     /// One result per proposal of a [`LeaderRequest::ProposeBatch`], in order.
-    Replies(Vec<Result<Vec<u8>, Error>>),
+    Replies(Vec<Result<Reply, Error>>),
     ReadIndex(ReadLogId<TypeConfig>),
     Done,
 }
@@ -359,7 +360,10 @@ impl RaftNode {
                 )
                 .await
             {
-                Ok(LeaderAnswer::Replies(replies)) if replies.len() == count => replies,
+                Ok(LeaderAnswer::Replies(replies)) if replies.len() == count => replies
+                    .into_iter()
+                    .map(|reply| reply.map(|Reply(bytes)| bytes))
+                    .collect(),
                 Ok(other) => vec![
                     Err(Error::Fatal(format!(
                         "unexpected answer to a batch of proposals: {other:?}"
@@ -532,7 +536,7 @@ impl RaftNode {
                     .await?
                     .pop()
                 {
-                    Some(reply) => Ok(LeaderAnswer::Reply(reply)),
+                    Some(Reply(bytes)) => Ok(LeaderAnswer::Reply(bytes)),
                     None => Err(NotDone::Failed(Error::Fatal(
                         "Raft answered no result for a proposal".into(),
                     ))),
@@ -602,7 +606,7 @@ impl RaftNode {
 
     /// Appends `proposals` to the log in one message to the Raft core and waits for each
     /// reply, in order.
-    async fn write_batch(&self, proposals: &[Proposal]) -> Result<Vec<Vec<u8>>, NotDone> {
+    async fn write_batch(&self, proposals: &[Proposal]) -> Result<Vec<Reply>, NotDone> {
         let fatal = |fatal: openraft::error::Fatal<TypeConfig>| {
             NotDone::Failed(Error::Fatal(fatal.to_string()))
         };
@@ -614,7 +618,7 @@ impl RaftNode {
         let mut replies = Vec::with_capacity(proposals.len());
         while let Some(result) = results.next().await {
             match result.map_err(fatal)? {
-                Ok(written) => replies.push(written.response.0),
+                Ok(written) => replies.push(written.response),
                 // Leadership moved: the follower sends the whole batch to the new leader,
                 // and the request ids answer the ones applied here.
                 Err(err) => return Err(write_error(RaftError::APIError(err))),

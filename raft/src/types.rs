@@ -5,6 +5,11 @@
 //! domain can evolve its command set without touching consensus code. A proposal may carry a
 //! client request id; a retried request with the same id is answered from the first result
 //! instead of being applied twice (see [`crate::machine`]).
+//!
+//! The byte fields are encoded with `serde_bytes`: serde's default for `Vec<u8>` is a sequence
+//! of one-byte elements, which bincode writes and reads a byte at a time (4-6 % of a node's CPU
+//! under a write load). The encoding on the wire and on disk is the same either way: a length,
+//! then the bytes.
 
 use std::fmt;
 
@@ -33,6 +38,7 @@ pub struct Proposal {
     /// The client's idempotency key, if it sent one.
     pub request_id: Option<String>,
     /// The domain's encoded command.
+    #[serde(with = "serde_bytes")]
     pub command: Vec<u8>,
 }
 
@@ -44,7 +50,7 @@ impl fmt::Display for Proposal {
 
 /// The domain's encoded answer to a [`Proposal`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Reply(pub Vec<u8>);
+pub struct Reply(#[serde(with = "serde_bytes")] pub Vec<u8>);
 
 openraft::declare_raft_types!(
     /// keel's Raft types.

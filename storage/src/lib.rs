@@ -13,6 +13,7 @@
 //! through a [`Txn`] whose changes land in the same RocksDB write batch as `last_applied`.
 //! It knows nothing of HTTP either; the network layer moves [`SnapshotFile`]s as bytes.
 
+mod entry_cache;
 mod error;
 mod keyspace;
 mod log_store;

@@ -8,16 +8,19 @@
 //! them durable together: under load one fsync covers many appends (group commit) instead of
 //! one thread and one fsync per append.
 //!
+//! The newest entries are also kept in memory ([`EntryCache`]), because each is read back
+//! right after its append, to be applied and replicated.
+//!
 //! The vote is written with a synchronous write because a node must never vote twice in a
 //! term, even across a power loss.
 
 use std::fmt::Debug;
 use std::io;
-use std::marker::PhantomData;
 use std::ops::Bound;
 use std::ops::RangeBounds;
 use std::sync::mpsc;
 use std::sync::Arc;
+use std::sync::Mutex;
 
 use openraft::entry::RaftEntry;
 use openraft::storage::IOFlushed;
@@ -38,6 +41,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::cf;
+use crate::entry_cache::EntryCache;
 use crate::keyspace;
 use crate::Error;
 
@@ -95,18 +99,18 @@ impl Drop for WalFlusher {
 }
 
 /// openraft's log storage on RocksDB; see the module documentation.
-pub struct LogStore<C> {
+pub struct LogStore<C: RaftTypeConfig> {
     db: Arc<DB>,
     flusher: Arc<WalFlusher>,
-    _config: PhantomData<C>,
+    recent: Arc<Mutex<EntryCache<C::Entry>>>,
 }
 
-impl<C> Clone for LogStore<C> {
+impl<C: RaftTypeConfig> Clone for LogStore<C> {
     fn clone(&self) -> Self {
         Self {
             db: self.db.clone(),
             flusher: self.flusher.clone(),
-            _config: PhantomData,
+            recent: self.recent.clone(),
         }
     }
 }
@@ -117,8 +121,12 @@ impl<C: RaftTypeConfig> LogStore<C> {
         Self {
             db,
             flusher,
-            _config: PhantomData,
+            recent: Arc::new(Mutex::new(EntryCache::new())),
         }
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, EntryCache<C::Entry>> {
+        self.recent.lock().expect("log entry cache")
     }
 
     fn cf_log(&self) -> &ColumnFamily {
@@ -189,7 +197,10 @@ fn range_to_bounds(range: &impl RangeBounds<u64>) -> (u64, Option<u64>) {
     (start, end)
 }
 
-impl<C: RaftTypeConfig> RaftLogReader<C> for LogStore<C> {
+impl<C: RaftTypeConfig> RaftLogReader<C> for LogStore<C>
+where
+    C::Entry: Clone,
+{
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
@@ -197,6 +208,9 @@ impl<C: RaftTypeConfig> RaftLogReader<C> for LogStore<C> {
         let (start, end) = range_to_bounds(&range);
         if end.is_some_and(|end| end <= start) {
             return Ok(Vec::new());
+        }
+        if let Some(entries) = end.and_then(|end| self.recent().get(start, end)) {
+            return Ok(entries);
         }
         Ok(self.read_range(start, end)?)
     }
@@ -206,7 +220,10 @@ impl<C: RaftTypeConfig> RaftLogReader<C> for LogStore<C> {
     }
 }
 
-impl<C: RaftTypeConfig> RaftLogStorage<C> for LogStore<C> {
+impl<C: RaftTypeConfig> RaftLogStorage<C> for LogStore<C>
+where
+    C::Entry: Clone,
+{
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<C>, io::Error> {
@@ -251,11 +268,18 @@ impl<C: RaftTypeConfig> RaftLogStorage<C> for LogStore<C> {
         I::IntoIter: OptionalSend,
     {
         let mut batch = WriteBatch::default();
+        let mut written = Vec::new();
         for entry in entries {
             let bytes = bincode::serialize(&entry).map_err(Error::from)?;
-            batch.put_cf(self.cf_log(), keyspace::index_key(entry.index()), bytes);
+            batch.put_cf(self.cf_log(), keyspace::index_key(entry.index()), &bytes);
+            written.push((entry, bytes.len()));
         }
         self.db.write(batch).map_err(Error::from)?;
+        let mut recent = self.recent();
+        for (entry, size) in written {
+            recent.appended(entry.index(), entry, size);
+        }
+        drop(recent);
         self.flusher.after_fsync(Box::new(move |result| {
             callback.io_completed(result.map_err(io::Error::other));
         }));
@@ -264,6 +288,7 @@ impl<C: RaftTypeConfig> RaftLogStorage<C> for LogStore<C> {
 
     async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<C>>) -> Result<(), io::Error> {
         let from = last_log_id.map_or(0, |id| id.index() + 1);
+        self.recent().truncated_from(from);
         // Synced: a truncated suffix that came back after a crash could be mistaken for
         // entries this node accepted from the new leader.
         let mut batch = WriteBatch::default();
@@ -283,6 +308,7 @@ impl<C: RaftTypeConfig> RaftLogStorage<C> for LogStore<C> {
         // The marker goes first: entries at or below it are ignored by openraft, so a crash
         // between the two writes leaves garbage, never a hole.
         self.put_meta(keyspace::LAST_PURGED, &log_id, false)?;
+        self.recent().purged_up_to(log_id.index());
         self.db
             .delete_range_cf(
                 self.cf_log(),

@@ -107,6 +107,13 @@ impl Store {
 /// 3.2-3.7 s -> 0.37 s.
 const MAX_WAL_BYTES: u64 = 256 << 20;
 
+/// The state machine's memtable size. Applied writes skip the WAL, so what a crash loses from
+/// memory is re-applied from the log when the node starts again: this bounds that work (at
+/// about 1.2 KB of state per 256-byte put, ~14 000 entries). RocksDB's default of 64 MiB
+/// made a follower killed after 300 000 puts serve its first linearizable read 1.35 s after it
+/// started again (up to ~55 000 entries to re-apply); 16 MiB, 0.57 s.
+const STATE_MEMTABLE_BYTES: usize = 16 << 20;
+
 /// Share of the state machine's memtable spent on its Bloom filter.
 const MEMTABLE_BLOOM_RATIO: f64 = 0.05;
 
@@ -126,6 +133,7 @@ fn family_options(name: &str, cache: &rocksdb::Cache) -> Options {
         // The same for the memtable, where a miss otherwise walks the skip list.
         opts.set_memtable_prefix_bloom_ratio(MEMTABLE_BLOOM_RATIO);
         opts.set_memtable_whole_key_filtering(true);
+        opts.set_write_buffer_size(STATE_MEMTABLE_BYTES);
     }
     opts.set_block_based_table_factory(&table);
     opts

@@ -356,9 +356,10 @@ async fn write(node: &Node, command: KvCommand, headers: &HeaderMap) -> Result<R
         .propose(Command::Kv(command), request_id(headers)?)
         .await?;
     match reply {
+        // The reply is the body, `{"revision": .., "kv": {..}}`, serialized straight from it.
         Reply::Kv(Ok(write)) => {
-            let body = json!({ "revision": write.revision, "kv": write.kv });
-            Ok(([("x-keel-revision", write.revision.to_string())], Json(body)).into_response())
+            let revision = write.revision.to_string();
+            Ok(([("x-keel-revision", revision)], Json(write)).into_response())
         }
         Reply::Kv(Err(KvError::RevisionMismatch { current })) => Err(Error::Conflict {
             code: "revision_mismatch",

@@ -7,8 +7,8 @@
 //! instead of being applied twice (see [`crate::machine`]).
 //!
 //! The byte fields are encoded with `serde_bytes`: serde's default for `Vec<u8>` is a sequence
-//! of one-byte elements, which bincode writes and reads a byte at a time (4-6 % of a node's CPU
-//! under a write load). The encoding on the wire and on disk is the same either way: a length,
+//! of one-byte elements, which bincode writes and reads a byte at a time (about 4 % of a node's
+//! CPU under a write load). The encoding on the wire and on disk is the same either way: a length,
 //! then the bytes.
 
 use std::fmt;

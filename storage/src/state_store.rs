@@ -7,8 +7,8 @@
 //! off the async runtime.
 //!
 //! These writes skip RocksDB's WAL: the log entries they come from are already durable on a
-//! quorum, so the WAL would only hold a second copy of what the log holds (three, in fact: a
-//! put's value sits in the key, its event and its request record). After a crash the state
+//! quorum, so the WAL would only hold another copy of what the log holds (often several: an
+//! application may store a command's payload under more than one key). After a crash the state
 //! machine's column families come back as RocksDB last flushed them, data and `last_applied`
 //! together (the store flushes its column families atomically), and openraft re-applies the
 //! log from there. Writing that WAL copy was a third of each node's RocksDB write time under a

@@ -103,8 +103,8 @@ pub struct ServeArgs {
     pub request_timeout_ms: Option<u64>,
 
     /// Threads that serve requests and drive Raft. Fewer than the cores suits several nodes
-    /// sharing one machine (tests, benchmarks): less switching between threads.
-    /// [default: the number of cores]
+    /// sharing one machine (tests, benchmarks): less switching between threads. With 1,
+    /// everything runs on the main thread. [default: the number of cores]
     #[arg(long, env = "KEEL_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
 

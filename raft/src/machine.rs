@@ -7,10 +7,16 @@
 //! recorded reply without touching the state. Records expire after [`REQUEST_ID_WINDOW`] log
 //! entries, counted in log indexes so every node expires the same records at the same entry.
 //!
-//! Almost every proposal carries a new id, so the lookup almost always misses. The ids on
-//! record are therefore mirrored in memory ([`RequestWindow`]): a new id costs no RocksDB
-//! read, and expiry knows which record to delete without reading its index entry. These two
-//! reads were a third of the time apply took.
+//! Every write carries a request id (nodes make one up when the client sent none), so a record
+//! is made for every write, and its cost is part of every write's. A record is therefore one
+//! key, the entry's index followed by the id, whose value is the reply. Keys in index order let
+//! the records that left the window go in one range deletion every [`EXPIRE_EVERY`] entries,
+//! instead of one deletion each. The ids on record are mirrored in memory
+//! ([`RequestWindow`]), so a new id (almost every proposal) costs no RocksDB read. The earlier
+//! layout (a record keyed by id plus an index entry, each deleted when it expired) cost four
+//! writes per request and held the reply twice over in flushes and compactions; measured
+//! against it in paired put (64) runs on a 3-node cluster, 3 of 3 pairs better, +11 % writes
+//! summed, 146-176 µs of CPU per write against 177-202.
 //!
 //! Keys starting with a zero byte belong to this module; the domain must not use them.
 
@@ -26,7 +32,6 @@ use keel_storage::Txn;
 use openraft::entry::RaftEntry;
 use openraft::EntryPayload;
 use serde::Deserialize;
-use serde::Serialize;
 
 use crate::types::Entry;
 use crate::types::Reply;
@@ -38,8 +43,18 @@ pub const REQUEST_ID_WINDOW: u64 = 100_000;
 /// Longest request id accepted, in bytes.
 pub const MAX_REQUEST_ID_LEN: usize = 128;
 
-const REQUEST_PREFIX: &[u8] = b"\x00req/";
-const REQUEST_BY_INDEX_PREFIX: &[u8] = b"\x00req-index/";
+/// Records that left the window stay in the store (unseen: the mirror no longer names them)
+/// until the next entry whose index is a multiple of this deletes them all.
+pub const EXPIRE_EVERY: u64 = 1024;
+
+/// `REQUEST_PREFIX`, the entry's index (big-endian), then the [`RequestId`]: the reply.
+const REQUEST_PREFIX: &[u8] = b"\x00rq/";
+
+/// The layout of keel 0.1 stores before this one: `\x00req/` + id + `/` + fingerprint (16 hex
+/// digits) to a bincoded [`LegacyRecord`], and `\x00req-index/` + index to the record's key.
+/// Loading the window converts them.
+const LEGACY_PREFIX: &[u8] = b"\x00req/";
+const LEGACY_BY_INDEX_PREFIX: &[u8] = b"\x00req-index/";
 
 /// The domain's deterministic state machine.
 pub trait StateMachine: Send + Sync + 'static {
@@ -48,18 +63,22 @@ pub trait StateMachine: Send + Sync + 'static {
     fn apply(&self, index: u64, command: &[u8], txn: &mut Txn<'_>) -> Result<Vec<u8>, Error>;
 }
 
-#[derive(Serialize, Deserialize)]
-struct RequestRecord {
+#[derive(Deserialize)]
+struct LegacyRecord {
     index: u64,
     #[serde(with = "serde_bytes")]
     reply: Vec<u8>,
 }
 
-/// A request id names one command: the same id with another command (two clients that
-/// picked the same key, a client reusing keys) is another request, not a retry.
-fn request_key(id: &str, command: &[u8]) -> Vec<u8> {
-    let fingerprint = format!("/{:016x}", fnv1a(command));
-    [REQUEST_PREFIX, id.as_bytes(), fingerprint.as_bytes()].concat()
+/// The client's id followed by a fingerprint (FNV-1a, big-endian) of the command. A request id
+/// names one command: the same id with another command (two clients that picked the same key, a
+/// client reusing keys) is another request, not a retry.
+type RequestId = Arc<[u8]>;
+
+fn request_id(id: &str, command: &[u8]) -> RequestId {
+    [id.as_bytes(), &fnv1a(command).to_be_bytes()]
+        .concat()
+        .into()
 }
 
 /// FNV-1a: stable across nodes, versions and platforms, unlike std's hashers.
@@ -69,8 +88,17 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-fn request_by_index_key(index: u64) -> Vec<u8> {
-    [REQUEST_BY_INDEX_PREFIX, &index.to_be_bytes()].concat()
+fn index_key(index: u64) -> Vec<u8> {
+    [REQUEST_PREFIX, &index.to_be_bytes()].concat()
+}
+
+fn record_key(index: u64, id: &[u8]) -> Vec<u8> {
+    [REQUEST_PREFIX, &index.to_be_bytes(), id].concat()
+}
+
+/// The end of all record keys.
+fn records_end() -> Vec<u8> {
+    index_key(u64::MAX)
 }
 
 /// The request records the store holds, mirrored in memory; see the module documentation.
@@ -83,56 +111,106 @@ fn request_by_index_key(index: u64) -> Vec<u8> {
 struct RequestWindow {
     /// The entry this window expects next.
     next: u64,
-    /// Record keys (without [`REQUEST_PREFIX`]) in the order they were recorded.
-    recorded: VecDeque<(u64, Vec<u8>)>,
-    /// Record key to the latest index that recorded it.
-    latest: HashMap<Vec<u8>, u64>,
-    /// Bytes of the record keys in `recorded`.
-    key_bytes: usize,
+    /// Ids on record, in the order they were recorded, with the entry that recorded them.
+    recorded: VecDeque<(u64, RequestId)>,
+    /// Id to the latest entry that recorded it.
+    latest: HashMap<RequestId, u64>,
+    /// Bytes of the ids in `recorded`.
+    id_bytes: usize,
 }
 
 impl RequestWindow {
-    fn load(read: &impl KvRead, next: u64) -> Result<Self, Error> {
-        let end = [REQUEST_BY_INDEX_PREFIX, &[0xff; 9]].concat();
+    /// Loads the records that are still in the window at entry `next`, converting records of
+    /// the legacy layout in `txn` on the way.
+    fn load(txn: &mut Txn<'_>, next: u64) -> Result<Self, Error> {
+        let oldest_kept = oldest_kept(next);
         let mut window = Self {
             next,
             ..Self::default()
         };
-        for (key, record) in read.scan(REQUEST_BY_INDEX_PREFIX, &end, usize::MAX)? {
-            let index = key[REQUEST_BY_INDEX_PREFIX.len()..]
-                .try_into()
-                .map(u64::from_be_bytes)
-                .map_err(|_| Error::Corrupt(format!("bad request index key {key:?}")))?;
-            window.record(index, record);
+        convert_legacy_records(txn, oldest_kept)?;
+        for (key, _) in txn.scan(&index_key(oldest_kept), &records_end(), usize::MAX)? {
+            let (index, id) = parse_record_key(&key)?;
+            window.record(index, id.into());
         }
         Ok(window)
     }
 
-    fn record(&mut self, index: u64, record: Vec<u8>) {
-        self.key_bytes += record.len();
-        self.latest.insert(record.clone(), index);
-        self.recorded.push_back((index, record));
+    fn record(&mut self, index: u64, id: RequestId) {
+        self.id_bytes += id.len();
+        self.latest.insert(id.clone(), index);
+        self.recorded.push_back((index, id));
     }
 
-    /// Forgets (in the store too) every record that left the window at entry `index`.
+    /// Forgets every record that left the window at entry `index`; every [`EXPIRE_EVERY`]
+    /// entries, deletes them from the store too.
     fn expire(&mut self, index: u64, txn: &mut Txn<'_>) {
-        let Some(oldest_kept) = index.checked_sub(REQUEST_ID_WINDOW - 1) else {
-            return;
-        };
+        let oldest_kept = oldest_kept(index);
         while let Some((recorded_at, _)) = self.recorded.front() {
             if *recorded_at >= oldest_kept {
                 break;
             }
-            let (recorded_at, record) = self.recorded.pop_front().expect("front exists");
-            self.key_bytes -= record.len();
-            txn.delete(request_by_index_key(recorded_at));
+            let (recorded_at, id) = self.recorded.pop_front().expect("front exists");
+            self.id_bytes -= id.len();
             // A retry recorded again after an earlier record of the same id stays.
-            if self.latest.get(&record) == Some(&recorded_at) {
-                self.latest.remove(&record);
-                txn.delete([REQUEST_PREFIX, &record].concat());
+            if self.latest.get(&id) == Some(&recorded_at) {
+                self.latest.remove(&id);
             }
         }
+        if index.is_multiple_of(EXPIRE_EVERY) && oldest_kept > 0 {
+            txn.delete_range(index_key(0), index_key(oldest_kept));
+        }
     }
+}
+
+/// The oldest entry whose records are still in the window when entry `index` is applied.
+fn oldest_kept(index: u64) -> u64 {
+    index.saturating_sub(REQUEST_ID_WINDOW - 1)
+}
+
+fn parse_record_key(key: &[u8]) -> Result<(u64, &[u8]), Error> {
+    key.strip_prefix(REQUEST_PREFIX)
+        .filter(|rest| rest.len() >= 8)
+        .map(|rest| {
+            let (index, id) = rest.split_at(8);
+            let index = u64::from_be_bytes(index.try_into().expect("8 bytes"));
+            (index, id)
+        })
+        .ok_or_else(|| Error::Corrupt(format!("bad request record key {key:?}")))
+}
+
+/// Rewrites the records of the legacy layout that are still in the window in this layout, and
+/// deletes that layout's keys.
+fn convert_legacy_records(txn: &mut Txn<'_>, oldest_kept: u64) -> Result<(), Error> {
+    let legacy_end = [LEGACY_PREFIX, &[0xff]].concat();
+    let legacy = txn.scan(LEGACY_PREFIX, &legacy_end, usize::MAX)?;
+    if legacy.is_empty() {
+        return Ok(());
+    }
+    for (key, value) in &legacy {
+        let record: LegacyRecord = bincode::deserialize(value)?;
+        if record.index < oldest_kept {
+            continue;
+        }
+        let id_and_fingerprint = &key[LEGACY_PREFIX.len()..];
+        let bad = || Error::Corrupt(format!("bad legacy request record key {key:?}"));
+        let (id, fingerprint) = id_and_fingerprint
+            .len()
+            .checked_sub(17)
+            .map(|split| id_and_fingerprint.split_at(split))
+            .ok_or_else(bad)?;
+        let fingerprint = std::str::from_utf8(fingerprint)
+            .ok()
+            .and_then(|hex| hex.strip_prefix('/'))
+            .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+            .ok_or_else(bad)?;
+        let id = [id, &fingerprint.to_be_bytes()].concat();
+        txn.put(record_key(record.index, &id), record.reply);
+    }
+    txn.delete_range(LEGACY_PREFIX.to_vec(), legacy_end);
+    let by_index_end = [LEGACY_BY_INDEX_PREFIX, &[0xff]].concat();
+    txn.delete_range(LEGACY_BY_INDEX_PREFIX.to_vec(), by_index_end);
+    Ok(())
 }
 
 /// What the in-memory mirror of the request records holds, for `/metrics`.
@@ -140,7 +218,8 @@ impl RequestWindow {
 pub struct RememberedRequests {
     /// Request ids on record.
     pub ids: usize,
-    /// Estimated heap bytes of the mirror: each key is held twice, plus per-entry overhead.
+    /// Estimated heap bytes of the mirror: each id once (shared by its two indexes), plus
+    /// per-entry overhead.
     pub bytes: usize,
 }
 
@@ -172,7 +251,7 @@ impl Machine {
             .as_ref()
             .map_or_else(RememberedRequests::default, |window| RememberedRequests {
                 ids: window.latest.len(),
-                bytes: 2 * window.key_bytes + MIRROR_ENTRY_OVERHEAD * window.recorded.len(),
+                bytes: window.id_bytes + MIRROR_ENTRY_OVERHEAD * window.recorded.len(),
             })
     }
 }
@@ -193,22 +272,15 @@ impl Application<TypeConfig> for Machine {
         let Some(id) = &proposal.request_id else {
             return Ok(Reply(self.domain.apply(index, &proposal.command, txn)?));
         };
-        let key = request_key(id, &proposal.command);
-        let record = key[REQUEST_PREFIX.len()..].to_vec();
-        if requests.latest.contains_key(&record) {
-            if let Some(stored) = txn.get(&key)? {
-                let stored: RequestRecord = bincode::deserialize(&stored)?;
-                return Ok(Reply(stored.reply));
+        let id = request_id(id, &proposal.command);
+        if let Some(recorded_at) = requests.latest.get(&id) {
+            if let Some(reply) = txn.get(&record_key(*recorded_at, &id))? {
+                return Ok(Reply(reply));
             }
         }
         let reply = self.domain.apply(index, &proposal.command, txn)?;
-        let stored = RequestRecord {
-            index,
-            reply: reply.clone(),
-        };
-        txn.put(request_by_index_key(index), record.clone());
-        txn.put(key, bincode::serialize(&stored)?);
-        requests.record(index, record);
+        txn.put(record_key(index, &id), reply.clone());
+        requests.record(index, id);
         Ok(Reply(reply))
     }
 }

@@ -1,6 +1,7 @@
 //! Exactly-once application of retried requests, on real RocksDB stores: a request id is
 //! applied once while its record is in the window, across a restart and after a snapshot
-//! replaced the store, and is forgotten (in the store too) once it leaves the window.
+//! replaced the store, and is forgotten (in the store too) once it leaves the window; records
+//! of the earlier layout are converted.
 
 use std::io::Read;
 use std::io::Write;
@@ -8,6 +9,7 @@ use std::sync::Arc;
 
 use futures::stream;
 use keel_raft::machine::Machine;
+use keel_raft::machine::EXPIRE_EVERY;
 use keel_raft::machine::REQUEST_ID_WINDOW;
 use keel_raft::types::Entry;
 use keel_raft::types::Proposal;
@@ -23,7 +25,9 @@ use openraft::entry::RaftEntry;
 use openraft::storage::RaftStateMachine;
 use openraft::RaftSnapshotBuilder;
 
-/// Counts the commands applied to it.
+/// Counts the commands applied to it. `legacy ID INDEX` also writes a request record of the
+/// earlier layout, as a store written by an earlier keel holds it: request `ID` with the
+/// command `x`, recorded at `INDEX`, replied `legacy reply`.
 struct Counter;
 
 fn count(read: &impl KvRead) -> u64 {
@@ -33,9 +37,21 @@ fn count(read: &impl KvRead) -> u64 {
 }
 
 impl StateMachine for Counter {
-    fn apply(&self, _index: u64, _command: &[u8], txn: &mut Txn<'_>) -> Result<Vec<u8>, Error> {
+    fn apply(&self, _index: u64, command: &[u8], txn: &mut Txn<'_>) -> Result<Vec<u8>, Error> {
         let count = count(txn) + 1;
         txn.put(b"count".to_vec(), count.to_be_bytes().to_vec());
+        if let Some(legacy) = std::str::from_utf8(command)
+            .unwrap()
+            .strip_prefix("legacy ")
+        {
+            let (id, index) = legacy.split_once(' ').unwrap();
+            let index: u64 = index.parse().unwrap();
+            let record_key = format!("\x00req/{id}/{:016x}", fnv1a(b"x"));
+            let record = bincode::serialize(&(index, b"legacy reply".to_vec())).unwrap();
+            txn.put(record_key.clone().into_bytes(), record);
+            let index_key = [b"\x00req-index/".as_slice(), &index.to_be_bytes()].concat();
+            txn.put(index_key, record_key.into_bytes());
+        }
         Ok(Vec::new())
     }
 }
@@ -81,12 +97,22 @@ async fn fill(state: &mut State, from: u64, to: u64) {
     }
 }
 
+/// An implementation of its own of the fingerprint the earlier layout's keys carry.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut hash = 0xcbf2_9ce4_8422_2325_u64;
+    for byte in bytes {
+        hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+fn stored(state: &State, prefix: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let end = [prefix, &[0xff]].concat();
+    state.reader().scan(prefix, &end, usize::MAX).unwrap()
+}
+
 fn stored_records(state: &State) -> usize {
-    let reader = state.reader();
-    reader
-        .scan(b"\x00req/", b"\x00req0", usize::MAX)
-        .unwrap()
-        .len()
+    stored(state, b"\x00rq/").len()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -114,8 +140,8 @@ async fn a_request_id_is_applied_once_until_it_leaves_the_window() {
     assert_eq!(state.app().remembered_requests().ids, 2);
     let past = apply(&mut state, vec![a(REQUEST_ID_WINDOW + 1)]).await;
     assert_eq!(past, 3 + filled);
-    // Index 1's record left the store; index 3's and the new one remain.
-    assert_eq!(stored_records(&state), 2);
+    // Index 1's record is forgotten, but stays in the store until the next range deletion.
+    assert_eq!(stored_records(&state), 3);
     let remembered = state.app().remembered_requests();
     assert_eq!(remembered.ids, 2);
     assert!(remembered.bytes > 0, "{remembered:?}");
@@ -123,6 +149,34 @@ async fn a_request_id_is_applied_once_until_it_leaves_the_window() {
         apply(&mut state, vec![a(REQUEST_ID_WINDOW + 2)]).await,
         past
     );
+
+    // The entry at the next multiple of EXPIRE_EVERY deletes index 1's and index 3's records
+    // (both left the window by then); the one made at REQUEST_ID_WINDOW + 1 stays.
+    let sweep = (REQUEST_ID_WINDOW + 2).next_multiple_of(EXPIRE_EVERY);
+    fill(&mut state, REQUEST_ID_WINDOW + 3, sweep - 1).await;
+    assert_eq!(stored_records(&state), 3);
+    fill(&mut state, sweep, sweep).await;
+    assert_eq!(stored_records(&state), 1);
+    assert_eq!(state.app().remembered_requests().ids, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn records_of_the_earlier_layout_are_converted_when_the_window_is_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut state = open(dir.path());
+    apply(&mut state, vec![entry(1, None, "legacy a 1")]).await;
+    drop(state);
+
+    let mut state = open(dir.path());
+    // "a" with "x" was recorded at index 1: a retry is answered from the record.
+    assert_eq!(apply(&mut state, vec![entry(2, Some("a"), "x")]).await, 1);
+    assert_eq!(stored(&state, b"\x00req/"), vec![]);
+    assert_eq!(stored(&state, b"\x00req-index/"), vec![]);
+    let records = stored(&state, b"\x00rq/");
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].1, b"legacy reply");
+    // Another command under the same id is another request.
+    assert_eq!(apply(&mut state, vec![entry(3, Some("a"), "y")]).await, 2);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -4,7 +4,8 @@
 //! in memory (so a later entry sees an earlier one's writes) and hands them to the state store,
 //! which commits them in one RocksDB write together with `last_applied`. [`Reader`] is the
 //! read-only view the API serves reads from. Both implement [`KvRead`], so a query written once
-//! runs against either.
+//! runs against either. A [`Txn`] can also delete a whole key range at once, which RocksDB
+//! stores as one range tombstone instead of a deletion per key.
 //!
 //! A snapshot install replaces the data in several writes (see the state store), so between
 //! them the store holds part of the old state and part of the new. [`Installs`] lets a
@@ -66,6 +67,9 @@ pub struct Txn<'a> {
     db: &'a DB,
     cf: &'a ColumnFamily,
     overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Ranges `[from, to)` deleted in this batch. The overlay holds only what was written
+    /// after them, so it takes precedence over them.
+    deleted_ranges: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 impl<'a> Txn<'a> {
@@ -74,6 +78,7 @@ impl<'a> Txn<'a> {
             db,
             cf: db.cf_handle(cf::SM_DATA).expect("state column family"),
             overlay: BTreeMap::new(),
+            deleted_ranges: Vec::new(),
         }
     }
 
@@ -85,8 +90,34 @@ impl<'a> Txn<'a> {
         self.overlay.insert(key, None);
     }
 
-    /// Adds the buffered changes to `batch`.
+    /// Deletes every key with `from <= key < to`.
+    pub fn delete_range(&mut self, from: Vec<u8>, to: Vec<u8>) {
+        if from >= to {
+            return;
+        }
+        let written: Vec<Vec<u8>> = self
+            .overlay
+            .range::<[u8], _>((Bound::Included(&from[..]), Bound::Excluded(&to[..])))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in written {
+            self.overlay.remove(&key);
+        }
+        self.deleted_ranges.push((from, to));
+    }
+
+    fn in_deleted_range(&self, key: &[u8]) -> bool {
+        self.deleted_ranges
+            .iter()
+            .any(|(from, to)| from.as_slice() <= key && key < to.as_slice())
+    }
+
+    /// Adds the buffered changes to `batch`: the range deletions first, so that what the
+    /// overlay wrote after them lands on top.
     pub(crate) fn write_into(self, batch: &mut WriteBatch) {
+        for (from, to) in &self.deleted_ranges {
+            batch.delete_range_cf(self.cf, from, to);
+        }
         for (key, value) in self.overlay {
             match value {
                 Some(value) => batch.put_cf(self.cf, key, value),
@@ -100,6 +131,7 @@ impl KvRead for Txn<'_> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
         match self.overlay.get(key) {
             Some(value) => Ok(value.clone()),
+            None if self.in_deleted_range(key) => Ok(None),
             None => Ok(self.db.get_cf(self.cf, key)?),
         }
     }
@@ -110,9 +142,21 @@ impl KvRead for Txn<'_> {
             .overlay
             .range::<[u8], _>((Bound::Included(from), Bound::Excluded(to)));
         let deletions = pending.clone().filter(|(_, v)| v.is_none()).count();
-        let stored = scan_db(self.db, self.cf, from, to, limit.saturating_add(deletions))?;
+        let overlaps_deleted_range = self
+            .deleted_ranges
+            .iter()
+            .any(|(start, end)| start.as_slice() < to && from < end.as_slice());
+        let read_limit = if overlaps_deleted_range {
+            usize::MAX
+        } else {
+            limit.saturating_add(deletions)
+        };
+        let stored = scan_db(self.db, self.cf, from, to, read_limit)?;
 
-        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = stored.into_iter().collect();
+        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = stored
+            .into_iter()
+            .filter(|(key, _)| !self.in_deleted_range(key))
+            .collect();
         for (key, value) in pending {
             match value {
                 Some(value) => merged.insert(key.clone(), value.clone()),
@@ -193,5 +237,47 @@ impl KvRead for Reader {
     fn scan(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<Pair>, Error> {
         self.installs
             .guard(|| scan_db(&self.db, self.cf(), from, to, limit))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(pairs: Vec<Pair>) -> Vec<String> {
+        pairs
+            .into_iter()
+            .map(|(key, _)| String::from_utf8(key).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_range_deletion_hides_stored_and_buffered_keys_but_not_later_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::Store::open(dir.path()).unwrap();
+        let mut batch = WriteBatch::default();
+        let mut stored = Txn::new(&store.db);
+        for key in ["a", "b1", "b2", "c"] {
+            stored.put(key.into(), b"old".to_vec());
+        }
+        stored.write_into(&mut batch);
+        store.db.write(batch).unwrap();
+
+        let mut txn = Txn::new(&store.db);
+        txn.put(b"b3".to_vec(), b"buffered".to_vec());
+        txn.delete_range(b"b".to_vec(), b"c".to_vec());
+        txn.put(b"b2".to_vec(), b"new".to_vec());
+        assert_eq!(txn.get(b"b1").unwrap(), None);
+        assert_eq!(txn.get(b"b3").unwrap(), None);
+        assert_eq!(txn.get(b"b2").unwrap(), Some(b"new".to_vec()));
+        assert_eq!(txn.get(b"c").unwrap(), Some(b"old".to_vec()));
+        assert_eq!(keys(txn.scan(b"a", b"z", 3).unwrap()), ["a", "b2", "c"]);
+
+        let mut batch = WriteBatch::default();
+        txn.write_into(&mut batch);
+        store.db.write(batch).unwrap();
+        let reader = Reader::new(store.db.clone(), Installs::default());
+        assert_eq!(keys(reader.scan(b"a", b"z", 10).unwrap()), ["a", "b2", "c"]);
+        assert_eq!(reader.get(b"b2").unwrap(), Some(b"new".to_vec()));
     }
 }

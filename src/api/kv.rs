@@ -352,12 +352,20 @@ async fn list(
 }
 
 async fn write(node: &Node, command: KvCommand, headers: &HeaderMap) -> Result<Response, Error> {
+    // A put's reply leaves the value out; the answer shows the value as written.
+    let value = match &command {
+        KvCommand::Put { value, .. } => Some(value.clone()),
+        KvCommand::Delete { .. } => None,
+    };
     let reply = node
         .propose(Command::Kv(command), request_id(headers)?)
         .await?;
     match reply {
         // The reply is the body, `{"revision": .., "kv": {..}}`, serialized straight from it.
-        Reply::Kv(Ok(write)) => {
+        Reply::Kv(Ok(mut write)) => {
+            if let Some(value) = value {
+                write.kv.value = value;
+            }
             let revision = write.revision.to_string();
             Ok(([("x-keel-revision", revision)], Json(write)).into_response())
         }

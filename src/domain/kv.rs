@@ -58,7 +58,10 @@ pub struct KeyValue {
 pub struct KvWrite {
     /// The store's revision after the write.
     pub revision: u64,
-    /// The key as written (put) or as it was before (delete).
+    /// The key as written (put) or as it was before (delete). A put's reply leaves the value
+    /// out (empty): the proposer has the value it sent, and every reply is stored with its
+    /// request's record and shipped back from the leader, so carrying the value again cost
+    /// about 5 % of a write's CPU (paired put (64) runs, 5 of 6 better, +6.8 % writes summed).
     pub kv: KeyValue,
 }
 
@@ -227,7 +230,9 @@ pub fn apply(
                 value,
                 lease,
             };
-            Ok(Ok(record(txn, EventKind::Put, kv)?))
+            let mut written = record(txn, EventKind::Put, kv)?;
+            written.kv.value.clear();
+            Ok(Ok(written))
         }
         KvCommand::Delete { .. } => {
             let Some(kv) = current else {

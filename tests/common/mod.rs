@@ -282,6 +282,10 @@ impl Cluster {
             .json(&json!({ "value": value }));
         let (status, body) = send_json(request).await;
         assert_eq!(status, 200, "put {key} on node {i}: {body}");
+        // The domain's reply leaves a put's value out; the answer must still show it.
+        assert_eq!(body["kv"]["key"], key, "{body}");
+        assert_eq!(body["kv"]["value"], value, "{body}");
+        assert_eq!(body["kv"]["mod_revision"], body["revision"], "{body}");
         body["revision"].as_u64().unwrap()
     }
 

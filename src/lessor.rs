@@ -162,7 +162,7 @@ impl Lessor {
         }
         tracing::info!(leases = ?expired, "leases expired");
         node.propose(
-            Command::Lease(LeaseCommand::Expire {
+            &Command::Lease(LeaseCommand::Expire {
                 leases: expired.clone(),
             }),
             None,

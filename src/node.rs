@@ -390,7 +390,7 @@ impl Node {
             secret: identity.secret.clone(),
             founder: identity.uid,
         });
-        match self.propose(command, None).await {
+        match self.propose(&command, None).await {
             Ok(Reply::Cluster(ClusterReply::Initialized | ClusterReply::AlreadyInitialized)) => {}
             Ok(other) => {
                 return Err(BootstrapError::new(
@@ -493,10 +493,10 @@ impl Node {
     /// Commits `command` through the cluster's leader and decodes the reply.
     pub async fn propose(
         &self,
-        command: Command,
+        command: &Command,
         request_id: Option<String>,
     ) -> Result<Reply, Error> {
-        let bytes = bincode::serialize(&command).map_err(|e| Error::Internal(e.to_string()))?;
+        let bytes = bincode::serialize(command).map_err(|e| Error::Internal(e.to_string()))?;
         let reply = self.raft()?.propose(bytes, request_id).await?;
         match bincode::deserialize(&reply) {
             Ok(reply) => Ok(reply),

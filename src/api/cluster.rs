@@ -88,7 +88,7 @@ async fn join(State(node): State<Arc<Node>>, body: Bytes) -> Result<Json<JoinGra
         return Err(Error::bad_request("config_error", "addr is required"));
     }
     let reply = node
-        .propose(Command::Cluster(ClusterCommand::AllocateNodeId), None)
+        .propose(&Command::Cluster(ClusterCommand::AllocateNodeId), None)
         .await?;
     let Reply::Cluster(ClusterReply::NodeId(uid)) = reply else {
         return Err(Error::Internal(format!(

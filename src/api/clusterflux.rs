@@ -155,7 +155,7 @@ async fn register(
             metadata: body.metadata.map(|m| m.to_string()).unwrap_or_default(),
         },
     };
-    match node.propose(Command::Registry(command), None).await? {
+    match node.propose(&Command::Registry(command), None).await? {
         Reply::Registry(RegistryReply::Registered(registered)) => Ok(Json(node_json(&registered))),
         Reply::Registry(RegistryReply::LeaseTaken) => Err(Error::Unavailable {
             code: "retry",
@@ -192,7 +192,7 @@ async fn deregister(
     let id = parse_number("node id", &id)?;
     match node
         .propose(
-            Command::Registry(RegistryCommand::Deregister {
+            &Command::Registry(RegistryCommand::Deregister {
                 cluster: cluster.clone(),
                 id,
             }),
@@ -294,7 +294,7 @@ async fn write_versioned(
         based_on,
         data: metadata.to_string(),
     };
-    match node.propose(Command::Registry(command), None).await? {
+    match node.propose(&Command::Registry(command), None).await? {
         Reply::Registry(RegistryReply::Written(written)) => {
             Ok(Json(versioned_json(&written)).into_response())
         }

@@ -352,18 +352,13 @@ async fn list(
 }
 
 async fn write(node: &Node, command: KvCommand, headers: &HeaderMap) -> Result<Response, Error> {
-    // A put's reply leaves the value out; the answer shows the value as written.
-    let value = match &command {
-        KvCommand::Put { value, .. } => Some(value.clone()),
-        KvCommand::Delete { .. } => None,
-    };
-    let reply = node
-        .propose(Command::Kv(command), request_id(headers)?)
-        .await?;
+    let command = Command::Kv(command);
+    let reply = node.propose(&command, request_id(headers)?).await?;
     match reply {
         // The reply is the body, `{"revision": .., "kv": {..}}`, serialized straight from it.
         Reply::Kv(Ok(mut write)) => {
-            if let Some(value) = value {
+            // A put's reply leaves the value out; the answer shows the value as written.
+            if let Command::Kv(KvCommand::Put { value, .. }) = command {
                 write.kv.value = value;
             }
             let revision = write.revision.to_string();

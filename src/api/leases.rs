@@ -101,7 +101,7 @@ async fn grant(State(node): State<Arc<Node>>, body: Bytes) -> Result<Json<Value>
     let ttl_ms = check_ttl(body.ttl)?;
     let id = body.id.filter(|id| *id != 0).unwrap_or_else(new_lease_id);
     match node
-        .propose(Command::Lease(LeaseCommand::Grant { id, ttl_ms }), None)
+        .propose(&Command::Lease(LeaseCommand::Grant { id, ttl_ms }), None)
         .await?
     {
         Reply::Lease(Ok(leases)) => Ok(Json(lease_json(&leases[0]))),
@@ -122,7 +122,7 @@ async fn revoke(
 ) -> Result<Json<Value>, Error> {
     let id = parse_id(&id)?;
     match node
-        .propose(Command::Lease(LeaseCommand::Revoke { id }), None)
+        .propose(&Command::Lease(LeaseCommand::Revoke { id }), None)
         .await?
     {
         Reply::Lease(Ok(leases)) => Ok(Json(lease_json(&leases[0]))),

@@ -273,7 +273,7 @@ impl Api {
     /// Proposes `op` and returns its answer or the broker's refusal.
     async fn propose(&self, op: Op) -> Result<Answer, UndermoonError> {
         let command = Command::Broker(BrokerCommand { now: now(), op });
-        match self.node.propose(command, None).await? {
+        match self.node.propose(&command, None).await? {
             Reply::Broker(reply) => Ok(reply?),
             other => Err(UndermoonError::Internal(format!(
                 "unexpected reply to a broker command: {other:?}"

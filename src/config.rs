@@ -98,6 +98,11 @@ pub struct ServeArgs {
     #[arg(long, env = "KEEL_SNAPSHOT_EVERY")]
     pub snapshot_every: Option<u64>,
 
+    /// Log entries kept below the latest snapshot, so that a follower that was away for
+    /// fewer writes than this catches up from the log instead of by a snapshot. [default: 5000]
+    #[arg(long, env = "KEEL_KEEP_LOG_ENTRIES")]
+    pub keep_log_entries: Option<u64>,
+
     /// How long a request may wait for a leader, in milliseconds. [default: 5000]
     #[arg(long, env = "KEEL_REQUEST_TIMEOUT_MS")]
     pub request_timeout_ms: Option<u64>,
@@ -172,7 +177,8 @@ impl ServeArgs {
             election_timeout_min: election.unwrap_or(defaults.election_timeout_min),
             election_timeout_max: election.map_or(defaults.election_timeout_max, |e| e * 2),
             snapshot_every: pick!(snapshot_every).unwrap_or(defaults.snapshot_every),
-            keep_logs_after_snapshot: defaults.keep_logs_after_snapshot,
+            keep_logs_after_snapshot: pick!(keep_log_entries)
+                .unwrap_or(defaults.keep_logs_after_snapshot),
             request_timeout: pick!(request_timeout_ms)
                 .map_or(defaults.request_timeout, Duration::from_millis),
             peer_source_ip: pick!(peer_source_ip),

@@ -315,8 +315,7 @@ async fn a_coordinator_round_robin_over_all_nodes_sees_one_broker() {
     assert_eq!(dumps[1], dumps[2]);
     assert_eq!(dumps[0]["version"], "mem-broker-0.2");
 
-    let metrics = cluster.get(leader, "/metrics").send().await.unwrap();
-    let metrics = metrics.text().await.unwrap();
+    let metrics = cluster.metrics(leader).await;
     for line in [
         "keel_broker_clusters 1",
         "keel_broker_proxies 12",

@@ -277,6 +277,11 @@ impl RaftNode {
         self.forwarder.opened()
     }
 
+    /// Snapshots this node has installed from a leader since it started.
+    pub fn snapshots_installed(&self) -> u64 {
+        self.state.snapshots_installed()
+    }
+
     pub fn metrics(&self) -> RaftMetrics {
         self.raft.metrics().borrow_watched().clone()
     }

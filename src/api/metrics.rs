@@ -97,6 +97,11 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
             m.snapshot.map_or(0, |id| id.index),
         );
         metric(
+            "keel_raft_snapshots_installed_total",
+            "Snapshots installed from a leader since this node started: each means this node fell behind by more than the leader keeps of its log.",
+            raft.snapshots_installed(),
+        );
+        metric(
             "keel_raft_purged_index",
             "Index up to which the log is purged.",
             m.purged.map_or(0, |id| id.index),

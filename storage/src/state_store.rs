@@ -135,6 +135,12 @@ impl<C: RaftTypeConfig, A: Application<C>> StateStore<C, A> {
         Reader::new(self.db.clone(), self.installs.clone())
     }
 
+    /// Snapshots installed since the store was opened: how often this node, as a follower,
+    /// fell so far behind that the leader had to send its whole state.
+    pub fn snapshots_installed(&self) -> u64 {
+        self.installs.completed()
+    }
+
     /// Where an incoming snapshot should be written before it is installed.
     pub fn incoming_snapshot_path(&self) -> PathBuf {
         let unique = format!(

@@ -197,6 +197,11 @@ impl Installs {
         self.0.failed.load(Ordering::SeqCst)
     }
 
+    /// Installs finished since the store was opened.
+    pub(crate) fn completed(&self) -> u64 {
+        self.0.count.load(Ordering::SeqCst) / 2
+    }
+
     /// Runs `read`, or fails with [`Error::Installing`] if an install was loading data at any
     /// moment of it.
     pub(crate) fn guard<T>(&self, read: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {

@@ -243,6 +243,12 @@ impl Cluster {
         response.json().await.ok()
     }
 
+    /// Node `i`'s `/metrics` text.
+    pub async fn metrics(&self, i: usize) -> String {
+        let response = self.get(i, "/metrics").send().await.unwrap();
+        response.text().await.unwrap()
+    }
+
     /// Kills every node (kill -9) and starts them all again.
     pub async fn kill_and_restart_all(&mut self) {
         for node in &mut self.nodes {

@@ -67,8 +67,8 @@ fn open(dir: &std::path::Path) -> State {
 
 fn entry(index: u64, request_id: Option<&str>, command: &str) -> Entry {
     let proposal = Proposal {
-        request_id: request_id.map(str::to_string),
-        command: command.as_bytes().to_vec(),
+        request_id: request_id.map(Into::into),
+        command: command.as_bytes().to_vec().into(),
     };
     Entry::new_normal(
         openraft::testing::log_id::<TypeConfig>(1, 1, index),

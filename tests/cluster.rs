@@ -113,6 +113,61 @@ fn metric_value(metrics: &str, name: &str) -> Option<u64> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn concurrent_writes_share_log_entries_once_every_member_reads_them() {
+    let cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.leader().await;
+    // The leader hears each follower's entry format when it opens its append stream.
+    common::wait_until(
+        "the leader to write entries of several writes",
+        Duration::from_secs(10),
+        || {
+            let metrics = cluster.metrics(leader);
+            async move { metric_value(&metrics.await, "keel_raft_entry_format") == Some(2) }
+        },
+    )
+    .await;
+    let applied =
+        |info: Option<serde_json::Value>| info.unwrap()["applied_index"].as_u64().unwrap();
+    let before = applied(cluster.cluster_info(leader).await);
+    let (clients, each) = (32, 8);
+    let mut handles = Vec::new();
+    for client in 0..clients {
+        let http = cluster.client.clone();
+        let url = cluster.nodes[client % 3].url("");
+        handles.push(tokio::spawn(async move {
+            for n in 0..each {
+                let request = http
+                    .put(format!("{url}/v1/kv/shared/{client:02}-{n}"))
+                    .basic_auth(USER, Some(PASSWORD))
+                    .json(&json!({ "value": format!("{client}-{n}") }));
+                assert_eq!(send_json(request).await.0, 200);
+            }
+        }));
+    }
+    for handle in handles {
+        handle.await.unwrap();
+    }
+    let writes = (clients * each) as u64;
+    let entries = applied(cluster.cluster_info(leader).await) - before;
+    assert!(entries < writes, "{writes} writes took {entries} entries");
+    for node in 0..3 {
+        let (_, listing) = send_json(cluster.get(node, "/v1/kv?prefix=shared/&limit=1000")).await;
+        assert_eq!(listing["kvs"].as_array().unwrap().len() as u64, writes);
+        let revisions: std::collections::BTreeSet<u64> = listing["kvs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|kv| kv["mod_revision"].as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            revisions.len() as u64,
+            writes,
+            "each write has a revision of its own"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn killing_the_leader_loses_no_acknowledged_write_and_it_catches_up() {
     let mut cluster = Cluster::start(3, &[]).await;
     let mut acknowledged = Vec::new();

@@ -178,14 +178,14 @@ impl Forwarder {
         let upgrade = self
             .refused
             .upgrade(&self.peers, addr, PATH, PROTOCOL, timeout);
-        let Some(io) = upgrade.await? else {
+        let Some(upgraded) = upgrade.await? else {
             return Ok(None);
         };
         self.opened.fetch_add(1, Ordering::Relaxed);
         self.forget_closed_except(addr);
         let (requests, queued) = mpsc::channel(QUEUED_REQUESTS);
         let closed = CancellationToken::new();
-        tokio::spawn(drive(io, queued, closed.clone()));
+        tokio::spawn(drive(upgraded.io, queued, closed.clone()));
         let connection = Connection { requests, closed };
         *slot = Some(connection.clone());
         Ok(Some(connection))

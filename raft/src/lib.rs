@@ -1,6 +1,7 @@
 //! Consensus plumbing for keel on openraft.
 //!
-//! - [`types`]: the openraft type configuration (commands travel as opaque bytes).
+//! - [`types`]: the openraft type configuration (commands travel as opaque bytes, several to
+//!   a log entry once [`entry_format`] says every member reads that).
 //! - [`machine`]: adapts the domain's deterministic state machine to the storage crate and
 //!   makes retried requests apply once.
 //! - [`network`] and [`service`]: peer RPCs over HTTP with bincode bodies and a cluster secret.
@@ -13,6 +14,7 @@
 //! The crate knows nothing of the REST API or of what commands mean.
 
 pub mod append_stream;
+pub mod entry_format;
 mod error;
 pub mod forward_stream;
 mod frames;

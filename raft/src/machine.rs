@@ -5,7 +5,12 @@
 //! requests. A proposal with a request id records its reply under that id; the same id
 //! proposed again (a client retry after a timeout, a forward that was re-sent) returns the
 //! recorded reply without touching the state. Records expire after [`REQUEST_ID_WINDOW`] log
-//! entries, counted in log indexes so every node expires the same records at the same entry.
+//! entries, counted in log indexes so every node expires the same records at the same entry,
+//! or sooner once newer entries hold [`MAX_REMEMBERED_REQUESTS`] of them: an entry carries a
+//! batch of proposals, and without a bound on records the window would hold up to a batch's
+//! worth of ids per entry. Records go by whole entries, oldest first, which every node does
+//! alike, a node that restarted too (the store's order within an entry is not the order the
+//! records were made in, so trimming inside an entry would not be).
 //!
 //! Every write carries a request id (nodes make one up when the client sent none), so a record
 //! is made for every write, and its cost is part of every write's. A record is therefore one
@@ -34,11 +39,18 @@ use openraft::EntryPayload;
 use serde::Deserialize;
 
 use crate::types::Entry;
+use crate::types::Proposal;
+use crate::types::Replies;
 use crate::types::Reply;
 use crate::types::TypeConfig;
 
 /// How many log entries a request id is remembered for.
 pub const REQUEST_ID_WINDOW: u64 = 100_000;
+
+/// The most request ids remembered, give or take the records of one entry. At least
+/// [`REQUEST_ID_WINDOW`]: then, with one proposal per entry as earlier builds write them, the
+/// bound never applies and such builds and this one remember the same records.
+pub const MAX_REMEMBERED_REQUESTS: usize = 100_000;
 
 /// Longest request id accepted, in bytes.
 pub const MAX_REQUEST_ID_LEN: usize = 128;
@@ -59,7 +71,8 @@ const LEGACY_BY_INDEX_PREFIX: &[u8] = b"\x00req-index/";
 /// The domain's deterministic state machine.
 pub trait StateMachine: Send + Sync + 'static {
     /// Applies the command at log `index` and returns the encoded reply. No clocks,
-    /// randomness or I/O: everything that varies is inside `command`.
+    /// randomness or I/O: everything that varies is inside `command`. The commands of one
+    /// entry are applied in order and share its index.
     fn apply(&self, index: u64, command: &[u8], txn: &mut Txn<'_>) -> Result<Vec<u8>, Error>;
 }
 
@@ -142,23 +155,48 @@ impl RequestWindow {
         self.recorded.push_back((index, id));
     }
 
-    /// Forgets every record that left the window at entry `index`; every [`EXPIRE_EVERY`]
-    /// entries, deletes them from the store too.
+    /// Forgets every record that left the window when entry `index` is applied; every
+    /// [`EXPIRE_EVERY`] entries, deletes them from the store too.
     fn expire(&mut self, index: u64, txn: &mut Txn<'_>) {
         let oldest_kept = oldest_kept(index);
         while let Some((recorded_at, _)) = self.recorded.front() {
             if *recorded_at >= oldest_kept {
                 break;
             }
-            let (recorded_at, id) = self.recorded.pop_front().expect("front exists");
-            self.id_bytes -= id.len();
-            // A retry recorded again after an earlier record of the same id stays.
-            if self.latest.get(&id) == Some(&recorded_at) {
-                self.latest.remove(&id);
+            self.forget_oldest();
+        }
+        while self.recorded.len() - self.oldest_entry_records() >= MAX_REMEMBERED_REQUESTS {
+            for _ in 0..self.oldest_entry_records() {
+                self.forget_oldest();
             }
         }
-        if index.is_multiple_of(EXPIRE_EVERY) && oldest_kept > 0 {
-            txn.delete_range(index_key(0), index_key(oldest_kept));
+        if index.is_multiple_of(EXPIRE_EVERY) {
+            let oldest_remembered = self.recorded.front().map_or(index, |(at, _)| *at);
+            if oldest_remembered > 0 {
+                txn.delete_range(index_key(0), index_key(oldest_remembered));
+            }
+        }
+    }
+
+    /// How many records the oldest entry on record made.
+    fn oldest_entry_records(&self) -> usize {
+        let Some((oldest, _)) = self.recorded.front() else {
+            return 0;
+        };
+        self.recorded
+            .iter()
+            .take_while(|(recorded_at, _)| recorded_at == oldest)
+            .count()
+    }
+
+    fn forget_oldest(&mut self) {
+        let Some((recorded_at, id)) = self.recorded.pop_front() else {
+            return;
+        };
+        self.id_bytes -= id.len();
+        // A retry recorded again after an earlier record of the same id stays.
+        if self.latest.get(&id) == Some(&recorded_at) {
+            self.latest.remove(&id);
         }
     }
 }
@@ -256,19 +294,15 @@ impl Machine {
     }
 }
 
-impl Application<TypeConfig> for Machine {
-    fn apply(&self, entry: &Entry, txn: &mut Txn<'_>) -> Result<Reply, Error> {
-        let index = entry.index();
-        let mut requests = self.requests.lock().expect("request window");
-        let requests = match &mut *requests {
-            Some(window) if window.next == index => window,
-            stale => stale.insert(RequestWindow::load(txn, index)?),
-        };
-        requests.next = index + 1;
-        requests.expire(index, txn);
-        let EntryPayload::Normal(proposal) = &entry.payload else {
-            return Ok(Reply::default());
-        };
+impl Machine {
+    /// Applies one of the proposals of entry `index`, unless its request id is on record.
+    fn apply_proposal(
+        &self,
+        index: u64,
+        proposal: &Proposal,
+        requests: &mut RequestWindow,
+        txn: &mut Txn<'_>,
+    ) -> Result<Reply, Error> {
         let Some(id) = &proposal.request_id else {
             return Ok(Reply(self.domain.apply(index, &proposal.command, txn)?));
         };
@@ -282,5 +316,26 @@ impl Application<TypeConfig> for Machine {
         txn.put(record_key(index, &id), reply.clone());
         requests.record(index, id);
         Ok(Reply(reply))
+    }
+}
+
+impl Application<TypeConfig> for Machine {
+    fn apply(&self, entry: &Entry, txn: &mut Txn<'_>) -> Result<Replies, Error> {
+        let index = entry.index();
+        let mut requests = self.requests.lock().expect("request window");
+        let requests = match &mut *requests {
+            Some(window) if window.next == index => window,
+            stale => stale.insert(RequestWindow::load(txn, index)?),
+        };
+        requests.next = index + 1;
+        requests.expire(index, txn);
+        let EntryPayload::Normal(proposals) = &entry.payload else {
+            return Ok(Replies::default());
+        };
+        let mut replies = Vec::with_capacity(proposals.0.len());
+        for proposal in proposals.0.iter() {
+            replies.push(self.apply_proposal(index, proposal, requests, txn)?);
+        }
+        Ok(Replies(replies))
     }
 }

@@ -46,6 +46,8 @@ use serde::Serialize;
 use keel_storage::SnapshotFile;
 
 use crate::append_stream;
+use crate::entry_format;
+use crate::entry_format::PeerFormats;
 use crate::types::KeelNode;
 use crate::types::NodeId;
 use crate::types::TypeConfig;
@@ -159,7 +161,7 @@ impl PeerClient {
         path: &str,
         protocol: &'static str,
         timeout: Duration,
-    ) -> Result<reqwest::Upgraded, CallError> {
+    ) -> Result<Upgraded, CallError> {
         let exchange = async {
             let response = self
                 .http
@@ -178,10 +180,16 @@ impl PeerClient {
                     body: response.text().await.unwrap_or_default(),
                 });
             }
-            response
+            let entry_format = response
+                .headers()
+                .get(entry_format::HEADER)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_string);
+            let io = response
                 .upgrade()
                 .await
-                .map_err(|e| classify(addr, timeout, e))
+                .map_err(|e| classify(addr, timeout, e))?;
+            Ok(Upgraded { io, entry_format })
         };
         tokio::time::timeout(timeout, exchange)
             .await
@@ -190,6 +198,13 @@ impl PeerClient {
                 timeout,
             })?
     }
+}
+
+/// A connection upgraded to a peer stream.
+pub(crate) struct Upgraded {
+    pub io: reqwest::Upgraded,
+    /// The peer's [`entry_format::HEADER`], if it sent one.
+    pub entry_format: Option<String>,
 }
 
 fn classify(addr: &str, timeout: Duration, err: reqwest::Error) -> CallError {
@@ -227,7 +242,7 @@ impl Refusals {
         path: &str,
         protocol: &'static str,
         timeout: Duration,
-    ) -> Result<Option<reqwest::Upgraded>, CallError> {
+    ) -> Result<Option<Upgraded>, CallError> {
         if self.refused_lately(addr) {
             return Ok(None);
         }
@@ -273,6 +288,7 @@ pub struct Network {
     min_rpc_timeout: Duration,
     streamless: Refusals,
     streams_opened: Arc<AtomicU64>,
+    formats: PeerFormats,
 }
 
 impl Network {
@@ -282,7 +298,13 @@ impl Network {
             min_rpc_timeout,
             streamless: Default::default(),
             streams_opened: Default::default(),
+            formats: Default::default(),
         }
+    }
+
+    /// The entry formats peers announced to this node's append streams.
+    pub fn peer_formats(&self) -> PeerFormats {
+        self.formats.clone()
     }
 
     /// Counts the append stream connections this node's [`Peer`]s open: a few per follower
@@ -304,6 +326,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             channel: Default::default(),
             streamless: self.streamless.clone(),
             streams_opened: self.streams_opened.clone(),
+            formats: self.formats.clone(),
         }
     }
 }
@@ -319,6 +342,7 @@ pub struct Peer {
     channel: Mutex<Option<append_stream::Channel>>,
     streamless: Refusals,
     streams_opened: Arc<AtomicU64>,
+    formats: PeerFormats,
 }
 
 impl Peer {
@@ -380,11 +404,16 @@ impl RaftNetworkV2<TypeConfig> for Peer {
                     )
                     .await
                 {
-                    Ok(Some(io)) => {
+                    Ok(Some(upgraded)) => {
                         self.streams_opened.fetch_add(1, Ordering::Relaxed);
-                        append_stream::Channel::new(io)
+                        let format = upgraded.entry_format.as_deref();
+                        self.formats.announced(self.target, format);
+                        append_stream::Channel::new(upgraded.io)
                     }
-                    Ok(None) => return stream_append_sequential(self, input, option).await,
+                    Ok(None) => {
+                        self.formats.announced(self.target, None);
+                        return stream_append_sequential(self, input, option).await;
+                    }
                     Err(err) => return Err(to_rpc_error(self.target, err)),
                 },
             };

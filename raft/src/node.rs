@@ -10,7 +10,9 @@
 //!
 //! Concurrent proposals on one node travel together: a batch is one forward from a follower,
 //! and one message to the Raft core on the leader, which appends it to the log in one write
-//! and replicates it in one request per follower.
+//! and replicates it in one request per follower. Once every member reads them
+//! ([`crate::entry_format`]), a batch is also one log entry (or a few, for large commands),
+//! so the per-entry work of the Raft core, the log and apply is done once per batch.
 //!
 //! Linearizable reads use ReadIndex: the leader confirms with a quorum that it still leads and
 //! returns its commit index; the node that serves the read (leader or follower) waits until it
@@ -43,6 +45,8 @@ use openraft::SnapshotPolicy;
 use serde::Deserialize;
 use serde::Serialize;
 
+use crate::entry_format;
+use crate::entry_format::PeerFormats;
 use crate::forward_stream::Forwarder;
 use crate::machine::Machine;
 use crate::machine::RememberedRequests;
@@ -53,6 +57,7 @@ use crate::network::PeerClient;
 use crate::types::KeelNode;
 use crate::types::NodeId;
 use crate::types::Proposal;
+use crate::types::Proposals;
 use crate::types::RaftMetrics;
 use crate::types::Reply;
 use crate::types::TypeConfig;
@@ -163,6 +168,7 @@ pub struct RaftNode {
     proposals: Mutex<ProposalBatch>,
     auto_ids: AutoRequestIds,
     append_streams_opened: Arc<AtomicU64>,
+    peer_formats: PeerFormats,
 }
 
 /// Request ids for proposals whose client sent none, so that a forward retried after a
@@ -195,6 +201,13 @@ impl AutoRequestIds {
 
 /// How many batches of proposals a node keeps in flight at once.
 const BATCHES_IN_FLIGHT: usize = 2;
+
+/// Most proposals in one log entry.
+const MAX_ENTRY_PROPOSALS: usize = 64;
+
+/// An entry takes no more proposals once their commands reach this size, so that a batch of
+/// `max_payload_entries` entries stays far below the peer streams' frame limit.
+const MAX_ENTRY_COMMAND_BYTES: usize = 1 << 20;
 
 type ProposeResult = Result<Vec<u8>, Error>;
 
@@ -233,8 +246,9 @@ impl RaftNode {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
             max_in_snapshot_log_to_keep: config.keep_logs_after_snapshot,
             install_snapshot_timeout: 600_000,
-            // Entries are at most ~1 MiB (the API's value limit), so a batch stays well under
-            // the peer routes' 256 MiB body limit.
+            // An entry's commands stop at MAX_ENTRY_COMMAND_BYTES plus one command (at most
+            // ~1 MiB, the API's value limit), so a batch stays well under the peer routes'
+            // 256 MiB body limit.
             max_payload_entries: 64,
             // Replication reads an entry as soon as the leader's append returns instead of at
             // the end of the core's loop, and the core takes acknowledgements before more
@@ -254,10 +268,11 @@ impl RaftNode {
         let peers = PeerClient::new(secret.clone(), config.peer_source_ip);
         let network = Network::new(peers.clone(), config.election_timeout_min);
         let append_streams_opened = network.streams_opened();
+        let peer_formats = network.peer_formats();
         let raft = KeelRaft::new(id, raft_config, network, store.log_store(), state.clone())
             .await
             .map_err(|e| Error::Fatal(e.to_string()))?;
-        Ok(Arc::new(Self {
+        let node = Arc::new(Self {
             id,
             raft,
             state,
@@ -268,7 +283,9 @@ impl RaftNode {
             proposals: Default::default(),
             auto_ids: AutoRequestIds::new(),
             append_streams_opened,
-        }))
+            peer_formats,
+        });
+        Ok(node)
     }
 
     pub fn id(&self) -> NodeId {
@@ -300,6 +317,15 @@ impl RaftNode {
     /// Append stream connections this node has opened to followers while it led.
     pub fn append_streams_opened(&self) -> u64 {
         self.append_streams_opened.load(Ordering::Relaxed)
+    }
+
+    /// The log entry format this node writes while it leads ([`crate::entry_format`]).
+    pub fn entry_format(&self) -> u32 {
+        if self.members_read_several_proposals() {
+            entry_format::SEVERAL_PROPOSALS
+        } else {
+            entry_format::ONE_PROPOSAL
+        }
     }
 
     /// Forward stream connections this node has opened to leaders while it followed.
@@ -644,21 +670,42 @@ impl RaftNode {
         let fatal = |fatal: openraft::error::Fatal<TypeConfig>| {
             NotDone::Failed(Error::Fatal(fatal.to_string()))
         };
-        let mut results = self
-            .raft
-            .client_write_many(proposals.iter().cloned())
-            .await
-            .map_err(fatal)?;
+        let entries = if self.members_read_several_proposals() {
+            entries_of_several(proposals)
+        } else {
+            proposals.iter().map(|p| vec![p.clone()].into()).collect()
+        };
+        let mut results = self.raft.client_write_many(entries).await.map_err(fatal)?;
         let mut replies = Vec::with_capacity(proposals.len());
         while let Some(result) = results.next().await {
             match result.map_err(fatal)? {
-                Ok(written) => replies.push(written.response),
+                Ok(written) => replies.extend(written.response.0),
                 // Leadership moved: the follower sends the whole batch to the new leader,
                 // and the request ids answer the ones applied here.
                 Err(err) => return Err(write_error(RaftError::APIError(err))),
             }
         }
+        if replies.len() != proposals.len() {
+            return Err(NotDone::Failed(Error::Fatal(format!(
+                "{} replies to {} proposals",
+                replies.len(),
+                proposals.len()
+            ))));
+        }
         Ok(replies)
+    }
+
+    /// Whether every other member, voter or learner, announced that it reads entries of
+    /// several proposals.
+    fn members_read_several_proposals(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        let membership = metrics.membership_config.membership();
+        let others = membership
+            .nodes()
+            .map(|(id, _)| *id)
+            .filter(|id| *id != self.id);
+        self.peer_formats.all_read_several(others)
     }
 
     pub async fn shutdown(&self) {
@@ -683,9 +730,57 @@ fn write_error(err: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> NotD
     }
 }
 
+/// Splits `proposals` into log entries, in order, within the limits on an entry.
+fn entries_of_several(proposals: &[Proposal]) -> Vec<Proposals> {
+    let mut entries = Vec::new();
+    let mut entry: Vec<Proposal> = Vec::new();
+    let mut bytes = 0;
+    for proposal in proposals {
+        if entry.len() == MAX_ENTRY_PROPOSALS || bytes >= MAX_ENTRY_COMMAND_BYTES {
+            entries.push(std::mem::take(&mut entry).into());
+            bytes = 0;
+        }
+        bytes += proposal.command.len();
+        entry.push(proposal.clone());
+    }
+    if !entry.is_empty() {
+        entries.push(entry.into());
+    }
+    entries
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_becomes_entries_within_the_limits_in_order() {
+        let proposal = |n: usize, bytes: usize| Proposal {
+            request_id: Some(n.to_string().into()),
+            command: vec![0; bytes].into(),
+        };
+        let sizes =
+            |entries: &[Proposals]| -> Vec<usize> { entries.iter().map(|e| e.0.len()).collect() };
+        assert!(entries_of_several(&[]).is_empty());
+        let small: Vec<_> = (0..MAX_ENTRY_PROPOSALS * 2 + 1)
+            .map(|n| proposal(n, 300))
+            .collect();
+        let entries = entries_of_several(&small);
+        assert_eq!(
+            sizes(&entries),
+            [MAX_ENTRY_PROPOSALS, MAX_ENTRY_PROPOSALS, 1]
+        );
+        let in_order: Vec<Proposal> = entries.iter().flat_map(|e| e.0.iter().cloned()).collect();
+        assert_eq!(in_order, small);
+        // An entry closes once its commands reach the limit; a large command still fits.
+        let large = [
+            proposal(0, MAX_ENTRY_COMMAND_BYTES - 1),
+            proposal(1, 1),
+            proposal(2, MAX_ENTRY_COMMAND_BYTES * 2),
+            proposal(3, 1),
+        ];
+        assert_eq!(sizes(&entries_of_several(&large)), [2, 1, 1]);
+    }
 
     #[test]
     fn auto_request_ids_repeat_neither_within_a_process_nor_across_restarts() {

@@ -37,6 +37,7 @@ use tokio::io::AsyncWriteExt;
 use keel_storage::SnapshotFile;
 
 use crate::append_stream;
+use crate::entry_format;
 use crate::forward_stream;
 use crate::network::SECRET_HEADER;
 use crate::node::LeaderRequest;
@@ -230,6 +231,7 @@ where
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::CONNECTION, "upgrade")
         .header(header::UPGRADE, protocol)
+        .header(entry_format::HEADER, entry_format::SEVERAL_PROPOSALS)
         .body(Body::empty())
         .expect("a well-formed response")
 }

@@ -1,7 +1,8 @@
 //! Exactly-once application of retried requests, on real RocksDB stores: a request id is
 //! applied once while its record is in the window, across a restart and after a snapshot
 //! replaced the store, and is forgotten (in the store too) once it leaves the window; records
-//! of the earlier layout are converted.
+//! of the earlier layout are converted. Entries of several proposals apply each once, and the
+//! bound on ids remembered trims whole entries alike on a node that restarted.
 
 use std::io::Read;
 use std::io::Write;
@@ -10,9 +11,11 @@ use std::sync::Arc;
 use futures::stream;
 use keel_raft::machine::Machine;
 use keel_raft::machine::EXPIRE_EVERY;
+use keel_raft::machine::MAX_REMEMBERED_REQUESTS;
 use keel_raft::machine::REQUEST_ID_WINDOW;
 use keel_raft::types::Entry;
 use keel_raft::types::Proposal;
+use keel_raft::types::Proposals;
 use keel_raft::types::TypeConfig;
 use keel_raft::StateMachine;
 use keel_storage::Error;
@@ -66,13 +69,21 @@ fn open(dir: &std::path::Path) -> State {
 }
 
 fn entry(index: u64, request_id: Option<&str>, command: &str) -> Entry {
-    let proposal = Proposal {
-        request_id: request_id.map(Into::into),
-        command: command.as_bytes().to_vec().into(),
-    };
+    batch(index, &[(request_id, command)])
+}
+
+/// An entry of several proposals: (request id, command) each.
+fn batch(index: u64, proposals: &[(Option<&str>, &str)]) -> Entry {
+    let proposals: Vec<Proposal> = proposals
+        .iter()
+        .map(|(request_id, command)| Proposal {
+            request_id: request_id.map(Into::into),
+            command: command.as_bytes().to_vec().into(),
+        })
+        .collect();
     Entry::new_normal(
         openraft::testing::log_id::<TypeConfig>(1, 1, index),
-        proposal,
+        Proposals::from(proposals),
     )
 }
 
@@ -212,4 +223,83 @@ async fn records_arrive_with_a_snapshot() {
     b.install_snapshot(&current.meta, received).await.unwrap();
     assert_eq!(apply(&mut b, vec![entry(4, Some("a"), "x")]).await, 3);
     assert_eq!(apply(&mut b, vec![entry(5, Some("b"), "x")]).await, 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn proposals_sharing_an_entry_apply_in_order_and_each_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut state = open(dir.path());
+    let first = batch(
+        1,
+        &[
+            (Some("a"), "x"),
+            (Some("b"), "x"),
+            (Some("a"), "x"),
+            (None, "z"),
+        ],
+    );
+    assert_eq!(apply(&mut state, vec![first]).await, 3);
+    let second = batch(2, &[(Some("b"), "x"), (Some("c"), "x"), (Some("a"), "y")]);
+    assert_eq!(apply(&mut state, vec![second]).await, 5);
+    assert_eq!(state.app().remembered_requests().ids, 4);
+}
+
+/// Applies entries `from..=to` of `PER_ENTRY` proposals, ids `e{index}-{n}`.
+async fn fill_batches(state: &mut State, from: u64, to: u64) {
+    for first in (from..=to).step_by(100) {
+        let entries = (first..=(first + 99).min(to))
+            .map(|index| {
+                let ids: Vec<String> = (0..PER_ENTRY).map(|n| format!("e{index}-{n}")).collect();
+                let proposals: Vec<_> = ids.iter().map(|id| (Some(id.as_str()), "x")).collect();
+                batch(index, &proposals)
+            })
+            .collect();
+        apply(state, entries).await;
+    }
+}
+
+const PER_ENTRY: u64 = 64;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn at_most_so_many_ids_are_remembered_by_whole_entries_alike_after_a_restart() {
+    let last = 2100;
+    let kept_entries = (MAX_REMEMBERED_REQUESTS as u64).div_ceil(PER_ENTRY);
+    let sweep = last / EXPIRE_EVERY * EXPIRE_EVERY;
+    assert!(
+        sweep > kept_entries + 1,
+        "the bound trims before the store's last sweep"
+    );
+    let oldest_kept = last - kept_entries + 1;
+
+    let dir_a = tempfile::tempdir().unwrap();
+    let mut a = open(dir_a.path());
+    fill_batches(&mut a, 1, last).await;
+    let dir_b = tempfile::tempdir().unwrap();
+    let mut b = open(dir_b.path());
+    fill_batches(&mut b, 1, 1000).await;
+    drop(b);
+    let mut b = open(dir_b.path());
+    fill_batches(&mut b, 1001, last).await;
+    drop(b);
+    let mut b = open(dir_b.path());
+
+    for state in [&mut a, &mut b] {
+        let applied = count(&state.reader());
+        let kept = format!("e{oldest_kept}-{}", PER_ENTRY - 1);
+        let forgotten = format!("e{}-0", oldest_kept - 1);
+        assert_eq!(
+            apply(state, vec![entry(last + 1, Some(&kept), "x")]).await,
+            applied
+        );
+        let remembered = state.app().remembered_requests().ids;
+        assert_eq!(remembered as u64, kept_entries * PER_ENTRY);
+        assert_eq!(
+            apply(state, vec![entry(last + 2, Some(&forgotten), "x")]).await,
+            applied + 1
+        );
+    }
+    assert_eq!(a.app().remembered_requests(), b.app().remembered_requests());
+    // The sweep deleted the records the bound had dropped by then, on both alike.
+    assert!(stored_records(&a) < (last as usize) * PER_ENTRY as usize);
+    assert_eq!(stored(&a, b"\x00rq/"), stored(&b, b"\x00rq/"));
 }

@@ -10,6 +10,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use keel_raft::machine::MAX_REMEMBERED_REQUESTS;
 use keel_raft::machine::REQUEST_ID_WINDOW;
 use openraft::ServerState;
 
@@ -117,6 +118,11 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
             raft.append_streams_opened(),
         );
         metric(
+            "keel_raft_entry_format",
+            "Log entry format this node writes while it leads: 2 (several writes to an entry) once every other member has announced that it reads it, 1 (one write to an entry) until then; a leader stuck at 1 has a member it cannot reach or one of an earlier build.",
+            raft.entry_format().into(),
+        );
+        metric(
             "keel_raft_forward_streams_opened_total",
             "Connections this node opened to leaders to forward writes and reads while following; a steady climb means they keep breaking.",
             raft.forward_streams_opened(),
@@ -125,7 +131,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
         metric(
             "keel_request_ids_remembered",
             &format!(
-                "Request ids on record for exactly-once retries (the last {REQUEST_ID_WINDOW} log entries)."
+                "Request ids on record for exactly-once retries (of the last {REQUEST_ID_WINDOW} log entries, at most about {MAX_REMEMBERED_REQUESTS})."
             ),
             requests.ids as u64,
         );

@@ -94,7 +94,8 @@ pub struct ServeArgs {
     #[arg(long, env = "KEEL_ELECTION_TIMEOUT_MS")]
     pub election_timeout_ms: Option<u64>,
 
-    /// Take a snapshot and purge the log after this many entries. [default: 100000]
+    /// Take a snapshot and purge the log after this many writes (a log entry may carry
+    /// several; openraft's count of entries stays as a backstop). [default: 100000]
     #[arg(long, env = "KEEL_SNAPSHOT_EVERY")]
     pub snapshot_every: Option<u64>,
 

@@ -27,6 +27,8 @@
 
 use std::collections::HashMap;
 use std::collections::VecDeque;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::sync::Mutex;
 
@@ -268,6 +270,7 @@ const MIRROR_ENTRY_OVERHEAD: usize = 80;
 pub struct Machine {
     domain: Arc<dyn StateMachine>,
     requests: Mutex<Option<RequestWindow>>,
+    proposals_applied: AtomicU64,
 }
 
 impl Machine {
@@ -275,7 +278,13 @@ impl Machine {
         Self {
             domain,
             requests: Mutex::default(),
+            proposals_applied: AtomicU64::new(0),
         }
+    }
+
+    /// Proposals applied (retries answered from their record too) since this process started.
+    pub fn proposals_applied(&self) -> u64 {
+        self.proposals_applied.load(Ordering::Relaxed)
     }
 
     /// What the mirror of request records holds; empty until the first entry is applied.
@@ -336,6 +345,8 @@ impl Application<TypeConfig> for Machine {
         for proposal in proposals.0.iter() {
             replies.push(self.apply_proposal(index, proposal, requests, txn)?);
         }
+        self.proposals_applied
+            .fetch_add(replies.len() as u64, Ordering::Relaxed);
         Ok(Replies(replies))
     }
 }

@@ -25,6 +25,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::Weak;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -72,7 +73,8 @@ pub struct RaftConfig {
     pub heartbeat: Duration,
     pub election_timeout_min: Duration,
     pub election_timeout_max: Duration,
-    /// Build a snapshot (and purge the log below it) after this many new entries.
+    /// Build a snapshot (and purge the log below it) after this many writes, or this many new
+    /// entries (see [`trigger_snapshots`]).
     pub snapshot_every: u64,
     /// Log entries kept below the latest snapshot, so a briefly lagging follower can catch
     /// up from the log instead of by snapshot.
@@ -285,6 +287,10 @@ impl RaftNode {
             append_streams_opened,
             peer_formats,
         });
+        tokio::spawn(trigger_snapshots(
+            Arc::downgrade(&node),
+            node.config.snapshot_every,
+        ));
         Ok(node)
     }
 
@@ -729,6 +735,40 @@ fn write_error(err: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> NotD
         RaftError::Fatal(fatal) => NotDone::Failed(Error::Fatal(fatal.to_string())),
     }
 }
+
+/// Builds a snapshot once `every` proposals were applied since the last one, for as long as
+/// the node runs.
+///
+/// openraft's own policy (kept as a backstop) counts log entries, and an entry holds up to
+/// [`MAX_ENTRY_PROPOSALS`] writes: by itself it would let the log grow that many times longer
+/// under load than at one write per entry, and snapshots come that much rarer. After a
+/// restart the count starts afresh.
+async fn trigger_snapshots(node: Weak<RaftNode>, every: u64) {
+    let mut ticker = tokio::time::interval(SNAPSHOT_CHECK);
+    let mut seen_snapshot = None;
+    let mut counted_from = 0;
+    loop {
+        ticker.tick().await;
+        let Some(node) = node.upgrade() else {
+            return;
+        };
+        let applied = node.state.app().proposals_applied();
+        let snapshot = node.raft.metrics().borrow_watched().snapshot;
+        if snapshot != seen_snapshot {
+            seen_snapshot = snapshot;
+            counted_from = applied;
+        }
+        if applied - counted_from >= every {
+            counted_from = applied;
+            if node.raft.trigger().snapshot().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// How often [`trigger_snapshots`] looks at the count.
+const SNAPSHOT_CHECK: Duration = Duration::from_millis(200);
 
 /// Splits `proposals` into log entries, in order, within the limits on an entry.
 fn entries_of_several(proposals: &[Proposal]) -> Vec<Proposals> {

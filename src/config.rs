@@ -190,6 +190,9 @@ impl ServeArgs {
         if worker_threads == 0 {
             return Err("--worker-threads must be at least 1".into());
         }
+        if raft.snapshot_every == 0 {
+            return Err("--snapshot-every must be at least 1".into());
+        }
         if raft.heartbeat >= raft.election_timeout_min {
             return Err("--heartbeat-ms must be smaller than --election-timeout-ms".into());
         }
@@ -269,6 +272,8 @@ mod tests {
         assert!(err.contains("smaller"), "{err}");
         let err = parse(&["--worker-threads", "0"]).resolve().unwrap_err();
         assert!(err.contains("at least 1"), "{err}");
+        let err = parse(&["--snapshot-every", "0"]).resolve().unwrap_err();
+        assert!(err.contains("--snapshot-every must be at least 1"), "{err}");
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("bad.toml");
         std::fs::write(&file, "listen-address = \"x\"\n").unwrap();

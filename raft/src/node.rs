@@ -760,7 +760,8 @@ async fn trigger_snapshots(node: Weak<RaftNode>, every: u64) {
         }
         if applied - counted_from >= every {
             counted_from = applied;
-            if node.raft.trigger().snapshot().await.is_err() {
+            if let Err(fatal) = node.raft.trigger().snapshot().await {
+                tracing::warn!(%fatal, "Raft stopped; no more snapshots are triggered by writes");
                 return;
             }
         }

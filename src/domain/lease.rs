@@ -33,7 +33,10 @@ pub enum Attachment {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
     pub id: u64,
-    /// The log index that granted it: an id revoked and granted again is another lease.
+    /// The log index that granted it: an id revoked and granted again is another lease. The
+    /// writes of one entry share its index, so a grant, revoke and grant again of one id in one
+    /// entry leave a lease with the first grant's identity; the lessor only ever sees the state
+    /// after a whole entry, so it cannot tell them apart and need not.
     pub granted_at: u64,
     pub ttl_ms: u64,
     pub attachments: BTreeSet<Attachment>,

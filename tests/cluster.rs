@@ -112,6 +112,34 @@ fn metric_value(metrics: &str, name: &str) -> Option<u64> {
         .and_then(|value| value.parse().ok())
 }
 
+/// Writes keys `{prefix}00000` up to `writes` from `workers` concurrent clients, worker `w`
+/// on node `node_of(w)`; every write must succeed.
+async fn put_concurrently(
+    cluster: &Cluster,
+    prefix: &str,
+    writes: usize,
+    workers: usize,
+    node_of: impl Fn(usize) -> usize,
+) {
+    let mut handles = Vec::new();
+    for worker in 0..workers {
+        let client = cluster.client.clone();
+        let url = format!("{}/v1/kv/{prefix}", cluster.nodes[node_of(worker)].url(""));
+        handles.push(tokio::spawn(async move {
+            for n in (worker..writes).step_by(workers) {
+                let request = client
+                    .put(format!("{url}{n:05}"))
+                    .basic_auth(USER, Some(PASSWORD))
+                    .json(&json!({ "value": format!("v{n}") }));
+                assert_eq!(send_json(request).await.0, 200);
+            }
+        }));
+    }
+    for handle in handles {
+        handle.await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_writes_share_log_entries_once_every_member_reads_them() {
     // Snapshots count writes, not entries: 256 writes in fewer than 200 entries still make one.
@@ -130,25 +158,9 @@ async fn concurrent_writes_share_log_entries_once_every_member_reads_them() {
     let applied =
         |info: Option<serde_json::Value>| info.unwrap()["applied_index"].as_u64().unwrap();
     let before = applied(cluster.cluster_info(leader).await);
-    let (clients, each) = (32, 8);
-    let mut handles = Vec::new();
-    for client in 0..clients {
-        let http = cluster.client.clone();
-        let url = cluster.nodes[client % 3].url("");
-        handles.push(tokio::spawn(async move {
-            for n in 0..each {
-                let request = http
-                    .put(format!("{url}/v1/kv/shared/{client:02}-{n}"))
-                    .basic_auth(USER, Some(PASSWORD))
-                    .json(&json!({ "value": format!("{client}-{n}") }));
-                assert_eq!(send_json(request).await.0, 200);
-            }
-        }));
-    }
-    for handle in handles {
-        handle.await.unwrap();
-    }
-    let writes = (clients * each) as u64;
+    let writes = 256;
+    put_concurrently(&cluster, "shared/", writes, 32, |worker| worker % 3).await;
+    let writes = writes as u64;
     let entries = applied(cluster.cluster_info(leader).await) - before;
     assert!(entries < 200, "{writes} writes took {entries} entries");
     common::wait_until(
@@ -258,23 +270,7 @@ async fn a_follower_down_for_many_writes_catches_up_by_snapshot() {
     let follower = (leader + 1) % 3;
     cluster.nodes[follower].kill();
     let writes = 600;
-    let mut handles = Vec::new();
-    for worker in 0..8 {
-        let client = cluster.client.clone();
-        let url = cluster.nodes[leader].url("");
-        handles.push(tokio::spawn(async move {
-            for n in (worker..writes).step_by(8) {
-                let request = client
-                    .put(format!("{url}/v1/kv/bulk/{n:05}"))
-                    .basic_auth(USER, Some(PASSWORD))
-                    .json(&json!({ "value": format!("v{n}") }));
-                assert_eq!(send_json(request).await.0, 200);
-            }
-        }));
-    }
-    for handle in handles {
-        handle.await.unwrap();
-    }
+    put_concurrently(&cluster, "bulk/", writes, 8, |_| leader).await;
     let leader_info = cluster.cluster_info(leader).await.unwrap();
     assert!(
         leader_info["snapshot_index"].as_u64().unwrap_or(0) > 0,

@@ -167,8 +167,12 @@ impl RequestWindow {
             }
             self.forget_oldest();
         }
-        while self.recorded.len() - self.oldest_entry_records() >= MAX_REMEMBERED_REQUESTS {
-            for _ in 0..self.oldest_entry_records() {
+        loop {
+            let oldest_entry = self.oldest_entry_records();
+            if self.recorded.len() - oldest_entry < MAX_REMEMBERED_REQUESTS {
+                break;
+            }
+            for _ in 0..oldest_entry {
                 self.forget_oldest();
             }
         }

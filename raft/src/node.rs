@@ -676,11 +676,12 @@ impl RaftNode {
         let fatal = |fatal: openraft::error::Fatal<TypeConfig>| {
             NotDone::Failed(Error::Fatal(fatal.to_string()))
         };
-        let entries = if self.members_read_several_proposals() {
-            entries_of_several(proposals)
+        let per_entry = if self.members_read_several_proposals() {
+            MAX_ENTRY_PROPOSALS
         } else {
-            proposals.iter().map(|p| vec![p.clone()].into()).collect()
+            1
         };
+        let entries = split_into_entries(proposals, per_entry);
         let mut results = self.raft.client_write_many(entries).await.map_err(fatal)?;
         let mut replies = Vec::with_capacity(proposals.len());
         while let Some(result) = results.next().await {
@@ -771,13 +772,14 @@ async fn trigger_snapshots(node: Weak<RaftNode>, every: u64) {
 /// How often [`trigger_snapshots`] looks at the count.
 const SNAPSHOT_CHECK: Duration = Duration::from_millis(200);
 
-/// Splits `proposals` into log entries, in order, within the limits on an entry.
-fn entries_of_several(proposals: &[Proposal]) -> Vec<Proposals> {
+/// Splits `proposals` into log entries, in order, of at most `per_entry` proposals and within
+/// [`MAX_ENTRY_COMMAND_BYTES`].
+fn split_into_entries(proposals: &[Proposal], per_entry: usize) -> Vec<Proposals> {
     let mut entries = Vec::new();
     let mut entry: Vec<Proposal> = Vec::new();
     let mut bytes = 0;
     for proposal in proposals {
-        if entry.len() == MAX_ENTRY_PROPOSALS || bytes >= MAX_ENTRY_COMMAND_BYTES {
+        if entry.len() == per_entry || bytes >= MAX_ENTRY_COMMAND_BYTES {
             entries.push(std::mem::take(&mut entry).into());
             bytes = 0;
         }
@@ -802,11 +804,11 @@ mod tests {
         };
         let sizes =
             |entries: &[Proposals]| -> Vec<usize> { entries.iter().map(|e| e.0.len()).collect() };
-        assert!(entries_of_several(&[]).is_empty());
+        assert!(split_into_entries(&[], MAX_ENTRY_PROPOSALS).is_empty());
         let small: Vec<_> = (0..MAX_ENTRY_PROPOSALS * 2 + 1)
             .map(|n| proposal(n, 300))
             .collect();
-        let entries = entries_of_several(&small);
+        let entries = split_into_entries(&small, MAX_ENTRY_PROPOSALS);
         assert_eq!(
             sizes(&entries),
             [MAX_ENTRY_PROPOSALS, MAX_ENTRY_PROPOSALS, 1]
@@ -820,7 +822,11 @@ mod tests {
             proposal(2, MAX_ENTRY_COMMAND_BYTES * 2),
             proposal(3, 1),
         ];
-        assert_eq!(sizes(&entries_of_several(&large)), [2, 1, 1]);
+        assert_eq!(
+            sizes(&split_into_entries(&large, MAX_ENTRY_PROPOSALS)),
+            [2, 1, 1]
+        );
+        assert_eq!(sizes(&split_into_entries(&small[..3], 1)), [1, 1, 1]);
     }
 
     #[test]

@@ -65,12 +65,13 @@ impl fmt::Display for Proposal {
 /// The proposals one log entry carries, applied in order; never empty.
 ///
 /// Encoded as a lone [`Proposal`] when there is one, which begins with its request id's
-/// `Option` tag (0 or 1). Several begin with [`SEVERAL_PROPOSALS`] instead, then the sequence.
+/// `Option` tag (0 or 1). Several begin with [`SEVERAL_PROPOSALS_TAG`] instead, then the
+/// sequence.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Proposals(pub Arc<[Proposal]>);
 
 /// The first byte of an entry of several proposals: no `Option` tag is 2.
-const SEVERAL_PROPOSALS: u8 = 2;
+const SEVERAL_PROPOSALS_TAG: u8 = 2;
 
 impl From<Vec<Proposal>> for Proposals {
     fn from(proposals: Vec<Proposal>) -> Self {
@@ -91,7 +92,7 @@ impl Serialize for Proposals {
             [one] => one.serialize(serializer),
             several => {
                 let mut tuple = serializer.serialize_tuple(2)?;
-                tuple.serialize_element(&SEVERAL_PROPOSALS)?;
+                tuple.serialize_element(&SEVERAL_PROPOSALS_TAG)?;
                 tuple.serialize_element(several)?;
                 tuple.end()
             }
@@ -116,7 +117,7 @@ impl<'de> Deserialize<'de> for Proposals {
                 let request_id = match tag {
                     0 => None,
                     1 => Some(seq.next_element()?.ok_or_else(missing)?),
-                    SEVERAL_PROPOSALS => {
+                    SEVERAL_PROPOSALS_TAG => {
                         let several: Vec<Proposal> = seq.next_element()?.ok_or_else(missing)?;
                         if several.is_empty() {
                             return Err(de::Error::custom("a log entry holds no proposal"));
@@ -206,7 +207,7 @@ mod tests {
             proposal(Some(""), b"\x01\x02"),
         ]);
         let written = bincode::serialize(&entry).unwrap();
-        assert_eq!(written[0], SEVERAL_PROPOSALS);
+        assert_eq!(written[0], SEVERAL_PROPOSALS_TAG);
         assert_eq!(bincode::deserialize::<Proposals>(&written).unwrap(), entry);
     }
 
@@ -217,7 +218,7 @@ mod tests {
             proposal(None, b"b"),
         ]))
         .unwrap();
-        let empty = [&[SEVERAL_PROPOSALS][..], &0u64.to_le_bytes()].concat();
+        let empty = [&[SEVERAL_PROPOSALS_TAG][..], &0u64.to_le_bytes()].concat();
         let cases: [(&[u8], &str); 4] = [
             (&[3, 0], "cannot read"),
             (&empty, "no proposal"),

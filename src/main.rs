@@ -32,20 +32,18 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = |workers: Option<usize>| {
+    let runtime = |workers: usize| {
         // One worker: tokio's current-thread scheduler, which runs the accept loop and every
         // task on the thread that calls `block_on` (the multi-thread one kept that thread
         // and a worker busy) and wakes tasks without cross-thread queues. Three nodes on two
         // cores, paired runs against a one-worker multi-thread runtime: put (64) 5 of 5
         // pairs better, 6 % less CPU per write; linearizable get (64) 3 of 3 on a quiet host.
-        let mut builder = match workers {
-            Some(1) => tokio::runtime::Builder::new_current_thread(),
-            Some(workers) => {
-                let mut builder = tokio::runtime::Builder::new_multi_thread();
-                builder.worker_threads(workers);
-                builder
-            }
-            None => tokio::runtime::Builder::new_multi_thread(),
+        let mut builder = if workers == 1 {
+            tokio::runtime::Builder::new_current_thread()
+        } else {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(workers);
+            builder
         };
         builder
             .enable_all()
@@ -54,13 +52,15 @@ fn main() -> std::process::ExitCode {
     };
     let result = match config::Cli::parse().command {
         config::Command::Serve(args) => match (*args).resolve() {
-            Ok(settings) => runtime(Some(settings.worker_threads)).block_on(serve(settings)),
+            Ok(settings) => runtime(settings.worker_threads).block_on(serve(settings)),
             Err(message) => {
                 eprintln!("keel: {message}");
                 return std::process::ExitCode::from(2);
             }
         },
-        config::Command::Bench(args) => runtime(None).block_on(bench::run(args)),
+        config::Command::Bench(args) => {
+            runtime(usize::from(args.threads)).block_on(bench::run(args))
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -6,9 +6,9 @@
 #
 # Prints: load rate; RSS and data size per node; the time from restarting a node (kill -9)
 # until it answers a linearizable read and has applied the leader's commit index; and the
-# size of the newest snapshot and how long a follower that missed more than a snapshot's
-# worth of entries (so the leader purged them) takes to catch up from it, and that node's peak
-# memory while it did (VmHWM). KEEL_EXTRA_ARGS
+# time a follower that missed more than a snapshot's worth of entries (so the leader purged
+# them) takes to catch up from a snapshot (the leader writes it to a file for the transfer),
+# that node's peak memory while it did (VmHWM), and the snapshot file's size. KEEL_EXTRA_ARGS
 # reaches the nodes (e.g. "--snapshot-every 25000" to be sure the missed entries are purged).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -59,11 +59,6 @@ other=$(( follower % 3 + 1 ))
 # More than --snapshot-every (default 100 000) entries, so the leader snapshots and purges
 # the log the follower would need.
 "$KEEL" bench --endpoints "127.0.0.1:$(port "$other")" --workload put --clients 64 --seconds 100000 --ops 110000 >/dev/null
-for id in 1 2 3; do
-  [[ $id == "$follower" ]] && continue
-  snap=$(ls -t "$KEEL_CLUSTER_DATA/node$id"/snapshots/*.snap 2>/dev/null | head -1 || true)
-  [[ -n $snap ]] && echo "node $id newest snapshot: $(du -m "$snap" | cut -f1) MiB ($snap)"
-done
 target=$(cluster_field "$other" '["commit_index"]')
 t0=$(now)
 scripts/cluster.sh restart "$follower" >/dev/null
@@ -72,5 +67,11 @@ snapshot=$(cluster_field "$follower" '["snapshot_index"]')
 how="by log replication"
 ((snapshot > before)) && how="by a snapshot from the leader (index $snapshot, beyond the $before it had applied)"
 echo "node $follower applied the leader's commit index $target $(since "$t0") s after start, $how"
+# A snapshot is written to a file only once a follower needs it: the leader's file (written for
+# this transfer, so its time is in the figure above) and the one the follower installed.
+for id in 1 2 3; do
+  snap=$(ls -t "$KEEL_CLUSTER_DATA/node$id"/snapshots/*.snap 2>/dev/null | head -1 || true)
+  [[ -n $snap ]] && echo "node $id snapshot file: $(du -m "$snap" | cut -f1) MiB ($snap)"
+done
 pid=$(cat "$KEEL_CLUSTER_DATA/node$follower.pid")
 echo "node $follower peak RSS since its start: $(( $(awk '/VmHWM/ {print $2}' "/proc/$pid/status") / 1024 )) MiB"

@@ -43,7 +43,7 @@ use openraft::RaftNetworkV2;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use keel_storage::SnapshotFile;
+use keel_storage::SnapshotData;
 
 use crate::append_stream;
 use crate::entry_format;
@@ -377,7 +377,7 @@ pub(crate) fn to_rpc_error(target: NodeId, err: CallError) -> RPCError<TypeConfi
 }
 
 impl RaftNetworkV2<TypeConfig> for Peer {
-    type SnapshotData = SnapshotFile;
+    type SnapshotData = SnapshotData;
 
     fn stream_append<'s, S>(
         &'s mut self,
@@ -455,7 +455,7 @@ impl RaftNetworkV2<TypeConfig> for Peer {
     async fn full_snapshot(
         &mut self,
         vote: Vote,
-        snapshot: SnapshotOf<TypeConfig, SnapshotFile>,
+        snapshot: SnapshotOf<TypeConfig, SnapshotData>,
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
@@ -463,10 +463,11 @@ impl RaftNetworkV2<TypeConfig> for Peer {
             .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
         let mut prefix = (header.len() as u32).to_le_bytes().to_vec();
         prefix.extend_from_slice(&header);
-        // From the start of the file, whatever offset the handle was left at.
-        let file = snapshot
-            .snapshot
-            .reopen()
+        // The first transfer of a snapshot writes it to a file: seconds for a large state.
+        let data = snapshot.snapshot;
+        let file = tokio::task::spawn_blocking(move || data.open())
+            .await
+            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?
             .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
         let file = tokio::fs::File::from_std(file);
         let body = futures::stream::once(async move { Ok(bytes::Bytes::from(prefix)) })

@@ -34,6 +34,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 
+use keel_storage::SnapshotData;
 use keel_storage::SnapshotFile;
 
 use crate::append_stream;
@@ -251,7 +252,7 @@ async fn snapshot(State(slot): State<RaftSlot>, headers: HeaderMap, body: Body) 
 async fn receive_snapshot(
     node: &RaftNode,
     body: Body,
-) -> Result<(Vote, SnapshotOf<TypeConfig, SnapshotFile>), String> {
+) -> Result<(Vote, SnapshotOf<TypeConfig, SnapshotData>), String> {
     let path = node.state().incoming_snapshot_path();
     let received = receive_into(path.clone(), body).await;
     if received.is_err() {
@@ -263,7 +264,7 @@ async fn receive_snapshot(
 async fn receive_into(
     path: std::path::PathBuf,
     body: Body,
-) -> Result<(Vote, SnapshotOf<TypeConfig, SnapshotFile>), String> {
+) -> Result<(Vote, SnapshotOf<TypeConfig, SnapshotData>), String> {
     let target = SnapshotFile::create(path.clone()).map_err(|e| e.to_string())?;
     let mut out = tokio::fs::File::from_std(target.file.try_clone().map_err(|e| e.to_string())?);
     let mut stream = body.into_data_stream();
@@ -299,9 +300,9 @@ async fn receive_into(
         .map_err(|e| e.to_string())?;
     Ok((
         vote,
-        SnapshotOf::<TypeConfig, SnapshotFile> {
+        SnapshotOf::<TypeConfig, SnapshotData> {
             meta,
-            snapshot: target,
+            snapshot: SnapshotData::File(target),
         },
     ))
 }

@@ -20,6 +20,7 @@ use keel_raft::types::TypeConfig;
 use keel_raft::StateMachine;
 use keel_storage::Error;
 use keel_storage::KvRead;
+use keel_storage::SnapshotData;
 use keel_storage::SnapshotFile;
 use keel_storage::StateStore;
 use keel_storage::Store;
@@ -209,7 +210,7 @@ async fn records_arrive_with_a_snapshot() {
     let mut bytes = Vec::new();
     current
         .snapshot
-        .reopen()
+        .open()
         .unwrap()
         .read_to_end(&mut bytes)
         .unwrap();
@@ -220,7 +221,9 @@ async fn records_arrive_with_a_snapshot() {
     apply(&mut b, vec![entry(1, Some("b"), "x"), entry(2, None, "z")]).await;
     let received = SnapshotFile::create(b.incoming_snapshot_path()).unwrap();
     (&received.file).write_all(&bytes).unwrap();
-    b.install_snapshot(&current.meta, received).await.unwrap();
+    b.install_snapshot(&current.meta, SnapshotData::File(received))
+        .await
+        .unwrap();
     assert_eq!(apply(&mut b, vec![entry(4, Some("a"), "x")]).await, 3);
     assert_eq!(apply(&mut b, vec![entry(5, Some("b"), "x")]).await, 4);
 }

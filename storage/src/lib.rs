@@ -11,10 +11,11 @@
 //! The crate is generic over the openraft type configuration and knows nothing of what the
 //! commands mean: the domain plugs in through [`Application`], reading and writing keys
 //! through a [`Txn`] whose changes land in the same RocksDB write batch as `last_applied`.
-//! It knows nothing of HTTP either; the network layer moves [`SnapshotFile`]s as bytes.
+//! It knows nothing of HTTP either; the network layer moves [`SnapshotData`] as bytes.
 
 mod entry_cache;
 mod error;
+mod frozen;
 mod keyspace;
 mod log_store;
 mod snapshot;
@@ -30,7 +31,9 @@ use rocksdb::Options;
 use rocksdb::DB;
 
 pub use error::Error;
+pub use frozen::FrozenState;
 pub use log_store::LogStore;
+pub use snapshot::SnapshotData;
 pub use snapshot::SnapshotFile;
 pub use state_store::Application;
 pub use state_store::StateStore;

@@ -1,8 +1,9 @@
 //! Snapshot files.
 //!
-//! A snapshot is a file, never a buffer: it is written by streaming a point-in-time RocksDB
-//! view of the state machine's data to disk, sent to followers by streaming the file, and
-//! installed by streaming it back into a write batch. The format is deliberately dull:
+//! A snapshot on the wire is a file, never a buffer: it is written by streaming a
+//! point-in-time RocksDB view of the state machine's data to disk (see [`crate::frozen`] for
+//! when), sent to followers by streaming the file, and installed by streaming it back into a
+//! write batch. The format is deliberately dull:
 //!
 //! ```text
 //! "KEELSNAP2" | u32 meta length | bincode(meta) | { u32 key length | u32 value length | key | value }* | u32::MAX | u32 CRC-32
@@ -22,7 +23,9 @@ use std::io::Read;
 use std::io::Write;
 use std::path::Path;
 use std::path::PathBuf;
+use std::sync::Arc;
 
+use crate::frozen::FrozenState;
 use crate::txn::Pair;
 use crate::Error;
 
@@ -31,7 +34,28 @@ const MAGIC: &[u8; 9] = b"KEELSNAP2";
 const MAGIC_V1: &[u8; 9] = b"KEELSNAP1";
 const END: u32 = u32::MAX;
 
-/// A snapshot on disk: openraft's `SnapshotData` for keel.
+/// openraft's `SnapshotData` for keel: a snapshot's bytes, in a file or still this node's
+/// frozen state.
+#[derive(Debug)]
+pub enum SnapshotData {
+    /// A snapshot file, such as one received from the leader.
+    File(SnapshotFile),
+    /// This node's own snapshot, written to a file when first opened.
+    Frozen(Arc<FrozenState>),
+}
+
+impl SnapshotData {
+    /// A handle on the snapshot's bytes from their start, as the network sends them.
+    /// Blocking: the first open of a frozen state writes its file.
+    pub fn open(&self) -> Result<File, Error> {
+        match self {
+            Self::File(file) => file.reopen(),
+            Self::Frozen(state) => Ok(SnapshotFile::open(state.file()?)?.file),
+        }
+    }
+}
+
+/// A snapshot on disk.
 #[derive(Debug)]
 pub struct SnapshotFile {
     pub path: PathBuf,

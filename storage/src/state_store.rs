@@ -13,11 +13,11 @@
 //! together (the store flushes its column families atomically), and openraft re-applies the
 //! log from there. Writing that WAL copy was a third of each node's RocksDB write time under a
 //! write load. The one place that needs the state itself durable is a snapshot, because the
-//! log below it is purged afterwards; building one therefore flushes the state's memtables
-//! first.
+//! log below it is purged afterwards; building one therefore flushes the state's memtables.
 //!
-//! Snapshots are built from a RocksDB point-in-time view, so apply and heartbeats go on while
-//! the file is written. They are installed in batches of [`INSTALL_BATCH_BYTES`], so memory
+//! A snapshot is this state frozen at a log id (see [`crate::frozen`]): a build takes a
+//! RocksDB point-in-time view, and only a follower that needs the snapshot has it written to a
+//! file. Snapshots received are installed in batches of [`INSTALL_BATCH_BYTES`], so memory
 //! stays flat however large the state: one batch for the whole file grew a node by the
 //! snapshot's size (409 MiB at a million keys). In between, the store holds part of the
 //! snapshot, so the first write also records an install marker (synced), and the last one
@@ -26,10 +26,10 @@
 
 use std::fs;
 use std::io;
-use std::marker::PhantomData;
 use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::Mutex;
 
 use futures::Stream;
 use futures::TryStreamExt;
@@ -44,18 +44,20 @@ use openraft::OptionalSend;
 use openraft::RaftSnapshotBuilder;
 use openraft::RaftTypeConfig;
 use openraft::StoredMembership;
-use rocksdb::IteratorMode;
 use rocksdb::WriteBatch;
 use rocksdb::WriteOptions;
 use rocksdb::DB;
 
 use crate::cf;
+use crate::frozen::FrozenState;
+use crate::frozen::OwnedView;
+use crate::frozen::SnapshotDir;
 use crate::keyspace;
-use crate::snapshot;
 use crate::snapshot::SnapshotReader;
 use crate::txn::Installs;
 use crate::txn::Reader;
 use crate::Error;
+use crate::SnapshotData;
 use crate::SnapshotFile;
 use crate::Txn;
 
@@ -71,13 +73,27 @@ pub trait Application<C: RaftTypeConfig>: Send + Sync + 'static {
 }
 
 /// openraft's state machine on RocksDB; see the module documentation.
-pub struct StateStore<C, A> {
+pub struct StateStore<C: RaftTypeConfig, A> {
     db: Arc<DB>,
     app: Arc<A>,
-    snapshot_dir: PathBuf,
-    publishing: Arc<std::sync::Mutex<()>>,
+    snapshots: SnapshotDir,
+    current: Arc<Mutex<Option<CurrentSnapshot<C>>>>,
     installs: Installs,
-    _config: PhantomData<C>,
+}
+
+/// The snapshot this node would send a follower now: the latest built or installed.
+struct CurrentSnapshot<C: RaftTypeConfig> {
+    meta: SnapshotMetaOf<C>,
+    state: Arc<FrozenState>,
+}
+
+impl<C: RaftTypeConfig> CurrentSnapshot<C> {
+    fn snapshot(&self) -> SnapshotOf<C, SnapshotData> {
+        SnapshotOf::<C, SnapshotData> {
+            meta: self.meta.clone(),
+            snapshot: SnapshotData::Frozen(self.state.clone()),
+        }
+    }
 }
 
 /// Apply batches up to this many entries run on the runtime's thread: under load most batches
@@ -94,15 +110,14 @@ const INSTALL_BATCH_BYTES: usize = 4 << 20;
 /// snapshot this node would serve (its state does not match it until the install is done).
 const INSTALLING_FILE: &str = "installing.snapfile";
 
-impl<C, A> Clone for StateStore<C, A> {
+impl<C: RaftTypeConfig, A> Clone for StateStore<C, A> {
     fn clone(&self) -> Self {
         Self {
             db: self.db.clone(),
             app: self.app.clone(),
-            snapshot_dir: self.snapshot_dir.clone(),
-            publishing: self.publishing.clone(),
+            snapshots: self.snapshots.clone(),
+            current: self.current.clone(),
             installs: self.installs.clone(),
-            _config: PhantomData,
         }
     }
 }
@@ -111,18 +126,60 @@ type AppliedState<C> = (Option<LogIdOf<C>>, StoredMembershipOf<C>);
 
 impl<C: RaftTypeConfig, A: Application<C>> StateStore<C, A> {
     pub(crate) fn new(db: Arc<DB>, snapshot_dir: PathBuf, app: A) -> Result<Self, Error> {
-        fs::create_dir_all(&snapshot_dir).map_err(|e| Error::io(&snapshot_dir, e))?;
-        remove_partial_files(&snapshot_dir)?;
         let store = Self {
             db,
             app: Arc::new(app),
-            snapshot_dir,
-            publishing: Arc::default(),
+            snapshots: SnapshotDir::open(snapshot_dir)?,
+            current: Arc::default(),
             installs: Installs::default(),
-            _config: PhantomData,
         };
         store.finish_interrupted_install()?;
+        store.start_from_own_state()?;
         Ok(store)
+    }
+
+    /// Makes the state this node starts with its current snapshot (see [`crate::frozen`]):
+    /// the file of a snapshot at exactly that log id is kept, any other is removed.
+    fn start_from_own_state(&self) -> Result<(), Error> {
+        let view = OwnedView::new(self.db.clone());
+        let meta = self.meta_in(&view)?;
+        let Some(index) = meta.last_log_id.as_ref().map(|id| id.index()) else {
+            return self.snapshots.retain(|_| false);
+        };
+        let name = SnapshotDir::name(index);
+        self.snapshots.retain(|file| file == name)?;
+        let header = bincode::serialize(&meta)?;
+        let state = if self.snapshots.join(&name).exists() {
+            FrozenState::from_file(header, index, self.snapshots.clone())
+        } else {
+            FrozenState::from_view(view, header, index, self.snapshots.clone())
+        };
+        *self.current.lock().expect("current snapshot lock") = Some(CurrentSnapshot {
+            meta,
+            state: Arc::new(state),
+        });
+        Ok(())
+    }
+
+    /// The applied state in `view`, as a snapshot's metadata.
+    fn meta_in(&self, view: &OwnedView) -> Result<SnapshotMetaOf<C>, Error> {
+        let cf_meta = self
+            .db
+            .cf_handle(cf::SM_META)
+            .expect("state meta column family");
+        let (last_log_id, last_membership) =
+            Self::applied_state_from(|key| Ok(view.get().get_cf(cf_meta, key)?))?;
+        Ok(SnapshotMetaOf::<C> {
+            last_log_id,
+            last_membership,
+        })
+    }
+
+    /// Removes the files of the snapshots that `meta`'s supersedes. A transfer already
+    /// streaming one keeps its open handle.
+    fn remove_files_before(&self, meta: &SnapshotMetaOf<C>) -> Result<(), Error> {
+        let name = SnapshotDir::name(snapshot_index::<C>(meta));
+        self.snapshots.retain(|file| file >= name.as_str())
     }
 
     /// The application this store applies entries through.
@@ -151,7 +208,7 @@ impl<C: RaftTypeConfig, A: Application<C>> StateStore<C, A> {
                 .unwrap_or_default()
                 .as_nanos()
         );
-        self.snapshot_dir.join(unique)
+        self.snapshots.join(&unique)
     }
 
     fn applied_state_from(
@@ -226,14 +283,10 @@ impl<C: RaftTypeConfig, A: Application<C>> StateStore<C, A> {
         Ok(())
     }
 
-    fn build_snapshot_blocking(&self) -> Result<SnapshotOf<C, SnapshotFile>, Error> {
-        // The log below this snapshot is purged once it exists, so the state it was taken
-        // from must survive a crash too: applied writes skip the WAL, so they are durable only
-        // once flushed.
-        self.flush_state()?;
+    fn build_snapshot_blocking(&self) -> Result<SnapshotOf<C, SnapshotData>, Error> {
         // A view taken while an install is loading would hold part of two states.
         let view = loop {
-            match self.installs.guard(|| Ok(self.db.snapshot())) {
+            match self.installs.guard(|| Ok(OwnedView::new(self.db.clone()))) {
                 Err(Error::Installing) if self.installs.failed() => {
                     return Err(Error::Corrupt(
                         "a snapshot install failed on this node; restart it to finish the install"
@@ -244,63 +297,81 @@ impl<C: RaftTypeConfig, A: Application<C>> StateStore<C, A> {
                 view => break view?,
             }
         };
-        let cf_meta = self
-            .db
-            .cf_handle(cf::SM_META)
-            .expect("state meta column family");
-        let cf_data = self.db.cf_handle(cf::SM_DATA).expect("state column family");
-        let (last_log_id, last_membership) =
-            Self::applied_state_from(|key| Ok(view.get_cf(cf_meta, key)?))?;
-        let meta = SnapshotMetaOf::<C> {
-            last_log_id,
-            last_membership,
-        };
-        let name = snapshot_name::<C>(&meta);
-        let partial = self.snapshot_dir.join(format!("{name}.partial"));
-        let pairs = view.iterator_cf(cf_data, IteratorMode::Start).map(|item| {
-            item.map(|(k, v)| (k.into_vec(), v.into_vec()))
-                .map_err(Error::from)
-        });
-        snapshot::write(&partial, &bincode::serialize(&meta)?, pairs)?;
-        let path = self.snapshot_dir.join(name);
-        self.publish(&partial, &path)?;
-        Ok(SnapshotOf::<C, SnapshotFile> {
+        let meta = self.meta_in(&view)?;
+        // The log below this snapshot is purged once it exists, so the state it was taken
+        // from must survive a crash too: applied writes skip the WAL, so they are durable only
+        // once flushed. Flushed after the view was taken, so all the view holds is on disk.
+        self.flush_state()?;
+        let header = bincode::serialize(&meta)?;
+        let index = snapshot_index::<C>(&meta);
+        let mut current = self.current.lock().expect("current snapshot lock");
+        let built = CurrentSnapshot {
             meta,
-            snapshot: SnapshotFile::open(path)?,
-        })
-    }
-
-    /// Makes `partial` a snapshot under `path` and drops the ones it supersedes.
-    ///
-    /// A build runs concurrently with an install, so a build that finishes late may be older
-    /// than the snapshot already here: only snapshots covering less of the log are removed,
-    /// and the current snapshot is always the newest file (names sort by log index).
-    fn publish(&self, partial: &Path, path: &Path) -> Result<(), Error> {
-        let _one_at_a_time = self.publishing.lock().expect("snapshot publish lock");
-        fs::rename(partial, path).map_err(|e| Error::io(path, e))?;
-        sync_dir(&self.snapshot_dir)?;
-        for old in snapshot_files(&self.snapshot_dir)? {
-            if old.as_path() < path {
-                fs::remove_file(&old).map_err(|e| Error::io(&old, e))?;
+            state: Arc::new(FrozenState::from_view(
+                view,
+                header,
+                index,
+                self.snapshots.clone(),
+            )),
+        };
+        match &*current {
+            // Nothing new since the last build: the current snapshot stays.
+            Some(newest) if newest.meta.last_log_id == built.meta.last_log_id => {
+                return Ok(newest.snapshot())
             }
+            // This build finished after an install of a newer snapshot, which stays current.
+            Some(newest) if snapshot_index::<C>(&newest.meta) > index => {
+                return Ok(built.snapshot())
+            }
+            _ => {}
         }
-        Ok(())
+        let snapshot = built.snapshot();
+        *current = Some(built);
+        drop(current);
+        self.remove_files_before(&snapshot.meta)?;
+        Ok(snapshot)
     }
 
     fn install_blocking(
         &self,
         meta: &SnapshotMetaOf<C>,
-        snapshot: SnapshotFile,
+        snapshot: SnapshotData,
     ) -> Result<(), Error> {
-        let published = self.snapshot_dir.join(snapshot_name::<C>(meta));
-        if snapshot.path == published {
-            return self.load_snapshot(meta, &published);
+        let installing = self.snapshots.join(INSTALLING_FILE);
+        match snapshot {
+            SnapshotData::File(file) => {
+                fs::rename(&file.path, &installing).map_err(|e| Error::io(&installing, e))?
+            }
+            // Another store's own snapshot, handed over in-process (openraft's storage suite).
+            SnapshotData::Frozen(state) => {
+                let source = state.file()?;
+                fs::copy(&source, &installing).map_err(|e| Error::io(&installing, e))?;
+                SnapshotFile::open(installing.clone())?
+                    .file
+                    .sync_all()
+                    .map_err(|e| Error::io(&installing, e))?;
+            }
         }
-        let installing = self.snapshot_dir.join(INSTALLING_FILE);
-        fs::rename(&snapshot.path, &installing).map_err(|e| Error::io(&installing, e))?;
-        sync_dir(&self.snapshot_dir)?;
+        self.snapshots.sync()?;
         self.load_snapshot(meta, &installing)?;
-        self.publish(&installing, &published)
+        self.publish_installed(meta, &installing)
+    }
+
+    /// Publishes the file just installed under its snapshot name, as the current snapshot.
+    fn publish_installed(&self, meta: &SnapshotMetaOf<C>, installed: &Path) -> Result<(), Error> {
+        let index = snapshot_index::<C>(meta);
+        self.snapshots
+            .publish(installed, &SnapshotDir::name(index))?;
+        let header = bincode::serialize(meta)?;
+        *self.current.lock().expect("current snapshot lock") = Some(CurrentSnapshot {
+            meta: meta.clone(),
+            state: Arc::new(FrozenState::from_file(
+                header,
+                index,
+                self.snapshots.clone(),
+            )),
+        });
+        self.remove_files_before(meta)
     }
 
     /// Replaces the state machine's data and applied state with the snapshot at `path`; see
@@ -374,7 +445,7 @@ impl<C: RaftTypeConfig, A: Application<C>> StateStore<C, A> {
             .db
             .cf_handle(cf::SM_META)
             .expect("state meta column family");
-        let installing = self.snapshot_dir.join(INSTALLING_FILE);
+        let installing = self.snapshots.join(INSTALLING_FILE);
         let Some(marker) = self.db.get_cf(cf_meta, keyspace::INSTALLING)? else {
             // The install stopped before it changed any data: the state is the old one whole.
             if installing.exists() {
@@ -383,7 +454,7 @@ impl<C: RaftTypeConfig, A: Application<C>> StateStore<C, A> {
             return Ok(());
         };
         let (file_name, meta): (String, SnapshotMetaOf<C>) = bincode::deserialize(&marker)?;
-        let path = self.snapshot_dir.join(&file_name);
+        let path = self.snapshots.join(&file_name);
         tracing::warn!(
             snapshot = %path.display(),
             "a snapshot install was interrupted; loading the snapshot again before starting"
@@ -396,24 +467,10 @@ impl<C: RaftTypeConfig, A: Application<C>> StateStore<C, A> {
             ))
         })?;
         if path == installing {
-            self.publish(
-                &installing,
-                &self.snapshot_dir.join(snapshot_name::<C>(&meta)),
-            )?;
+            let name = SnapshotDir::name(snapshot_index::<C>(&meta));
+            self.snapshots.publish(&installing, &name)?;
         }
         Ok(())
-    }
-
-    fn current_snapshot_blocking(&self) -> Result<Option<SnapshotOf<C, SnapshotFile>>, Error> {
-        let Some(path) = snapshot_files(&self.snapshot_dir)?.into_iter().max() else {
-            return Ok(None);
-        };
-        let snapshot = SnapshotFile::open(path)?;
-        let (_, meta) = SnapshotReader::open(&snapshot)?;
-        Ok(Some(SnapshotOf::<C, SnapshotFile> {
-            meta: bincode::deserialize(&meta)?,
-            snapshot,
-        }))
     }
 
     async fn blocking<T: Send + 'static>(
@@ -428,36 +485,9 @@ impl<C: RaftTypeConfig, A: Application<C>> StateStore<C, A> {
     }
 }
 
-/// Snapshot file names sort by the log index they cover.
-fn snapshot_name<C: RaftTypeConfig>(meta: &SnapshotMetaOf<C>) -> String {
-    let index = meta.last_log_id.as_ref().map_or(0, |id| id.index());
-    format!("{index:020}.snap")
-}
-
-fn snapshot_files(dir: &Path) -> Result<Vec<PathBuf>, Error> {
-    let entries = fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
-    Ok(entries
-        .flatten()
-        .map(|entry| entry.path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "snap"))
-        .collect())
-}
-
-/// Makes renames in `dir` durable.
-fn sync_dir(dir: &Path) -> Result<(), Error> {
-    fs::File::open(dir)
-        .and_then(|dir| dir.sync_all())
-        .map_err(|e| Error::io(dir, e))
-}
-
-fn remove_partial_files(dir: &Path) -> Result<(), Error> {
-    let entries = fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
-    for path in entries.flatten().map(|entry| entry.path()) {
-        if path.extension().is_some_and(|ext| ext == "partial") {
-            fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
-        }
-    }
-    Ok(())
+/// The log index a snapshot covers up to (0 for the empty state's).
+fn snapshot_index<C: RaftTypeConfig>(meta: &SnapshotMetaOf<C>) -> u64 {
+    meta.last_log_id.as_ref().map_or(0, |id| id.index())
 }
 
 impl<C, A> RaftSnapshotBuilder<C> for StateStore<C, A>
@@ -465,9 +495,9 @@ where
     C: RaftTypeConfig,
     A: Application<C>,
 {
-    type SnapshotData = SnapshotFile;
+    type SnapshotData = SnapshotData;
 
-    async fn build_snapshot(&mut self) -> Result<SnapshotOf<C, SnapshotFile>, io::Error> {
+    async fn build_snapshot(&mut self) -> Result<SnapshotOf<C, SnapshotData>, io::Error> {
         self.blocking(|this| this.build_snapshot_blocking()).await
     }
 }
@@ -477,7 +507,7 @@ where
     C: RaftTypeConfig,
     A: Application<C>,
 {
-    type SnapshotData = SnapshotFile;
+    type SnapshotData = SnapshotData;
     type SnapshotBuilder = Self;
 
     async fn applied_state(&mut self) -> Result<AppliedState<C>, io::Error> {
@@ -521,7 +551,7 @@ where
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMetaOf<C>,
-        snapshot: SnapshotFile,
+        snapshot: SnapshotData,
     ) -> Result<(), io::Error> {
         let meta = meta.clone();
         self.blocking(move |this| this.install_blocking(&meta, snapshot))
@@ -530,7 +560,8 @@ where
 
     async fn get_current_snapshot(
         &mut self,
-    ) -> Result<Option<SnapshotOf<C, SnapshotFile>>, io::Error> {
-        self.blocking(|this| this.current_snapshot_blocking()).await
+    ) -> Result<Option<SnapshotOf<C, SnapshotData>>, io::Error> {
+        let current = self.current.lock().expect("current snapshot lock");
+        Ok(current.as_ref().map(CurrentSnapshot::snapshot))
     }
 }

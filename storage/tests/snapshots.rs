@@ -8,6 +8,7 @@ use futures::stream;
 use keel_storage::Application;
 use keel_storage::Error;
 use keel_storage::KvRead;
+use keel_storage::SnapshotData;
 use keel_storage::SnapshotFile;
 use keel_storage::StateStore;
 use keel_storage::Store;
@@ -60,16 +61,32 @@ async fn state_store_with(
     dir: &std::path::Path,
     range: std::ops::Range<u64>,
 ) -> StateStore<TestConfig, KeyPerEntry> {
-    let mut state = Store::open(dir).unwrap().state_store(KeyPerEntry).unwrap();
+    let mut state = reopen(dir);
     apply(&mut state, range).await;
     state
 }
 
-/// The whole file, read from its start as the network sends it.
-fn bytes_of(snapshot: &SnapshotFile) -> Vec<u8> {
+/// The whole snapshot, read from its start as the network sends it.
+fn bytes_of(snapshot: &SnapshotData) -> Vec<u8> {
     let mut bytes = Vec::new();
-    snapshot.reopen().unwrap().read_to_end(&mut bytes).unwrap();
+    snapshot.open().unwrap().read_to_end(&mut bytes).unwrap();
     bytes
+}
+
+/// The state store of the node whose data directory is `dir`, as a restart opens it.
+fn reopen(dir: &std::path::Path) -> StateStore<TestConfig, KeyPerEntry> {
+    Store::open(dir).unwrap().state_store(KeyPerEntry).unwrap()
+}
+
+/// The snapshot files in a store's data directory.
+fn snapshot_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir.join("snapshots"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "snap"))
+        .collect();
+    files.sort();
+    files
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -79,19 +96,19 @@ async fn a_snapshot_shipped_as_bytes_installs_whole_on_another_store() {
     let built = a.build_snapshot().await.unwrap();
     assert_eq!(built.meta.last_log_id.unwrap().index(), 300);
 
-    // What the leader sends is the *current* snapshot, whose header was read to learn its
-    // metadata; streaming it must still start at byte 0.
+    // A build copies nothing: the state is written to a file only once a follower needs it.
+    assert!(snapshot_files(dir_a.path()).is_empty());
+    // Writes applied after the build are not part of the snapshot.
+    apply(&mut a, 301..321).await;
+
+    // What the leader sends is the *current* snapshot.
     let current = a.get_current_snapshot().await.unwrap().unwrap();
     assert_eq!(current.meta, built.meta);
     let bytes = bytes_of(&current.snapshot);
     assert!(bytes.starts_with(b"KEELSNAP2"));
-    // Reading the header did not move the handle openraft holds (it once did, and a
-    // follower received a snapshot without its first megabyte, and stopped).
-    let mut from_handle = Vec::new();
-    (&current.snapshot.file)
-        .read_to_end(&mut from_handle)
-        .unwrap();
-    assert_eq!(from_handle, bytes);
+    assert_eq!(snapshot_files(dir_a.path()).len(), 1);
+    // A second transfer streams the same file from its start.
+    assert_eq!(bytes_of(&current.snapshot), bytes);
 
     let dir_b = tempfile::tempdir().unwrap();
     let mut b = state_store_with(dir_b.path(), 1..5).await;
@@ -106,7 +123,9 @@ async fn a_snapshot_shipped_as_bytes_installs_whole_on_another_store() {
     let received = SnapshotFile::create(b.incoming_snapshot_path()).unwrap();
     (&received.file).write_all(&bytes).unwrap();
     received.verify().unwrap();
-    b.install_snapshot(&current.meta, received).await.unwrap();
+    b.install_snapshot(&current.meta, SnapshotData::File(received))
+        .await
+        .unwrap();
 
     let (applied, _) = b.applied_state().await.unwrap();
     assert_eq!(applied.unwrap().index(), 300);
@@ -172,7 +191,9 @@ async fn an_install_cut_short_refuses_reads_and_is_finished_on_restart() {
     (&received.file).write_all(&bytes).unwrap();
     received.verify().unwrap();
     std::fs::write(&received.path, &damaged).unwrap();
-    let failed = b.install_snapshot(&snapshot.meta, received).await;
+    let failed = b
+        .install_snapshot(&snapshot.meta, SnapshotData::File(received))
+        .await;
     assert!(failed.is_err(), "the checksum stops the install");
     // Part of the snapshot is loaded and the old keys are gone: reads must not see that.
     assert!(matches!(b.reader().get(b"k0001"), Err(Error::Installing)));
@@ -231,6 +252,56 @@ async fn a_first_version_snapshot_without_checksum_still_installs() {
     let received = SnapshotFile::create(b.incoming_snapshot_path()).unwrap();
     (&received.file).write_all(&v1).unwrap();
     received.verify().unwrap();
-    b.install_snapshot(&snapshot.meta, received).await.unwrap();
+    b.install_snapshot(&snapshot.meta, SnapshotData::File(received))
+        .await
+        .unwrap();
     assert_eq!(b.reader().scan(b"k", b"l", 1000).unwrap().len(), 100);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_newer_snapshot_replaces_the_file_and_a_restart_starts_from_its_own_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = state_store_with(dir.path(), 1..101).await;
+    let first = a.build_snapshot().await.unwrap();
+    let old_file = bytes_of(&first.snapshot);
+    assert_eq!(snapshot_files(dir.path()).len(), 1);
+
+    // A build with nothing applied since is the same snapshot.
+    let again = a.build_snapshot().await.unwrap();
+    assert_eq!(again.meta, first.meta);
+    assert_eq!(bytes_of(&again.snapshot), old_file);
+
+    apply(&mut a, 101..201).await;
+    let second = a.build_snapshot().await.unwrap();
+    assert_eq!(second.meta.last_log_id.unwrap().index(), 200);
+    assert!(
+        snapshot_files(dir.path()).is_empty(),
+        "the superseded snapshot's file is removed"
+    );
+    let newer_file = bytes_of(&second.snapshot);
+    assert_ne!(newer_file, old_file);
+
+    // After a restart the node's snapshot is the state it starts with: here exactly the last
+    // snapshot, whose file it keeps.
+    drop((a, first, again, second));
+    let mut a = reopen(dir.path());
+    let current = a.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta.last_log_id.unwrap().index(), 200);
+    assert_eq!(bytes_of(&current.snapshot), newer_file);
+
+    // With entries applied past it, the restarted node's snapshot is its newer state, and the
+    // older file goes.
+    apply(&mut a, 201..251).await;
+    drop(a); // a clean close flushes the state
+
+    let mut a = reopen(dir.path());
+    let current = a.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta.last_log_id.unwrap().index(), 250);
+    assert!(snapshot_files(dir.path()).is_empty());
+    let dir_b = tempfile::tempdir().unwrap();
+    let mut b = state_store_with(dir_b.path(), 0..0).await;
+    b.install_snapshot(&current.meta, current.snapshot)
+        .await
+        .unwrap();
+    assert_eq!(b.reader().scan(b"k", b"l", 1000).unwrap().len(), 250);
 }

@@ -296,12 +296,35 @@ async fn a_follower_down_for_many_writes_catches_up_by_snapshot() {
         "the follower must have installed the leader's snapshot: {metrics}"
     );
     // Its own state (a stale read, no help from the leader) has every write.
-    let (_, listing) = send_json(cluster.get(
-        follower,
-        "/v1/kv?prefix=bulk/&limit=10000&consistency=stale",
-    ))
-    .await;
+    let stale_listing = "/v1/kv?prefix=bulk/&limit=10000&consistency=stale";
+    let (_, listing) = send_json(cluster.get(follower, stale_listing)).await;
     assert_eq!(listing["kvs"].as_array().unwrap().len(), writes);
+
+    // kill -9 of every node after snapshots purged their logs: a snapshot is the state
+    // frozen in RocksDB, not a file, so each node must come back from its own flushed state
+    // and the log above it, with every write.
+    cluster.kill_and_restart_all().await;
+    for node in 0..3 {
+        common::wait_until(
+            "every node to apply what was committed before the kill",
+            Duration::from_secs(30),
+            || {
+                let info = cluster.cluster_info(node);
+                async move {
+                    info.await
+                        .and_then(|i| i["applied_index"].as_u64())
+                        .is_some_and(|applied| applied >= target)
+                }
+            },
+        )
+        .await;
+        let (_, listing) = send_json(cluster.get(node, stale_listing)).await;
+        assert_eq!(
+            listing["kvs"].as_array().unwrap().len(),
+            writes,
+            "node {node}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -261,14 +261,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = crate::Store::open(dir.path()).unwrap();
         let mut batch = WriteBatch::default();
-        let mut stored = Txn::new(&store.db);
+        let mut stored = Txn::new(&store.state);
         for key in ["a", "b1", "b2", "c"] {
             stored.put(key.into(), b"old".to_vec());
         }
         stored.write_into(&mut batch);
-        store.db.write(batch).unwrap();
+        store.state.write(batch).unwrap();
 
-        let mut txn = Txn::new(&store.db);
+        let mut txn = Txn::new(&store.state);
         txn.put(b"b3".to_vec(), b"buffered".to_vec());
         txn.delete_range(b"b".to_vec(), b"c".to_vec());
         txn.put(b"b2".to_vec(), b"new".to_vec());
@@ -280,8 +280,8 @@ mod tests {
 
         let mut batch = WriteBatch::default();
         txn.write_into(&mut batch);
-        store.db.write(batch).unwrap();
-        let reader = Reader::new(store.db.clone(), Installs::default());
+        store.state.write(batch).unwrap();
+        let reader = Reader::new(store.state.clone(), Installs::default());
         assert_eq!(keys(reader.scan(b"a", b"z", 10).unwrap()), ["a", "b2", "c"]);
         assert_eq!(reader.get(b"b2").unwrap(), Some(b"new".to_vec()));
     }

@@ -279,15 +279,7 @@ async fn a_follower_down_for_many_writes_catches_up_by_snapshot() {
     cluster.nodes[follower].start();
     cluster.wait_http(follower).await;
     let target = leader_info["commit_index"].as_u64().unwrap();
-    common::wait_until("the follower to catch up", Duration::from_secs(60), || {
-        let info = cluster.cluster_info(follower);
-        async move {
-            info.await
-                .and_then(|i| i["applied_index"].as_u64())
-                .is_some_and(|applied| applied >= target)
-        }
-    })
-    .await;
+    cluster.wait_applied(follower, target).await;
     // Its own snapshots (every 100 entries) would hold a snapshot too: what proves the
     // catch-up is the install it counts.
     let metrics = cluster.metrics(follower).await;
@@ -305,19 +297,7 @@ async fn a_follower_down_for_many_writes_catches_up_by_snapshot() {
     // and the log above it, with every write.
     cluster.kill_and_restart_all().await;
     for node in 0..3 {
-        common::wait_until(
-            "every node to apply what was committed before the kill",
-            Duration::from_secs(30),
-            || {
-                let info = cluster.cluster_info(node);
-                async move {
-                    info.await
-                        .and_then(|i| i["applied_index"].as_u64())
-                        .is_some_and(|applied| applied >= target)
-                }
-            },
-        )
-        .await;
+        cluster.wait_applied(node, target).await;
         let (_, listing) = send_json(cluster.get(node, stale_listing)).await;
         assert_eq!(
             listing["kvs"].as_array().unwrap().len(),

@@ -17,7 +17,6 @@
 
 use std::fmt;
 use std::fs;
-use std::fs::File;
 use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -132,9 +131,7 @@ impl SnapshotDir {
 
     /// Makes renames in the directory durable.
     pub(crate) fn sync(&self) -> Result<(), Error> {
-        File::open(&self.path)
-            .and_then(|dir| dir.sync_all())
-            .map_err(|e| Error::io(&self.path, e))
+        crate::sync_dir(&self.path)
     }
 }
 

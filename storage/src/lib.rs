@@ -161,28 +161,38 @@ fn move_log_out(state: &DB, dir: &Path, cache: &rocksdb::Cache) -> Result<(), Er
     if partial.exists() {
         std::fs::remove_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
     }
-    let legacy = cf::LOG_FAMILIES.map(|name| state.cf_handle(name));
-    if legacy.iter().all(Option::is_some) {
-        let log = open_log(&partial, cache)?;
-        for (name, from) in cf::LOG_FAMILIES.iter().zip(legacy.into_iter().flatten()) {
-            let to = log.cf_handle(name).expect("log column family");
-            let mut batch = rocksdb::WriteBatch::default();
-            for pair in state.iterator_cf(from, rocksdb::IteratorMode::Start) {
-                let (key, value) = pair?;
-                batch.put_cf(to, key, value);
-                if batch.size_in_bytes() >= COPY_BATCH_BYTES {
-                    log.write(std::mem::take(&mut batch))?;
-                }
+    let log = open_log(&partial, cache)?;
+    let mut moved = false;
+    for name in cf::LOG_FAMILIES {
+        // A store that never had the old layout has nothing to copy.
+        let Some(from) = state.cf_handle(name) else {
+            continue;
+        };
+        moved = true;
+        let to = log.cf_handle(name).expect("log column family");
+        let mut batch = rocksdb::WriteBatch::default();
+        for pair in state.iterator_cf(from, rocksdb::IteratorMode::Start) {
+            let (key, value) = pair?;
+            batch.put_cf(to, key, value);
+            if batch.size_in_bytes() >= COPY_BATCH_BYTES {
+                log.write(std::mem::take(&mut batch))?;
             }
-            log.write(batch)?;
         }
-        log.flush_wal(true)?;
-        tracing::info!(dir = %dir.display(), "moved the Raft log into a database of its own");
-    } else {
-        open_log(&partial, cache)?;
+        log.write(batch)?;
     }
+    log.flush_wal(true)?;
+    drop(log);
     let log_dir = dir.join("log");
     std::fs::rename(&partial, &log_dir).map_err(|e| Error::io(&log_dir, e))?;
+    sync_dir(dir)?;
+    if moved {
+        tracing::info!(dir = %dir.display(), "moved the Raft log into a database of its own");
+    }
+    Ok(())
+}
+
+/// Makes renames in `dir` durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), Error> {
     std::fs::File::open(dir)
         .and_then(|dir| dir.sync_all())
         .map_err(|e| Error::io(dir, e))

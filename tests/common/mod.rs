@@ -243,6 +243,23 @@ impl Cluster {
         response.json().await.ok()
     }
 
+    /// Waits until node `i` has applied the log up to `index`.
+    pub async fn wait_applied(&self, i: usize, index: u64) {
+        wait_until(
+            &format!("node {i} to apply up to {index}"),
+            Duration::from_secs(60),
+            || {
+                let info = self.cluster_info(i);
+                async move {
+                    info.await
+                        .and_then(|info| info["applied_index"].as_u64())
+                        .is_some_and(|applied| applied >= index)
+                }
+            },
+        )
+        .await;
+    }
+
     /// Node `i`'s `/metrics` text.
     pub async fn metrics(&self, i: usize) -> String {
         let response = self.get(i, "/metrics").send().await.unwrap();

@@ -2,13 +2,16 @@
 # Write unavailability after kill -9 of the leader, on a local 3-node cluster of real
 # processes: the time from the kill to the first write acknowledged through a survivor.
 #
-#   scripts/bench-failover.sh [ROUNDS]     (default 5; KEEL_PROFILE=release for a release build)
+#   scripts/bench-failover.sh [ROUNDS]     (default 5)
+#
+# Like every benchmark it runs a release build (KEEL_PROFILE picks another cargo profile).
 #
 # Prints the time to the first leader after `cluster.sh start`, one line per round, and the
 # median. The cluster runs on ports 7751..7753 with its data under bench-results/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-5}
+export KEEL_PROFILE=${KEEL_PROFILE:-release}
 export KEEL_BASE_PORT=${KEEL_BASE_PORT:-7750}
 export KEEL_CLUSTER_DATA=${KEEL_CLUSTER_DATA:-./bench-results/failover-cluster}
 export KEEL_USER=${KEEL_USER:-admin} KEEL_PASSWORD=${KEEL_PASSWORD:-keel-admin}

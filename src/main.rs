@@ -17,6 +17,8 @@ mod memory;
 mod node;
 mod proxy_probe;
 
+use std::io::IsTerminal;
+
 use axum::serve::ListenerExt;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
@@ -31,6 +33,9 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal: logs that go to a file or a collector stay plain
+        // text that grep and log shippers read as written.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let runtime = |workers: usize| {
         // One worker: tokio's current-thread scheduler, which runs the accept loop and every

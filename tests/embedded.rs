@@ -16,11 +16,12 @@ async fn keel_serve_without_flags_is_a_ready_single_node_cluster_that_keeps_its_
     let client = common::client();
     let base = "http://127.0.0.1:7799";
     for round in 0..2 {
+        let log_path = cwd.path().join(format!("keel-{round}.log"));
         let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
             .arg("serve")
             .current_dir(cwd.path())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
             .spawn()
             .unwrap();
         common::wait_until(
@@ -58,6 +59,10 @@ async fn keel_serve_without_flags_is_a_ready_single_node_cluster_that_keeps_its_
         assert_eq!(cluster["this_node"]["role"], "leader");
         child.kill().unwrap();
         child.wait().unwrap();
+        // A log written to a file is plain text: no terminal colour codes around its fields.
+        let log = std::fs::read_to_string(&log_path).unwrap();
+        assert!(log.contains("keel is serving listen=127.0.0.1:7799"), "{log}");
+        assert!(!log.contains('\x1b'), "colour codes in a log file: {log:?}");
     }
     assert!(cwd.path().join("keel-data/identity.json").exists());
 }

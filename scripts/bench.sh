@@ -19,7 +19,8 @@ cd "$(dirname "$0")/.."
 SECONDS_PER_RUN=${1:-5}
 CLIENTS=${BENCH_CLIENTS:-"1 16 64 256"}
 WORKLOADS=${BENCH_WORKLOADS:-"put get stale-get mixed"}
-BROKER_CLIENTS=${BENCH_BROKER_CLIENTS:-"1 16 64"}
+# Empty skips the broker rows (unset runs them).
+BROKER_CLIENTS=${BENCH_BROKER_CLIENTS-"1 16 64"}
 OUT=bench-results
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/keel-target}"
 export KEEL_PROFILE=release KEEL_BASE_PORT=7760 KEEL_CLUSTER_DATA=$OUT/keel-cluster

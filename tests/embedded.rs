@@ -61,7 +61,10 @@ async fn keel_serve_without_flags_is_a_ready_single_node_cluster_that_keeps_its_
         child.wait().unwrap();
         // A log written to a file is plain text: no terminal colour codes around its fields.
         let log = std::fs::read_to_string(&log_path).unwrap();
-        assert!(log.contains("keel is serving listen=127.0.0.1:7799"), "{log}");
+        assert!(
+            log.contains("keel is serving listen=127.0.0.1:7799"),
+            "{log}"
+        );
         assert!(!log.contains('\x1b'), "colour codes in a log file: {log:?}");
     }
     assert!(cwd.path().join("keel-data/identity.json").exists());

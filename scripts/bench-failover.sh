@@ -4,14 +4,12 @@
 #
 #   scripts/bench-failover.sh [ROUNDS]     (default 5)
 #
-# Like every benchmark it runs a release build (KEEL_PROFILE picks another cargo profile).
-#
 # Prints the time to the first leader after `cluster.sh start`, one line per round, and the
 # median. The cluster runs on ports 7751..7753 with its data under bench-results/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-5}
-export KEEL_PROFILE=${KEEL_PROFILE:-release}
+export KEEL_PROFILE=release
 export KEEL_BASE_PORT=${KEEL_BASE_PORT:-7750}
 export KEEL_CLUSTER_DATA=${KEEL_CLUSTER_DATA:-./bench-results/failover-cluster}
 export KEEL_USER=${KEEL_USER:-admin} KEEL_PASSWORD=${KEEL_PASSWORD:-keel-admin}

@@ -13,7 +13,8 @@
 # stale-get (serializable/stale), mixed (90 % get / 10 % put), at 1, 16, 64 and 256 clients;
 # for keel alone also the undermoon broker (create cluster, read, failover, re-register, delete).
 # Results go to bench-results/ (results.jsonl, table.txt, throughput.svg, every node's log);
-# the table with the keel/etcd ratio per row is printed at the end. Installs Debian's etcd-server if missing.
+# the table with the keel/etcd ratio per row is printed at the end. Installs Debian's
+# etcd-server if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER_RUN=${1:-5}
@@ -64,9 +65,16 @@ for n in 1 2 3; do
     >"$ETCD_DATA.e$n.log" 2>&1 &
   pids+=($!)
 done
-# keel's node logs outlive the cluster (as etcd's do), so that an odd row can be looked into.
-keep_logs() { for n in 1 2 3; do cp -f "$KEEL_CLUSTER_DATA/node$n.log" "$OUT/keel-node$n.log" 2>/dev/null || true; done; }
-trap 'kill ${pids[*]} 2>/dev/null || true; keep_logs; scripts/cluster.sh clean >/dev/null 2>&1 || true' EXIT
+# On exit, however the run ends, both clusters go; keel's node logs stay (as etcd's do), so
+# that an odd row can be looked into.
+stop_clusters() {
+  kill "${pids[@]}" 2>/dev/null || true
+  for n in 1 2 3; do
+    cp -f "$KEEL_CLUSTER_DATA/node$n.log" "$OUT/keel-node$n.log" 2>/dev/null || true
+  done
+  scripts/cluster.sh clean >/dev/null 2>&1 || true
+}
+trap stop_clusters EXIT
 for _ in $(seq 1 100); do
   curl -sf -X POST http://127.0.0.1:2371/v3/kv/put -d '{"key":"cmVhZHk=","value":"MQ=="}' >/dev/null && break
   sleep 0.2
@@ -90,7 +98,6 @@ kill "${pids[@]}" 2>/dev/null || true
 for clients in $BROKER_CLIENTS; do
   measure keel "$KEEL_ENDPOINTS" broker "$clients"
 done
-keep_logs
-scripts/cluster.sh clean >/dev/null
+stop_clusters
 
 python3 scripts/bench-report.py "$OUT"

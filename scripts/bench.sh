@@ -54,6 +54,14 @@ scripts/cluster.sh start
 
 # etcd (fsyncs its WAL by default)
 ETCD_DATA=$OUT/etcd-cluster
+# A member still running from an earlier run would hold a port (the new member then exits at
+# once) and could even answer this run's requests.
+for port in 2371 2372 2373 2381 2382 2383; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "bench: port $port is in use (an etcd left from an earlier run?); stop it and run again" >&2
+    exit 1
+  fi
+done
 rm -rf "$ETCD_DATA"
 cluster="e1=http://127.0.0.1:2381,e2=http://127.0.0.1:2382,e3=http://127.0.0.1:2383"
 pids=()
@@ -69,16 +77,26 @@ done
 # that an odd row can be looked into.
 stop_clusters() {
   kill "${pids[@]}" 2>/dev/null || true
+  # Gone before the script ends, so that a run straight after this one finds the ports free.
+  wait "${pids[@]}" 2>/dev/null || true
   for n in 1 2 3; do
     cp -f "$KEEL_CLUSTER_DATA/node$n.log" "$OUT/keel-node$n.log" 2>/dev/null || true
   done
   scripts/cluster.sh clean >/dev/null 2>&1 || true
 }
 trap stop_clusters EXIT
+etcd_ready=
 for _ in $(seq 1 100); do
-  curl -sf -X POST http://127.0.0.1:2371/v3/kv/put -d '{"key":"cmVhZHk=","value":"MQ=="}' >/dev/null && break
+  if curl -sf -X POST http://127.0.0.1:2371/v3/kv/put -d '{"key":"cmVhZHk=","value":"MQ=="}' >/dev/null; then
+    etcd_ready=1
+    break
+  fi
   sleep 0.2
 done
+if [[ -z $etcd_ready ]]; then
+  echo "bench: etcd did not answer within 20 s; its logs are $ETCD_DATA.e1.log .. e3.log" >&2
+  exit 1
+fi
 
 # Who goes first alternates by row, so that neither system always runs while the other is
 # still flushing or compacting what the previous row wrote.

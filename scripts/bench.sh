@@ -48,20 +48,21 @@ measure() {
     --clients "$clients" --seconds "$SECONDS_PER_RUN" | tee -a "$OUT/results.jsonl"
 }
 
-# keel
-scripts/cluster.sh clean >/dev/null 2>&1 || true
-scripts/cluster.sh start
-
-# etcd (fsyncs its WAL by default)
-ETCD_DATA=$OUT/etcd-cluster
-# A member still running from an earlier run would hold a port (the new member then exits at
-# once) and could even answer this run's requests.
+# Checked before either cluster starts: an etcd member still running from an earlier run would
+# hold a port (the new member then exits at once) and could even answer this run's requests.
 for port in 2371 2372 2373 2381 2382 2383; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     echo "bench: port $port is in use (an etcd left from an earlier run?); stop it and run again" >&2
     exit 1
   fi
 done
+
+# keel
+scripts/cluster.sh clean >/dev/null 2>&1 || true
+scripts/cluster.sh start
+
+# etcd (fsyncs its WAL by default)
+ETCD_DATA=$OUT/etcd-cluster
 rm -rf "$ETCD_DATA"
 cluster="e1=http://127.0.0.1:2381,e2=http://127.0.0.1:2382,e3=http://127.0.0.1:2383"
 pids=()

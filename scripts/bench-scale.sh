@@ -22,6 +22,7 @@ port() { echo $((KEEL_BASE_PORT + $1)); }
 now() { date +%s.%N; }
 since() { echo "$(now) - $1" | bc; }
 cluster_field() { curl -sf -u "$AUTH" "http://127.0.0.1:$(port "$1")/v1/cluster" | python3 -c "import json,sys; print(json.load(sys.stdin)$2)"; }
+metric() { curl -sf -u "$AUTH" "http://127.0.0.1:$(port "$1")/metrics" | awk -v name="$2" '$1 == name { print $2 }'; }
 
 scripts/cluster.sh clean >/dev/null 2>&1 || true
 trap 'scripts/cluster.sh clean >/dev/null 2>&1 || true' EXIT
@@ -56,22 +57,32 @@ echo "== snapshot transfer: node $follower misses more than a snapshot's worth o
 before=$(cluster_field "$follower" '["applied_index"]')
 scripts/cluster.sh kill "$follower" >/dev/null
 other=$(( follower % 3 + 1 ))
-# More than --snapshot-every (default 100 000) entries, so the leader snapshots and purges
-# the log the follower would need.
-"$KEEL" bench --endpoints "127.0.0.1:$(port "$other")" --workload put --clients 64 --seconds 100000 --ops 110000 >/dev/null
+# Writes until the leader purged the log past what the follower applied, so that only a
+# snapshot can bring it up to date (a purge follows a snapshot, every --snapshot-every writes,
+# and keeps the last 5 000 entries; concurrent writes share entries, so how many writes that
+# takes varies).
+for _ in $(seq 1 40); do
+  "$KEEL" bench --endpoints "127.0.0.1:$(port "$other")" --workload put --clients 64 --seconds 100000 --ops 25000 >/dev/null
+  if (( $(metric "$other" keel_raft_purged_index) > before )); then break; fi
+done
 target=$(cluster_field "$other" '["commit_index"]')
 t0=$(now)
 scripts/cluster.sh restart "$follower" >/dev/null
 until [[ $(cluster_field "$follower" '["applied_index"]' 2>/dev/null || echo 0) -ge $target ]]; do sleep 0.1; done
-snapshot=$(cluster_field "$follower" '["snapshot_index"]')
 how="by log replication"
-((snapshot > before)) && how="by a snapshot from the leader (index $snapshot, beyond the $before it had applied)"
+if (( $(metric "$follower" keel_raft_snapshots_installed_total) > 0 )); then
+  how="by a snapshot from the leader (index $(cluster_field "$follower" '["snapshot_index"]'), beyond the $before it had applied)"
+fi
 echo "node $follower applied the leader's commit index $target $(since "$t0") s after start, $how"
-# A snapshot is written to a file only once a follower needs it: the leader's file (written for
-# this transfer, so its time is in the figure above) and the one the follower installed.
+# A snapshot is written to a file only once a follower needs it (so writing it is in the figure
+# above), and the file goes once a newer snapshot replaces it: its size comes from the log line
+# of the node that wrote it.
 for id in 1 2 3; do
-  snap=$(ls -t "$KEEL_CLUSTER_DATA/node$id"/snapshots/*.snap 2>/dev/null | head -1 || true)
-  [[ -n $snap ]] && echo "node $id snapshot file: $(du -m "$snap" | cut -f1) MiB ($snap)"
+  bytes=$(grep 'wrote the snapshot to a file' "$KEEL_CLUSTER_DATA/node$id.log" | tail -1 |
+    grep -o 'bytes=[0-9]*' | cut -d= -f2 || true)
+  if [[ -n $bytes ]]; then
+    echo "node $id wrote the snapshot file it sent: $((bytes >> 20)) MiB ($bytes bytes)"
+  fi
 done
 pid=$(cat "$KEEL_CLUSTER_DATA/node$follower.pid")
 echo "node $follower peak RSS since its start: $(( $(awk '/VmHWM/ {print $2}' "/proc/$pid/status") / 1024 )) MiB"

@@ -57,9 +57,8 @@ impl OwnedView {
         &self.view
     }
 
-    /// Streams the view's application data into a new snapshot file at `path`; returns the
-    /// file's size in bytes.
-    fn write(&self, path: &Path, meta: &[u8]) -> Result<u64, Error> {
+    /// Streams the view's application data into a new snapshot file at `path`.
+    fn write(&self, path: &Path, meta: &[u8]) -> Result<(), Error> {
         let cf_data = self.db.cf_handle(cf::SM_DATA).expect("state column family");
         // One pass over everything: keep it out of the block cache the reads are served from.
         let mut once = ReadOptions::default();
@@ -180,8 +179,9 @@ impl FrozenState {
             Source::View(view) => view,
         };
         let partial = self.dir.join(&format!("{}.partial", self.name));
-        let bytes = view.write(&partial, &self.meta)?;
+        view.write(&partial, &self.meta)?;
         let path = self.dir.publish(&partial, &self.name)?;
+        let bytes = snapshot::SnapshotFile::open(path.clone())?.len()?;
         // The file goes once a newer snapshot replaces it, so its size is told here.
         tracing::info!(snapshot = %path.display(), bytes, "wrote the snapshot to a file for a follower");
         *source = Source::File(path.clone());

@@ -137,13 +137,12 @@ impl SnapshotFile {
     }
 }
 
-/// Streams `pairs` into a new snapshot file at `path`, fsynced before it returns; returns the
-/// file's size in bytes.
+/// Streams `pairs` into a new snapshot file at `path`, fsynced before it returns.
 pub(crate) fn write(
     path: &Path,
     meta: &[u8],
     pairs: impl Iterator<Item = Result<Pair, Error>>,
-) -> Result<u64, Error> {
+) -> Result<(), Error> {
     let io_err = |e| Error::io(path, e);
     let file = File::create(path).map_err(io_err)?;
     let mut out = Checksummed {
@@ -166,7 +165,7 @@ pub(crate) fn write(
     file.write_all(&crc.to_le_bytes()).map_err(io_err)?;
     let file = file.into_inner().map_err(|e| io_err(e.into_error()))?;
     file.sync_all().map_err(io_err)?;
-    Ok(file.metadata().map_err(io_err)?.len())
+    Ok(())
 }
 
 /// A writer that keeps the CRC-32 of what passes through it.

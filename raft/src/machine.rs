@@ -76,6 +76,11 @@ pub trait StateMachine: Send + Sync + 'static {
     /// randomness or I/O: everything that varies is inside `command`. The commands of one
     /// entry are applied in order and share its index.
     fn apply(&self, index: u64, command: &[u8], txn: &mut Txn<'_>) -> Result<Vec<u8>, Error>;
+
+    /// The prefixes of the domain's histories; see [`Application::history_prefixes`].
+    fn history_prefixes(&self) -> Vec<Vec<u8>> {
+        Vec::new()
+    }
 }
 
 #[derive(Deserialize)]
@@ -333,6 +338,13 @@ impl Machine {
 }
 
 impl Application<TypeConfig> for Machine {
+    /// The request records are a history too: written in index order, expired oldest first.
+    fn history_prefixes(&self) -> Vec<Vec<u8>> {
+        let mut prefixes = self.domain.history_prefixes();
+        prefixes.push(REQUEST_PREFIX.to_vec());
+        prefixes
+    }
+
     fn apply(&self, entry: &Entry, txn: &mut Txn<'_>) -> Result<Replies, Error> {
         let index = entry.index();
         let mut requests = self.requests.lock().expect("request window");

@@ -9,6 +9,7 @@
 //! The most recent [`HISTORY`] revisions are kept; older ones are compacted as new ones are
 //! written, at the same revision on every node.
 
+use keel_storage::prefix_end;
 use keel_storage::Error as StorageError;
 use keel_storage::KvRead;
 use keel_storage::Txn;
@@ -21,7 +22,8 @@ use super::lease;
 use super::lease::Attachment;
 
 const PREFIX: &[u8] = b"kv/";
-const EVENT_PREFIX: &[u8] = b"kv-event/";
+/// The events: a history (see [`keel_storage::Txn`]), written in revision order.
+pub(super) const EVENT_PREFIX: &[u8] = b"kv-event/";
 const REVISION_KEY: &[u8] = b"kv-meta/revision";
 
 /// Revisions of history kept for watchers.
@@ -98,18 +100,6 @@ fn data_key(key: &str) -> Vec<u8> {
 
 fn event_key(revision: u64) -> Vec<u8> {
     [EVENT_PREFIX, &revision.to_be_bytes()].concat()
-}
-
-/// The smallest byte string greater than every string starting with `prefix`.
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < u8::MAX {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![u8::MAX; 64]
 }
 
 /// The store's current revision (0 before the first write).
@@ -249,13 +239,6 @@ pub fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn prefix_end_is_the_next_prefix() {
-        assert_eq!(prefix_end(b"kv/a"), b"kv/b".to_vec());
-        assert_eq!(prefix_end(b"kv/a\xff"), b"kv/b".to_vec());
-        assert_eq!(prefix_end(b"kv/"), b"kv0".to_vec());
-    }
 
     #[test]
     fn history_keeps_the_last_revisions() {

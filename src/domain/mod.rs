@@ -47,6 +47,10 @@ pub struct Domain {
 }
 
 impl StateMachine for Domain {
+    fn history_prefixes(&self) -> Vec<Vec<u8>> {
+        vec![kv::EVENT_PREFIX.to_vec()]
+    }
+
     fn apply(
         &self,
         index: u64,

@@ -59,17 +59,20 @@ impl OwnedView {
 
     /// Streams the view's application data into a new snapshot file at `path`.
     fn write(&self, path: &Path, meta: &[u8]) -> Result<(), Error> {
-        let cf_data = self.db.cf_handle(cf::SM_DATA).expect("state column family");
-        // One pass over everything: keep it out of the block cache the reads are served from.
-        let mut once = ReadOptions::default();
-        once.fill_cache(false);
-        let pairs = self
-            .view
-            .iterator_cf_opt(cf_data, once, IteratorMode::Start)
-            .map(|item| {
-                item.map(|(k, v)| (k.into_vec(), v.into_vec()))
-                    .map_err(Error::from)
-            });
+        // The pairs of both families, one after the other: an install puts each key in its
+        // family again, so the file is what it was when the state had one family.
+        let pairs = [cf::SM_DATA, cf::SM_HISTORY].into_iter().flat_map(|name| {
+            let family = self.db.cf_handle(name).expect("state column family");
+            // One pass over everything: keep it out of the block cache reads are served from.
+            let mut once = ReadOptions::default();
+            once.fill_cache(false);
+            self.view
+                .iterator_cf_opt(family, once, IteratorMode::Start)
+                .map(|item| {
+                    item.map(|(k, v)| (k.into_vec(), v.into_vec()))
+                        .map_err(Error::from)
+                })
+        });
         snapshot::write(path, meta, pairs)
     }
 }

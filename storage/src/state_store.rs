@@ -1,10 +1,11 @@
 //! The state machine on RocksDB.
 //!
-//! The application's data lives in its own column family; every apply batch is one RocksDB
-//! write that carries the data changes together with `last_applied` and the membership, so the
-//! state on disk always names the entry it reflects and a restart resumes right after it:
-//! never replaying the whole log, never applying an entry twice. Large apply batches (a node catching up) run on a blocking thread,
-//! off the async runtime.
+//! The application's data lives in column families of its own (its histories apart from the
+//! rest, see [`crate::layout`]); every apply batch is one RocksDB write that carries the data
+//! changes together with `last_applied` and the membership, so the state on disk always names
+//! the entry it reflects and a restart resumes right after it: never replaying the whole log,
+//! never applying an entry twice. Large apply batches (a node catching up) run on a blocking
+//! thread, off the async runtime.
 //!
 //! These writes skip RocksDB's WAL: the log entries they come from are already durable on a
 //! quorum, so the WAL would only hold another copy of what the log holds (often several: an
@@ -44,6 +45,8 @@ use openraft::OptionalSend;
 use openraft::RaftSnapshotBuilder;
 use openraft::RaftTypeConfig;
 use openraft::StoredMembership;
+use rocksdb::IteratorMode;
+use rocksdb::ReadOptions;
 use rocksdb::WriteBatch;
 use rocksdb::WriteOptions;
 use rocksdb::DB;
@@ -53,6 +56,7 @@ use crate::frozen::FrozenState;
 use crate::frozen::OwnedView;
 use crate::frozen::SnapshotDir;
 use crate::keyspace;
+use crate::layout::Layout;
 use crate::snapshot::SnapshotReader;
 use crate::txn::Installs;
 use crate::txn::Reader;
@@ -70,12 +74,20 @@ pub trait Application<C: RaftTypeConfig>: Send + Sync + 'static {
     /// An error here is a storage failure (a RocksDB read failed) and stops the node; a
     /// command the domain refuses is a normal response.
     fn apply(&self, entry: &C::Entry, txn: &mut Txn<'_>) -> Result<C::R, Error>;
+
+    /// Prefixes of the keyspaces that are histories: written at their end, in key order, and
+    /// dropped from their start. They are kept apart from the other keys (see [`Txn`]); a
+    /// store opened with a prefix it did not have before moves such keys over when it opens.
+    fn history_prefixes(&self) -> Vec<Vec<u8>> {
+        Vec::new()
+    }
 }
 
 /// openraft's state machine on RocksDB; see the module documentation.
 pub struct StateStore<C: RaftTypeConfig, A> {
     db: Arc<DB>,
     app: Arc<A>,
+    layout: Layout,
     snapshots: SnapshotDir,
     current: Arc<Mutex<Option<CurrentSnapshot<C>>>>,
     installs: Installs,
@@ -115,6 +127,7 @@ impl<C: RaftTypeConfig, A> Clone for StateStore<C, A> {
         Self {
             db: self.db.clone(),
             app: self.app.clone(),
+            layout: self.layout.clone(),
             snapshots: self.snapshots.clone(),
             current: self.current.clone(),
             installs: self.installs.clone(),
@@ -128,12 +141,14 @@ impl<C: RaftTypeConfig, A: Application<C>> StateStore<C, A> {
     pub(crate) fn new(db: Arc<DB>, snapshot_dir: PathBuf, app: A) -> Result<Self, Error> {
         let store = Self {
             db,
+            layout: Layout::new(app.history_prefixes()),
             app: Arc::new(app),
             snapshots: SnapshotDir::open(snapshot_dir)?,
             current: Arc::default(),
             installs: Installs::default(),
         };
         store.finish_interrupted_install()?;
+        store.move_histories_out_of_data()?;
         store.start_from_own_state()?;
         Ok(store)
     }
@@ -189,7 +204,7 @@ impl<C: RaftTypeConfig, A: Application<C>> StateStore<C, A> {
 
     /// A read-only view of the applied data, for serving queries.
     pub fn reader(&self) -> Reader {
-        Reader::new(self.db.clone(), self.installs.clone())
+        Reader::new(self.db.clone(), self.layout.clone(), self.installs.clone())
     }
 
     /// Snapshots installed since the store was opened: how often this node, as a follower,
@@ -251,7 +266,7 @@ impl<C: RaftTypeConfig, A: Application<C>> StateStore<C, A> {
     }
 
     fn apply_blocking(&self, entries: &[C::Entry]) -> Result<Vec<C::R>, Error> {
-        let mut txn = Txn::new(&self.db);
+        let mut txn = Txn::new(&self.db, &self.layout);
         let mut responses = Vec::with_capacity(entries.len());
         let mut membership = None;
         for entry in entries {
@@ -266,17 +281,22 @@ impl<C: RaftTypeConfig, A: Application<C>> StateStore<C, A> {
         let mut batch = WriteBatch::default();
         txn.write_into(&mut batch);
         self.put_applied_state(&mut batch, &Some(last.log_id()), membership.as_ref())?;
+        self.write_unlogged(batch)?;
+        Ok(responses)
+    }
+
+    /// Writes applied state without the WAL; see the module documentation.
+    fn write_unlogged(&self, batch: WriteBatch) -> Result<(), Error> {
         let mut unlogged = WriteOptions::default();
         unlogged.disable_wal(true);
-        self.db.write_opt(batch, &unlogged)?;
-        Ok(responses)
+        Ok(self.db.write_opt(batch, &unlogged)?)
     }
 
     /// Makes everything applied so far durable: the state's memtables go to disk, data and
     /// applied state in one atomic flush.
     fn flush_state(&self) -> Result<(), Error> {
-        let families = [cf::SM_DATA, cf::SM_META]
-            .map(|name| self.db.cf_handle(name).expect("state column family"));
+        let families =
+            cf::STATE_FAMILIES.map(|name| self.db.cf_handle(name).expect("state column family"));
         let mut wait = rocksdb::FlushOptions::default();
         wait.set_wait(true);
         self.db.flush_cfs_opt(&families, &wait)?;
@@ -408,11 +428,11 @@ impl<C: RaftTypeConfig, A: Application<C>> StateStore<C, A> {
         file_name: &str,
         pairs: SnapshotReader,
     ) -> Result<(), Error> {
-        let cf_data = self.db.cf_handle(cf::SM_DATA).expect("state column family");
         let cf_meta = self
             .db
             .cf_handle(cf::SM_META)
             .expect("state meta column family");
+        let family = |name| self.db.cf_handle(name).expect("state column family");
         let mut synced = WriteOptions::default();
         synced.set_sync(true);
         let mut batch = WriteBatch::default();
@@ -421,13 +441,15 @@ impl<C: RaftTypeConfig, A: Application<C>> StateStore<C, A> {
             keyspace::INSTALLING,
             bincode::serialize(&(file_name, meta))?,
         );
-        // Application keys are never empty, and none starts with 0xff bytes this long.
-        batch.delete_range_cf(cf_data, &[][..], &[0xffu8; 64][..]);
+        for name in [cf::SM_DATA, cf::SM_HISTORY] {
+            // Application keys are never empty, and none starts with 0xff bytes this long.
+            batch.delete_range_cf(family(name), &[][..], &[0xffu8; 64][..]);
+        }
         self.db.write_opt(batch, &synced)?;
         let mut batch = WriteBatch::default();
         for pair in pairs {
             let (key, value) = pair?;
-            batch.put_cf(cf_data, key, value);
+            batch.put_cf(family(self.layout.family_name(&key)), key, value);
             if batch.size_in_bytes() >= INSTALL_BATCH_BYTES {
                 self.db.write(std::mem::take(&mut batch))?;
             }
@@ -435,6 +457,47 @@ impl<C: RaftTypeConfig, A: Application<C>> StateStore<C, A> {
         self.put_applied_state(&mut batch, &meta.last_log_id, Some(&meta.last_membership))?;
         batch.delete_cf(cf_meta, keyspace::INSTALLING);
         self.db.write_opt(batch, &synced)?;
+        Ok(())
+    }
+
+    /// Moves the keys of the application's histories that the data family holds (a store
+    /// written before histories had a family of their own) into the history family. Each
+    /// batch moves its keys in one write, and the state is flushed at the end, so a crash
+    /// midway leaves every key in one family or the other and the next start moves the rest.
+    fn move_histories_out_of_data(&self) -> Result<(), Error> {
+        let data = self.db.cf_handle(cf::SM_DATA).expect("state column family");
+        let history = self
+            .db
+            .cf_handle(cf::SM_HISTORY)
+            .expect("history column family");
+        let mut moved = 0u64;
+        for (prefix, end) in self.layout.histories() {
+            let mut batch = WriteBatch::default();
+            let mut within = ReadOptions::default();
+            within.set_iterate_upper_bound(end);
+            let keys = self.db.iterator_cf_opt(
+                data,
+                within,
+                IteratorMode::From(prefix, rocksdb::Direction::Forward),
+            );
+            for pair in keys {
+                let (key, value) = pair?;
+                batch.put_cf(history, &key, value);
+                batch.delete_cf(data, key);
+                moved += 1;
+                if batch.size_in_bytes() >= INSTALL_BATCH_BYTES {
+                    self.write_unlogged(std::mem::take(&mut batch))?;
+                }
+            }
+            self.write_unlogged(batch)?;
+        }
+        if moved > 0 {
+            self.flush_state()?;
+            tracing::info!(
+                keys = moved,
+                "moved the state's histories into a column family of their own"
+            );
+        }
         Ok(())
     }
 

@@ -7,6 +7,9 @@
 //! runs against either. A [`Txn`] can also delete a whole key range at once, which RocksDB
 //! stores as one range tombstone instead of a deletion per key.
 //!
+//! Both see the application's keys as one keyspace, though they live in two column families
+//! (see [`crate::layout`]).
+//!
 //! A snapshot install replaces the data in several writes (see the state store), so between
 //! them the store holds part of the old state and part of the new. [`Installs`] lets a
 //! [`Reader`] tell that its read overlapped an install and refuse it with
@@ -20,13 +23,11 @@ use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use rocksdb::ColumnFamily;
-use rocksdb::IteratorMode;
-use rocksdb::ReadOptions;
 use rocksdb::WriteBatch;
 use rocksdb::DB;
 
-use crate::cf;
+use crate::layout::Families;
+use crate::layout::Layout;
 use crate::Error;
 
 /// A key and its value, as returned by scans.
@@ -40,32 +41,10 @@ pub trait KvRead {
     fn scan(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<Pair>, Error>;
 }
 
-fn scan_db(
-    db: &DB,
-    cf: &ColumnFamily,
-    from: &[u8],
-    to: &[u8],
-    limit: usize,
-) -> Result<Vec<Pair>, Error> {
-    let mut opts = ReadOptions::default();
-    opts.set_iterate_upper_bound(to.to_vec());
-    let iter = db.iterator_cf_opt(
-        cf,
-        opts,
-        IteratorMode::From(from, rocksdb::Direction::Forward),
-    );
-    let mut out = Vec::new();
-    for item in iter.take(limit) {
-        let (key, value) = item?;
-        out.push((key.into_vec(), value.into_vec()));
-    }
-    Ok(out)
-}
-
 /// The write side of one apply batch; see the module documentation.
 pub struct Txn<'a> {
     db: &'a DB,
-    cf: &'a ColumnFamily,
+    families: Families<'a>,
     overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     /// Ranges `[from, to)` deleted in this batch. The overlay holds only what was written
     /// after them, so it takes precedence over them.
@@ -73,10 +52,10 @@ pub struct Txn<'a> {
 }
 
 impl<'a> Txn<'a> {
-    pub(crate) fn new(db: &'a DB) -> Self {
+    pub(crate) fn new(db: &'a DB, layout: &'a Layout) -> Self {
         Self {
             db,
-            cf: db.cf_handle(cf::SM_DATA).expect("state column family"),
+            families: Families::new(db, layout),
             overlay: BTreeMap::new(),
             deleted_ranges: Vec::new(),
         }
@@ -116,12 +95,15 @@ impl<'a> Txn<'a> {
     /// overlay wrote after them lands on top.
     pub(crate) fn write_into(self, batch: &mut WriteBatch) {
         for (from, to) in &self.deleted_ranges {
-            batch.delete_range_cf(self.cf, from, to);
+            for family in self.families.of_range(from, to) {
+                batch.delete_range_cf(family, from, to);
+            }
         }
         for (key, value) in self.overlay {
+            let family = self.families.of(&key);
             match value {
-                Some(value) => batch.put_cf(self.cf, key, value),
-                None => batch.delete_cf(self.cf, key),
+                Some(value) => batch.put_cf(family, key, value),
+                None => batch.delete_cf(family, key),
             }
         }
     }
@@ -132,7 +114,7 @@ impl KvRead for Txn<'_> {
         match self.overlay.get(key) {
             Some(value) => Ok(value.clone()),
             None if self.in_deleted_range(key) => Ok(None),
-            None => Ok(self.db.get_cf(self.cf, key)?),
+            None => Ok(self.db.get_cf(self.families.of(key), key)?),
         }
     }
 
@@ -151,7 +133,7 @@ impl KvRead for Txn<'_> {
         } else {
             limit.saturating_add(deletions)
         };
-        let stored = scan_db(self.db, self.cf, from, to, read_limit)?;
+        let stored = self.families.scan(self.db, from, to, read_limit)?;
 
         let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = stored
             .into_iter()
@@ -221,27 +203,33 @@ impl Installs {
 #[derive(Clone)]
 pub struct Reader {
     db: Arc<DB>,
+    layout: Layout,
     installs: Installs,
 }
 
 impl Reader {
-    pub(crate) fn new(db: Arc<DB>, installs: Installs) -> Self {
-        Self { db, installs }
+    pub(crate) fn new(db: Arc<DB>, layout: Layout, installs: Installs) -> Self {
+        Self {
+            db,
+            layout,
+            installs,
+        }
     }
 
-    fn cf(&self) -> &ColumnFamily {
-        self.db.cf_handle(cf::SM_DATA).expect("state column family")
+    fn families(&self) -> Families<'_> {
+        Families::new(&self.db, &self.layout)
     }
 }
 
 impl KvRead for Reader {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
-        self.installs.guard(|| Ok(self.db.get_cf(self.cf(), key)?))
+        self.installs
+            .guard(|| Ok(self.db.get_cf(self.families().of(key), key)?))
     }
 
     fn scan(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<Pair>, Error> {
         self.installs
-            .guard(|| scan_db(&self.db, self.cf(), from, to, limit))
+            .guard(|| self.families().scan(&self.db, from, to, limit))
     }
 }
 
@@ -261,14 +249,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = crate::Store::open(dir.path()).unwrap();
         let mut batch = WriteBatch::default();
-        let mut stored = Txn::new(&store.state);
+        // "b" keys are a history, so the ranges below span both families.
+        let layout = Layout::new(vec![b"b".to_vec()]);
+        let mut stored = Txn::new(&store.state, &layout);
         for key in ["a", "b1", "b2", "c"] {
             stored.put(key.into(), b"old".to_vec());
         }
         stored.write_into(&mut batch);
         store.state.write(batch).unwrap();
 
-        let mut txn = Txn::new(&store.state);
+        let mut txn = Txn::new(&store.state, &layout);
         txn.put(b"b3".to_vec(), b"buffered".to_vec());
         txn.delete_range(b"b".to_vec(), b"c".to_vec());
         txn.put(b"b2".to_vec(), b"new".to_vec());
@@ -281,8 +271,23 @@ mod tests {
         let mut batch = WriteBatch::default();
         txn.write_into(&mut batch);
         store.state.write(batch).unwrap();
-        let reader = Reader::new(store.state.clone(), Installs::default());
+        let reader = Reader::new(store.state.clone(), layout, Installs::default());
         assert_eq!(keys(reader.scan(b"a", b"z", 10).unwrap()), ["a", "b2", "c"]);
         assert_eq!(reader.get(b"b2").unwrap(), Some(b"new".to_vec()));
+
+        let family = |name| store.state.cf_handle(name).unwrap();
+        let stored_in = |name| {
+            let pairs = store
+                .state
+                .iterator_cf(family(name), rocksdb::IteratorMode::Start);
+            keys(
+                pairs
+                    .map(|pair| pair.unwrap())
+                    .map(|(k, v)| (k.into_vec(), v.into_vec()))
+                    .collect(),
+            )
+        };
+        assert_eq!(stored_in(crate::cf::SM_DATA), ["a", "c"]);
+        assert_eq!(stored_in(crate::cf::SM_HISTORY), ["b2"]);
     }
 }

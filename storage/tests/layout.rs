@@ -80,10 +80,13 @@ fn a_store_of_the_old_layout_opens_with_its_log_moved_out_whole() {
     families.sort();
     assert_eq!(
         families,
-        ["default", "sm_data", "sm_meta"],
+        ["default", "sm_data", "sm_history", "sm_meta"],
         "the log left the state's database"
     );
-    let state = open_raw(&dir.path().join("db"), &["sm_meta", "sm_data"]);
+    let state = open_raw(
+        &dir.path().join("db"),
+        &["sm_meta", "sm_data", "sm_history"],
+    );
     assert_eq!(pairs(&state, "sm_meta"), state_meta);
     assert_eq!(pairs(&state, "sm_data"), state_data);
 }

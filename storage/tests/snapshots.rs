@@ -25,7 +25,8 @@ openraft::declare_raft_types!(
         R = String,
 );
 
-/// Each command is a key, stored with its log index as the value.
+/// Each command is a key, stored with its log index as the value. Keys `k0000` to `k0099` are
+/// a history, so every test has keys in both of the state's families.
 struct KeyPerEntry;
 
 impl Application<TestConfig> for KeyPerEntry {
@@ -37,6 +38,19 @@ impl Application<TestConfig> for KeyPerEntry {
             );
         }
         Ok(String::new())
+    }
+
+    fn history_prefixes(&self) -> Vec<Vec<u8>> {
+        vec![b"k00".to_vec()]
+    }
+}
+
+/// [`KeyPerEntry`] as a keel that had no histories stores it: every key in the data family.
+struct KeyPerEntryWithoutHistories;
+
+impl Application<TestConfig> for KeyPerEntryWithoutHistories {
+    fn apply(&self, entry: &EntryOf<TestConfig>, txn: &mut Txn<'_>) -> Result<String, Error> {
+        KeyPerEntry.apply(entry, txn)
     }
 }
 
@@ -51,7 +65,10 @@ fn entries(range: std::ops::Range<u64>) -> Vec<EntryOf<TestConfig>> {
         .collect()
 }
 
-async fn apply(state: &mut StateStore<TestConfig, KeyPerEntry>, range: std::ops::Range<u64>) {
+async fn apply<A: Application<TestConfig>>(
+    state: &mut StateStore<TestConfig, A>,
+    range: std::ops::Range<u64>,
+) {
     let batch: Vec<_> = entries(range).into_iter().map(|e| Ok((e, None))).collect();
     state.apply(stream::iter(batch)).await.unwrap();
 }
@@ -304,4 +321,54 @@ async fn a_newer_snapshot_replaces_the_file_and_a_restart_starts_from_its_own_st
         .await
         .unwrap();
     assert_eq!(b.reader().scan(b"k", b"l", 1000).unwrap().len(), 250);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_written_without_histories_moves_them_to_their_family_when_it_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut old = Store::open(dir.path())
+        .unwrap()
+        .state_store(KeyPerEntryWithoutHistories)
+        .unwrap();
+    apply(&mut old, 1..301).await;
+    drop(old);
+
+    // Reads of a history look in its family only, so a key left behind would be lost.
+    for _ in 0..2 {
+        let state = reopen(dir.path());
+        let reader = state.reader();
+        assert_eq!(reader.get(b"k0050").unwrap().unwrap(), b"50");
+        assert_eq!(reader.scan(b"k00", b"k01", 1000).unwrap().len(), 99);
+        assert_eq!(reader.scan(b"k", b"l", 1000).unwrap().len(), 300);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn snapshots_move_between_stores_with_and_without_histories() {
+    let with = tempfile::tempdir().unwrap();
+    let mut a = state_store_with(with.path(), 1..301).await;
+    let from_histories = a.build_snapshot().await.unwrap();
+
+    let without = tempfile::tempdir().unwrap();
+    let mut b = Store::open(without.path())
+        .unwrap()
+        .state_store(KeyPerEntryWithoutHistories)
+        .unwrap();
+    apply(&mut b, 1..5).await;
+    b.install_snapshot(&from_histories.meta, from_histories.snapshot)
+        .await
+        .unwrap();
+    assert_eq!(b.reader().scan(b"k", b"l", 1000).unwrap().len(), 300);
+    assert_eq!(b.reader().get(b"k0050").unwrap().unwrap(), b"50");
+
+    apply(&mut b, 301..311).await;
+    let from_one_family = b.build_snapshot().await.unwrap();
+    let into = tempfile::tempdir().unwrap();
+    let mut c = state_store_with(into.path(), 1..5).await;
+    c.install_snapshot(&from_one_family.meta, from_one_family.snapshot)
+        .await
+        .unwrap();
+    assert_eq!(c.reader().scan(b"k", b"l", 1000).unwrap().len(), 310);
+    assert_eq!(c.reader().get(b"k0050").unwrap().unwrap(), b"50");
+    assert_eq!(c.reader().get(b"k0305").unwrap().unwrap(), b"305");
 }

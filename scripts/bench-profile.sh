@@ -41,11 +41,12 @@ leader=$(scripts/cluster.sh leader)
 follower=$(( leader % 3 + 1 ))
 
 # A short warm-up, so connections, caches and the first snapshot are not what is measured.
-"$KEEL" bench --endpoints "$ENDPOINTS" --workload "$WORKLOAD" --clients "$CLIENTS" --seconds 2 >/dev/null
+warmup=$("$KEEL" bench --endpoints "$ENDPOINTS" --workload "$WORKLOAD" --clients "$CLIENTS" --seconds 2)
+warmup_ops=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["ops"])' "$warmup")
 declare -A before
 for n in 1 2 3; do before[$n]=$(cpu_ticks "$(pid_of $n)"); done
 "$KEEL" bench --endpoints "$ENDPOINTS" --workload "$WORKLOAD" --clients "$CLIENTS" \
-  --seconds "$SECONDS_TO_RUN" >"$OUT/bench.json" &
+  --seconds "$SECONDS_TO_RUN" --first-key "$warmup_ops" >"$OUT/bench.json" &
 bench=$!
 sleep 1
 profile_seconds=$(( SECONDS_TO_RUN - 2 ))

@@ -42,10 +42,18 @@ KEEL="$CARGO_TARGET_DIR/release/keel"
 KEEL_ENDPOINTS=127.0.0.1:7761,127.0.0.1:7762,127.0.0.1:7763
 ETCD_ENDPOINTS=127.0.0.1:2371,127.0.0.1:2372,127.0.0.1:2373
 
+# Requests made so far per system: the next run's first key, so that every put writes a new key.
+# Counting from 0 in each run made every row after the first overwrite the keys of the rows
+# before it.
+declare -A requests_made=([keel]=0 [etcd]=0)
 measure() {
-  local target=$1 endpoints=$2 workload=$3 clients=$4
-  "$KEEL" bench --target "$target" --endpoints "$endpoints" --workload "$workload" \
-    --clients "$clients" --seconds "$SECONDS_PER_RUN" | tee -a "$OUT/results.jsonl"
+  local target=$1 endpoints=$2 workload=$3 clients=$4 result
+  result=$("$KEEL" bench --target "$target" --endpoints "$endpoints" --workload "$workload" \
+    --clients "$clients" --seconds "$SECONDS_PER_RUN" --first-key "${requests_made[$target]}")
+  echo "$result" | tee -a "$OUT/results.jsonl"
+  local ops
+  ops=$(grep -o '"ops":[0-9]*' <<<"$result" | cut -d: -f2)
+  requests_made[$target]=$(( ${requests_made[$target]} + ${ops:-0} ))
 }
 
 # Checked before either cluster starts: an etcd member still running from an earlier run would

@@ -69,6 +69,11 @@ pub struct BenchArgs {
     /// Bytes per value (keys are 8 bytes).
     #[arg(long, default_value_t = 256)]
     pub value_size: usize,
+    /// The first key written (keys count up from it). Runs against one cluster pass the
+    /// requests made so far, so that each run writes new keys rather than overwriting the
+    /// last run's.
+    #[arg(long, default_value_t = 0)]
+    pub first_key: u64,
     #[arg(long, env = "KEEL_USER")]
     pub user: Option<String>,
     #[arg(long, env = "KEEL_PASSWORD", hide_env_values = true)]
@@ -421,13 +426,14 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         }
         _ => None,
     };
+    let first_key = args.first_key;
     let shared = Arc::new(Shared {
         value: value.into(),
         authorization,
         lease,
         args,
         http,
-        next_key: AtomicU64::new(0),
+        next_key: AtomicU64::new(first_key),
         issued: AtomicU64::new(0),
         errors: AtomicU64::new(0),
     });

@@ -22,7 +22,8 @@ use super::lease;
 use super::lease::Attachment;
 
 const PREFIX: &[u8] = b"kv/";
-/// The events: a history (see [`keel_storage::Txn`]), written in revision order.
+/// The events: a history (see [`keel_storage::Application::history_prefixes`]), written in
+/// revision order.
 pub(super) const EVENT_PREFIX: &[u8] = b"kv-event/";
 const REVISION_KEY: &[u8] = b"kv-meta/revision";
 

@@ -61,7 +61,7 @@ impl OwnedView {
     fn write(&self, path: &Path, meta: &[u8]) -> Result<(), Error> {
         // The pairs of both families, one after the other: an install puts each key in its
         // family again, so the file is what it was when the state had one family.
-        let pairs = [cf::SM_DATA, cf::SM_HISTORY].into_iter().flat_map(|name| {
+        let pairs = cf::APP_FAMILIES.into_iter().flat_map(|name| {
             let family = self.db.cf_handle(name).expect("state column family");
             // One pass over everything: keep it out of the block cache reads are served from.
             let mut once = ReadOptions::default();

@@ -65,14 +65,6 @@ impl Layout {
             .any(|(prefix, _)| key.starts_with(prefix))
     }
 
-    pub(crate) fn family_name(&self, key: &[u8]) -> &'static str {
-        if self.is_history(key) {
-            cf::SM_HISTORY
-        } else {
-            cf::SM_DATA
-        }
-    }
-
     /// The key ranges of the histories.
     pub(crate) fn histories(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         self.histories

@@ -51,8 +51,10 @@ pub(crate) mod cf {
     pub const LOG_META: &str = "raft_meta";
     pub const SM_META: &str = "sm_meta";
     pub const SM_DATA: &str = "sm_data";
-    /// The application's histories (see [`crate::Txn`]).
+    /// The application's histories (see [`crate::layout`]).
     pub const SM_HISTORY: &str = "sm_history";
+    /// The families of the application's keys.
+    pub const APP_FAMILIES: [&str; 2] = [SM_DATA, SM_HISTORY];
     /// The log's database.
     pub const LOG_FAMILIES: [&str; 2] = [LOG, LOG_META];
     /// The state machine's database.
@@ -216,8 +218,8 @@ const RECYCLED_WAL_FILES: usize = 2;
 /// 3.2-3.7 s -> 0.37 s.
 const MAX_WAL_BYTES: u64 = 256 << 20;
 
-/// The state machine's memtable size, per family that takes the application's writes. Applied writes skip the WAL, so what a crash loses from
-/// memory is re-applied from the log when the node starts again: this bounds that work (at
+/// The state machine's memtable size, per family of the application's keys. Applied writes
+/// skip the WAL, so what a crash loses from memory is re-applied from the log when the node starts again: this bounds that work (at
 /// about 1.2 KB of state per 256-byte put, ~14 000 entries). RocksDB's default of 64 MiB
 /// made a follower killed after 300 000 puts serve its first linearizable read 1.35 s after it
 /// started again (up to ~55 000 entries to re-apply); 16 MiB, 0.57 s.
@@ -247,11 +249,10 @@ fn family_options(name: &str, cache: &rocksdb::Cache) -> Options {
         // The same for the memtable, where a miss otherwise walks the skip list.
         opts.set_memtable_prefix_bloom_ratio(MEMTABLE_BLOOM_RATIO);
         opts.set_memtable_whole_key_filtering(true);
-        opts.set_write_buffer_size(STATE_MEMTABLE_BYTES);
     }
-    // Histories are read by ranges (watchers) or not at all (request records, mirrored in
-    // memory), so they need no filters.
-    if name == cf::SM_HISTORY {
+    // The histories need no filters: they are read by ranges (watchers) or not at all
+    // (request records, mirrored in memory).
+    if cf::APP_FAMILIES.contains(&name) {
         opts.set_write_buffer_size(STATE_MEMTABLE_BYTES);
     }
     if name == cf::LOG {

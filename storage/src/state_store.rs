@@ -56,6 +56,7 @@ use crate::frozen::FrozenState;
 use crate::frozen::OwnedView;
 use crate::frozen::SnapshotDir;
 use crate::keyspace;
+use crate::layout::Families;
 use crate::layout::Layout;
 use crate::snapshot::SnapshotReader;
 use crate::txn::Installs;
@@ -76,8 +77,9 @@ pub trait Application<C: RaftTypeConfig>: Send + Sync + 'static {
     fn apply(&self, entry: &C::Entry, txn: &mut Txn<'_>) -> Result<C::R, Error>;
 
     /// Prefixes of the keyspaces that are histories: written at their end, in key order, and
-    /// dropped from their start. They are kept apart from the other keys (see [`Txn`]); a
-    /// store opened with a prefix it did not have before moves such keys over when it opens.
+    /// dropped from their start. They get a column family of their own, so that compactions
+    /// of their new files never rewrite the other keys; a store opened with a prefix it did not
+    /// have before moves such keys over when it opens.
     fn history_prefixes(&self) -> Vec<Vec<u8>> {
         Vec::new()
     }
@@ -432,7 +434,7 @@ impl<C: RaftTypeConfig, A: Application<C>> StateStore<C, A> {
             .db
             .cf_handle(cf::SM_META)
             .expect("state meta column family");
-        let family = |name| self.db.cf_handle(name).expect("state column family");
+        let families = Families::new(&self.db, &self.layout);
         let mut synced = WriteOptions::default();
         synced.set_sync(true);
         let mut batch = WriteBatch::default();
@@ -441,15 +443,16 @@ impl<C: RaftTypeConfig, A: Application<C>> StateStore<C, A> {
             keyspace::INSTALLING,
             bincode::serialize(&(file_name, meta))?,
         );
-        for name in [cf::SM_DATA, cf::SM_HISTORY] {
+        for name in cf::APP_FAMILIES {
+            let family = self.db.cf_handle(name).expect("state column family");
             // Application keys are never empty, and none starts with 0xff bytes this long.
-            batch.delete_range_cf(family(name), &[][..], &[0xffu8; 64][..]);
+            batch.delete_range_cf(family, &[][..], &[0xffu8; 64][..]);
         }
         self.db.write_opt(batch, &synced)?;
         let mut batch = WriteBatch::default();
         for pair in pairs {
             let (key, value) = pair?;
-            batch.put_cf(family(self.layout.family_name(&key)), key, value);
+            batch.put_cf(families.of(&key), key, value);
             if batch.size_in_bytes() >= INSTALL_BATCH_BYTES {
                 self.db.write(std::mem::take(&mut batch))?;
             }

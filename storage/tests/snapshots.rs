@@ -95,6 +95,16 @@ fn reopen(dir: &std::path::Path) -> StateStore<TestConfig, KeyPerEntry> {
     Store::open(dir).unwrap().state_store(KeyPerEntry).unwrap()
 }
 
+/// The same, as a keel that had no histories opens it.
+fn reopen_without_histories(
+    dir: &std::path::Path,
+) -> StateStore<TestConfig, KeyPerEntryWithoutHistories> {
+    Store::open(dir)
+        .unwrap()
+        .state_store(KeyPerEntryWithoutHistories)
+        .unwrap()
+}
+
 /// The snapshot files in a store's data directory.
 fn snapshot_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut files: Vec<_> = std::fs::read_dir(dir.join("snapshots"))
@@ -326,10 +336,7 @@ async fn a_newer_snapshot_replaces_the_file_and_a_restart_starts_from_its_own_st
 #[tokio::test(flavor = "multi_thread")]
 async fn a_store_written_without_histories_moves_them_to_their_family_when_it_opens() {
     let dir = tempfile::tempdir().unwrap();
-    let mut old = Store::open(dir.path())
-        .unwrap()
-        .state_store(KeyPerEntryWithoutHistories)
-        .unwrap();
+    let mut old = reopen_without_histories(dir.path());
     apply(&mut old, 1..301).await;
     drop(old);
 
@@ -350,10 +357,7 @@ async fn snapshots_move_between_stores_with_and_without_histories() {
     let from_histories = a.build_snapshot().await.unwrap();
 
     let without = tempfile::tempdir().unwrap();
-    let mut b = Store::open(without.path())
-        .unwrap()
-        .state_store(KeyPerEntryWithoutHistories)
-        .unwrap();
+    let mut b = reopen_without_histories(without.path());
     apply(&mut b, 1..5).await;
     b.install_snapshot(&from_histories.meta, from_histories.snapshot)
         .await

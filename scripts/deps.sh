@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs what building keel needs on a fresh Debian/Ubuntu machine: libclang (RocksDB's
-# bindings are generated at build time) and curl (the scripts' HTTP client). Sourced by
+# bindings are generated at build time), make (jemalloc) and curl (the scripts' HTTP client). Sourced by
 # scripts/run.sh and scripts/test.sh; does nothing when everything is there.
 need=()
 # libclang itself, not libclang-cpp (which some images ship alone and bindgen cannot use).
 [[ -n "$(ls /usr/lib/llvm-*/lib/libclang.so* 2>/dev/null)" ]] || need+=(libclang-dev clang)
 command -v curl >/dev/null || need+=(curl)
+# jemalloc (keel's allocator) is built from source with make.
+command -v make >/dev/null || need+=(make)
 if ((${#need[@]})); then
   if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
     apt-get update -qq

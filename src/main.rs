@@ -17,6 +17,15 @@ mod memory;
 mod node;
 mod proxy_probe;
 
+/// jemalloc for everything keel allocates in Rust (RocksDB's C++ keeps glibc's malloc).
+/// A batch of proposals allocates and frees its requests, entries and replies in bursts of
+/// the same sizes, more than glibc's per-thread cache holds (seven chunks per size), so most
+/// of them went to its shared bins: glibc's malloc and free were 13-16 % of a node's samples
+/// under put (64). Against glibc, alternating put (64) runs on a fresh 3-node cluster each:
+/// +10.4 % summed over 6 pairs (5 better), 64.6 against 71.9 µs of the nodes' CPU per write.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::io::IsTerminal;
 
 use axum::serve::ListenerExt;

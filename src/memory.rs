@@ -1,5 +1,9 @@
 //! The process's memory: what it holds (for `/metrics`) and handing back what it no longer uses.
 //!
+//! keel's own allocations go to jemalloc (see `main.rs`), which returns freed pages by itself
+//! as they decay; RocksDB's (memtables, block cache, compaction buffers) stay with glibc,
+//! and this module trims glibc's heap.
+//!
 //! glibc's malloc gives threads that allocate concurrently arenas of their own, and returns
 //! memory freed in those arenas to the system only when a whole top chunk is free. keel's
 //! threads (tokio workers, the blocking pool that applies entries and builds and installs

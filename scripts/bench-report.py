@@ -1,19 +1,31 @@
 """Turns bench-results/results.jsonl into a table (keel vs etcd, ratio per row) and an SVG
-plot of throughput against clients. Standard library only."""
+plot of throughput against clients. Standard library only.
+
+A row measured in several rounds (`BENCH_ROUNDS`) shows each system's median figures, the
+median of the rounds' ratios (each round's keel run paired with the etcd run next to it in
+time) and the lowest and highest of those ratios."""
 import json
+import statistics
 import sys
+from collections import defaultdict
 from pathlib import Path
 
 out = Path(sys.argv[1] if len(sys.argv) > 1 else "bench-results")
 rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
-by = {(r["target"], r["workload"], r["clients"]): r for r in rows}
+runs = defaultdict(list)
+for r in rows:
+    runs[(r["target"], r["workload"], r["clients"])].append(r)
+# Each system's median figures per row; one round's run is that run.
+by = {key: {stat: statistics.median(r[stat] for r in rs) for stat in ("throughput", "p50_ms", "p99_ms", "p999_ms")}
+      for key, rs in runs.items()}
+rounds = max(len(rs) for rs in runs.values())
 order = ["put", "get", "staleget", "mixed", "keepalive", "broker"]
 workloads = sorted({r["workload"] for r in rows}, key=lambda w: order.index(w) if w in order else 99)
 clients = sorted({r["clients"] for r in rows})
 
 lines = ["%-10s %7s | %10s %8s %8s %8s | %10s %8s %8s %8s | %8s %8s" % (
     "workload", "clients", "keel op/s", "p50 ms", "p99 ms", "p999 ms",
-    "etcd op/s", "p50 ms", "p99 ms", "p999 ms", "ratio", "p99 ratio")]
+    "etcd op/s", "p50 ms", "p99 ms", "p999 ms", "ratio", "p99 ratio") + (" %11s" % "ratio range" if rounds > 1 else "")]
 for w in workloads:
     for c in clients:
         k, e = by.get(("keel", w, c)), by.get(("etcd", w, c))
@@ -21,7 +33,14 @@ for w in workloads:
             continue
         def cols(r):
             return ("%10.0f %8.2f %8.2f %8.2f" % (r["throughput"], r["p50_ms"], r["p99_ms"], r["p999_ms"])) if r else " " * 37
-        ratio = ("%8.2f %8.2f" % (k["throughput"] / e["throughput"], k["p99_ms"] / e["p99_ms"])) if e and e["throughput"] else ""
+        ratio = ""
+        pairs = list(zip(runs[("keel", w, c)], runs.get(("etcd", w, c), [])))
+        if pairs and all(er["throughput"] for _, er in pairs):
+            ratios = [kr["throughput"] / er["throughput"] for kr, er in pairs]
+            p99_ratios = [kr["p99_ms"] / er["p99_ms"] for kr, er in pairs]
+            ratio = "%8.2f %8.2f" % (statistics.median(ratios), statistics.median(p99_ratios))
+            if rounds > 1:
+                ratio += " %5.2f-%5.2f" % (min(ratios), max(ratios))
         lines.append("%-10s %7d | %s | %s | %s" % (w, c, cols(k), cols(e), ratio))
 table = "\n".join(lines)
 (out / "table.txt").write_text(table + "\n")

@@ -8,6 +8,8 @@
 #
 #   scripts/bench.sh [SECONDS_PER_RUN]       (default 5)
 #
+# BENCH_WORKLOADS, BENCH_CLIENTS and BENCH_BROKER_CLIENTS pick the rows; BENCH_ROUNDS=N measures
+# each keel/etcd row N times and reports medians.
 # Workloads: put (unique 8-byte keys, 256-byte values), get (linearizable, one key),
 # stale-get (serializable/stale), mixed (90 % get / 10 % put), at 1, 16, 64 and 256 clients;
 # for keel alone also the undermoon broker (create cluster, read, failover, re-register, delete).
@@ -19,6 +21,13 @@ cd "$(dirname "$0")/.."
 SECONDS_PER_RUN=${1:-5}
 CLIENTS=${BENCH_CLIENTS:-"1 16 64 256"}
 WORKLOADS=${BENCH_WORKLOADS:-"put get stale-get mixed"}
+# Each keel/etcd row measured this many times, alternating (the host's speed drifts by 20-40 %
+# within minutes, so one pair of runs gives a noisy ratio).
+ROUNDS=${BENCH_ROUNDS:-1}
+if ! [[ $ROUNDS =~ ^[1-9][0-9]*$ ]]; then
+  echo "bench: BENCH_ROUNDS must be a whole number of at least 1, not '$ROUNDS'" >&2
+  exit 2
+fi
 # Empty skips the broker rows (unset runs them).
 BROKER_CLIENTS=${BENCH_BROKER_CLIENTS-"1 16 64"}
 OUT=bench-results
@@ -151,17 +160,20 @@ fi
 members[etcd]="${pids[*]}"
 members[keel]=$(cat "$KEEL_CLUSTER_DATA"/node{1,2,3}.pid | tr '\n' ' ')
 
-# Who goes first alternates by row, so that the host's drift within a row favours neither.
-row=0
+# Who goes first alternates by row and by round, so that the host's drift within a row favours
+# neither. With several rounds the report gives the median of the rounds' ratios.
+pair=0
 for workload in $WORKLOADS; do
   for clients in $CLIENTS; do
-    if (( row++ % 2 == 0 )); then
-      measure keel "$KEEL_ENDPOINTS" "$workload" "$clients"
-      measure etcd "$ETCD_ENDPOINTS" "$workload" "$clients"
-    else
-      measure etcd "$ETCD_ENDPOINTS" "$workload" "$clients"
-      measure keel "$KEEL_ENDPOINTS" "$workload" "$clients"
-    fi
+    for _ in $(seq 1 "$ROUNDS"); do
+      if (( pair++ % 2 == 0 )); then
+        measure keel "$KEEL_ENDPOINTS" "$workload" "$clients"
+        measure etcd "$ETCD_ENDPOINTS" "$workload" "$clients"
+      else
+        measure etcd "$ETCD_ENDPOINTS" "$workload" "$clients"
+        measure keel "$KEEL_ENDPOINTS" "$workload" "$clients"
+      fi
+    done
   done
 done
 kill -CONT "${pids[@]}" 2>/dev/null || true

@@ -81,6 +81,11 @@ pub trait StateMachine: Send + Sync + 'static {
     fn history_prefixes(&self) -> Vec<Vec<u8>> {
         Vec::new()
     }
+
+    /// The prefixes of the domain's counters; see [`Application::counter_prefixes`].
+    fn counter_prefixes(&self) -> Vec<Vec<u8>> {
+        Vec::new()
+    }
 }
 
 #[derive(Deserialize)]
@@ -343,6 +348,10 @@ impl Application<TypeConfig> for Machine {
         let mut prefixes = self.domain.history_prefixes();
         prefixes.push(REQUEST_PREFIX.to_vec());
         prefixes
+    }
+
+    fn counter_prefixes(&self) -> Vec<Vec<u8>> {
+        self.domain.counter_prefixes()
     }
 
     fn apply(&self, entry: &Entry, txn: &mut Txn<'_>) -> Result<Replies, Error> {

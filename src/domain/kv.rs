@@ -25,6 +25,8 @@ const PREFIX: &[u8] = b"kv/";
 /// The events: a history (see [`keel_storage::Application::history_prefixes`]), written in
 /// revision order.
 pub(super) const EVENT_PREFIX: &[u8] = b"kv-event/";
+/// The store's counters (see [`keel_storage::Application::counter_prefixes`]).
+pub(super) const META_PREFIX: &[u8] = b"kv-meta/";
 const REVISION_KEY: &[u8] = b"kv-meta/revision";
 
 /// Revisions of history kept for watchers.
@@ -240,6 +242,15 @@ pub fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_revision_is_a_counter_and_no_key_or_event_is() {
+        assert!(REVISION_KEY.starts_with(META_PREFIX));
+        for key in ["a", "-meta/revision", "kv-meta/revision"] {
+            assert!(!data_key(key).starts_with(META_PREFIX), "{key}");
+        }
+        assert!(!event_key(1).starts_with(META_PREFIX));
+    }
 
     #[test]
     fn history_keeps_the_last_revisions() {

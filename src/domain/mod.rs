@@ -51,6 +51,10 @@ impl StateMachine for Domain {
         vec![kv::EVENT_PREFIX.to_vec()]
     }
 
+    fn counter_prefixes(&self) -> Vec<Vec<u8>> {
+        vec![kv::META_PREFIX.to_vec(), registry::META_PREFIX.to_vec()]
+    }
+
     fn apply(
         &self,
         index: u64,

@@ -21,6 +21,8 @@ use super::lease;
 use super::lease::Attachment;
 
 const NODE_PREFIX: &[u8] = b"registry/";
+/// The registry's counters (see [`keel_storage::Application::counter_prefixes`]).
+pub(super) const META_PREFIX: &[u8] = b"registry-meta/";
 const NEXT_ID_KEY: &[u8] = b"registry-meta/next-id";
 const VERSIONED_PREFIX: &[u8] = b"versioned/";
 

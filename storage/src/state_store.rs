@@ -83,6 +83,15 @@ pub trait Application<C: RaftTypeConfig>: Send + Sync + 'static {
     fn history_prefixes(&self) -> Vec<Vec<u8>> {
         Vec::new()
     }
+
+    /// Prefixes of counters: small keys that most writes rewrite (a store-wide revision, an
+    /// id sequence). They are kept with the histories, not with the data: a key that every
+    /// flush carries makes every file of its family span the family's whole key range, so no
+    /// file moves down a level without a rewrite, while a history's files span its range
+    /// anyway. A store opened with a prefix it did not have before moves such keys over.
+    fn counter_prefixes(&self) -> Vec<Vec<u8>> {
+        Vec::new()
+    }
 }
 
 /// openraft's state machine on RocksDB; see the module documentation.
@@ -143,7 +152,12 @@ impl<C: RaftTypeConfig, A: Application<C>> StateStore<C, A> {
     pub(crate) fn new(db: Arc<DB>, snapshot_dir: PathBuf, app: A) -> Result<Self, Error> {
         let store = Self {
             db,
-            layout: Layout::new(app.history_prefixes()),
+            layout: Layout::new(
+                app.history_prefixes()
+                    .into_iter()
+                    .chain(app.counter_prefixes())
+                    .collect(),
+            ),
             app: Arc::new(app),
             snapshots: SnapshotDir::open(snapshot_dir)?,
             current: Arc::default(),
@@ -474,7 +488,7 @@ impl<C: RaftTypeConfig, A: Application<C>> StateStore<C, A> {
             .cf_handle(cf::SM_HISTORY)
             .expect("history column family");
         let mut moved = 0u64;
-        for (prefix, end) in self.layout.histories() {
+        for (prefix, end) in self.layout.history_family_ranges() {
             let mut batch = WriteBatch::default();
             let mut within = ReadOptions::default();
             within.set_iterate_upper_bound(end);
@@ -629,5 +643,47 @@ where
     ) -> Result<Option<SnapshotOf<C, SnapshotData>>, io::Error> {
         let current = self.current.lock().expect("current snapshot lock");
         Ok(current.as_ref().map(CurrentSnapshot::snapshot))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::type_config::alias::EntryOf;
+
+    use super::*;
+
+    openraft::declare_raft_types!(
+        TestConfig:
+            D = String,
+            R = (),
+    );
+
+    /// Stores nothing; declares a history (`h/`) and a counter (`c/`).
+    struct HistoryAndCounter;
+
+    impl Application<TestConfig> for HistoryAndCounter {
+        fn apply(&self, _entry: &EntryOf<TestConfig>, _txn: &mut Txn<'_>) -> Result<(), Error> {
+            Ok(())
+        }
+
+        fn history_prefixes(&self) -> Vec<Vec<u8>> {
+            vec![b"h/".to_vec()]
+        }
+
+        fn counter_prefixes(&self) -> Vec<Vec<u8>> {
+            vec![b"c/".to_vec()]
+        }
+    }
+
+    #[test]
+    fn counters_live_in_the_history_family() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::Store::open(dir.path())
+            .unwrap()
+            .state_store(HistoryAndCounter)
+            .unwrap();
+        assert!(store.layout.in_history_family(b"h/1"));
+        assert!(store.layout.in_history_family(b"c/revision"));
+        assert!(!store.layout.in_history_family(b"d/1"));
     }
 }

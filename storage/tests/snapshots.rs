@@ -26,7 +26,8 @@ openraft::declare_raft_types!(
 );
 
 /// Each command is a key, stored with its log index as the value. Keys `k0000` to `k0099` are
-/// a history, so every test has keys in both of the state's families.
+/// a history and `k0150` to `k0159` counters, so every test has keys in both of the state's
+/// families.
 struct KeyPerEntry;
 
 impl Application<TestConfig> for KeyPerEntry {
@@ -42,6 +43,10 @@ impl Application<TestConfig> for KeyPerEntry {
 
     fn history_prefixes(&self) -> Vec<Vec<u8>> {
         vec![b"k00".to_vec()]
+    }
+
+    fn counter_prefixes(&self) -> Vec<Vec<u8>> {
+        vec![b"k015".to_vec()]
     }
 }
 
@@ -345,7 +350,9 @@ async fn a_store_written_without_histories_moves_them_to_their_family_when_it_op
         let state = reopen(dir.path());
         let reader = state.reader();
         assert_eq!(reader.get(b"k0050").unwrap().unwrap(), b"50");
+        assert_eq!(reader.get(b"k0155").unwrap().unwrap(), b"155");
         assert_eq!(reader.scan(b"k00", b"k01", 1000).unwrap().len(), 99);
+        assert_eq!(reader.scan(b"k014", b"k016", 1000).unwrap().len(), 20);
         assert_eq!(reader.scan(b"k", b"l", 1000).unwrap().len(), 300);
     }
 }
@@ -374,5 +381,6 @@ async fn snapshots_move_between_stores_with_and_without_histories() {
         .unwrap();
     assert_eq!(c.reader().scan(b"k", b"l", 1000).unwrap().len(), 310);
     assert_eq!(c.reader().get(b"k0050").unwrap().unwrap(), b"50");
+    assert_eq!(c.reader().get(b"k0155").unwrap().unwrap(), b"155");
     assert_eq!(c.reader().get(b"k0305").unwrap().unwrap(), b"305");
 }

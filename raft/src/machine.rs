@@ -375,3 +375,38 @@ impl Application<TypeConfig> for Machine {
         Ok(Replies(replies))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Declares a history (`h/`) and a counter (`c/`); applies nothing.
+    struct HistoryAndCounter;
+
+    impl StateMachine for HistoryAndCounter {
+        fn apply(&self, _: u64, _: &[u8], _: &mut Txn<'_>) -> Result<Vec<u8>, Error> {
+            Ok(Vec::new())
+        }
+
+        fn history_prefixes(&self) -> Vec<Vec<u8>> {
+            vec![b"h/".to_vec()]
+        }
+
+        fn counter_prefixes(&self) -> Vec<Vec<u8>> {
+            vec![b"c/".to_vec()]
+        }
+    }
+
+    #[test]
+    fn the_domain_s_histories_and_counters_reach_the_store() {
+        let machine = Machine::new(Arc::new(HistoryAndCounter));
+        assert_eq!(
+            Application::history_prefixes(&machine),
+            vec![b"h/".to_vec(), REQUEST_PREFIX.to_vec()]
+        );
+        assert_eq!(
+            Application::counter_prefixes(&machine),
+            vec![b"c/".to_vec()]
+        );
+    }
+}

@@ -244,12 +244,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_revision_is_a_counter_and_no_key_or_event_is() {
-        assert!(REVISION_KEY.starts_with(META_PREFIX));
+    fn the_revision_is_one_of_the_domain_s_counters_and_no_key_or_event_is() {
+        use crate::domain::is_counter;
+        assert!(is_counter(REVISION_KEY));
         for key in ["a", "-meta/revision", "kv-meta/revision"] {
-            assert!(!data_key(key).starts_with(META_PREFIX), "{key}");
+            assert!(!is_counter(&data_key(key)), "{key}");
         }
-        assert!(!event_key(1).starts_with(META_PREFIX));
+        assert!(!is_counter(&event_key(1)));
     }
 
     #[test]

@@ -88,3 +88,12 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StorageError> {
 pub(crate) fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, StorageError> {
     Ok(bincode::deserialize(bytes)?)
 }
+
+/// Whether `key` lies under one of the domain's counter prefixes.
+#[cfg(test)]
+fn is_counter(key: &[u8]) -> bool {
+    Domain::default()
+        .counter_prefixes()
+        .iter()
+        .any(|prefix| key.starts_with(prefix))
+}

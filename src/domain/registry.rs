@@ -197,3 +197,16 @@ pub fn apply(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::is_counter;
+
+    #[test]
+    fn the_id_sequence_is_one_of_the_domain_s_counters_and_no_node_is() {
+        assert!(is_counter(NEXT_ID_KEY));
+        assert!(!is_counter(&node_prefix("registry-meta")));
+        assert!(!is_counter(&versioned_key("registry-meta")));
+    }
+}

@@ -51,7 +51,7 @@ pub(crate) mod cf {
     pub const LOG_META: &str = "raft_meta";
     pub const SM_META: &str = "sm_meta";
     pub const SM_DATA: &str = "sm_data";
-    /// The application's histories (see [`crate::layout`]).
+    /// The application's histories and counters (see [`crate::layout`]).
     pub const SM_HISTORY: &str = "sm_history";
     /// The families of the application's keys.
     pub const APP_FAMILIES: [&str; 2] = [SM_DATA, SM_HISTORY];
@@ -233,8 +233,9 @@ const LOG_MEMTABLE_BYTES: usize = 8 << 20;
 /// Level-0 files of the history family before they are compacted. Every file of the family
 /// spans all of it (see [`crate::layout`]), so each compaction from level 0 rewrites the whole
 /// family: waiting for 12 files instead of RocksDB's 4 rewrites it a third as often. Reads of
-/// it are watchers' range scans, which search the extra files; the request records are
-/// mirrored in memory and not read.
+/// it are watchers' range scans, which search the extra files, and point reads of counters,
+/// which a write batch rewrote moments before and so find in the memtable; the request records
+/// are mirrored in memory and not read.
 const HISTORY_LEVEL0_FILES: i32 = 12;
 
 /// Share of the state machine's memtable spent on its Bloom filter.
@@ -257,8 +258,8 @@ fn family_options(name: &str, cache: &rocksdb::Cache) -> Options {
         opts.set_memtable_prefix_bloom_ratio(MEMTABLE_BLOOM_RATIO);
         opts.set_memtable_whole_key_filtering(true);
     }
-    // The histories need no filters: they are read by ranges (watchers) or not at all
-    // (request records, mirrored in memory).
+    // The history family needs no filters: its histories are read by ranges (watchers) or not
+    // at all (request records, mirrored in memory), and its counters are found in the memtable.
     if cf::APP_FAMILIES.contains(&name) {
         opts.set_write_buffer_size(STATE_MEMTABLE_BYTES);
     }

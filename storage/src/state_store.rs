@@ -477,8 +477,8 @@ impl<C: RaftTypeConfig, A: Application<C>> StateStore<C, A> {
         Ok(())
     }
 
-    /// Moves the keys of the application's histories that the data family holds (a store
-    /// written before histories had a family of their own) into the history family. Each
+    /// Moves the keys of the application's histories and counters that the data family holds
+    /// (a store written before they had a family of their own) into the history family. Each
     /// batch moves its keys in one write, and the state is flushed at the end, so a crash
     /// midway leaves every key in one family or the other and the next start moves the rest.
     fn move_histories_out_of_data(&self) -> Result<(), Error> {
@@ -512,7 +512,7 @@ impl<C: RaftTypeConfig, A: Application<C>> StateStore<C, A> {
             self.flush_state()?;
             tracing::info!(
                 keys = moved,
-                "moved the state's histories into a column family of their own"
+                "moved the state's histories and counters into the history column family"
             );
         }
         Ok(())

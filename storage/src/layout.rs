@@ -54,43 +54,43 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Layout {
     /// Each prefix's key range, `[prefix, prefix_end(prefix))`.
-    histories: Arc<[(Vec<u8>, Vec<u8>)]>,
+    ranges: Arc<[(Vec<u8>, Vec<u8>)]>,
 }
 
 impl Layout {
     pub(crate) fn new(history_family_prefixes: Vec<Vec<u8>>) -> Self {
-        let histories = history_family_prefixes
+        let ranges = history_family_prefixes
             .into_iter()
             .map(|prefix| {
                 let end = prefix_end(&prefix);
                 (prefix, end)
             })
             .collect();
-        Self { histories }
+        Self { ranges }
     }
 
     pub(crate) fn in_history_family(&self, key: &[u8]) -> bool {
-        self.histories
+        self.ranges
             .iter()
             .any(|(prefix, _)| key.starts_with(prefix))
     }
 
     /// The key ranges of the history family.
     pub(crate) fn history_family_ranges(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.histories
+        self.ranges
             .iter()
             .map(|(prefix, end)| (prefix.as_slice(), end.as_slice()))
     }
 
     /// Whether `[from, to)` may hold keys of the data family, and of the history family.
     fn spans(&self, from: &[u8], to: &[u8]) -> (bool, bool) {
-        let within_a_history = self
+        let within_one_range = self
             .history_family_ranges()
             .any(|(prefix, end)| prefix <= from && to <= end);
-        let meets_a_history = self
+        let meets_a_range = self
             .history_family_ranges()
             .any(|(prefix, end)| prefix < to && from < end);
-        (!within_a_history, meets_a_history)
+        (!within_one_range, meets_a_range)
     }
 }
 

@@ -164,7 +164,7 @@ impl<C: RaftTypeConfig, A: Application<C>> StateStore<C, A> {
             installs: Installs::default(),
         };
         store.finish_interrupted_install()?;
-        store.move_histories_out_of_data()?;
+        store.move_into_history_family()?;
         store.start_from_own_state()?;
         Ok(store)
     }
@@ -481,7 +481,7 @@ impl<C: RaftTypeConfig, A: Application<C>> StateStore<C, A> {
     /// (a store written before they had a family of their own) into the history family. Each
     /// batch moves its keys in one write, and the state is flushed at the end, so a crash
     /// midway leaves every key in one family or the other and the next start moves the rest.
-    fn move_histories_out_of_data(&self) -> Result<(), Error> {
+    fn move_into_history_family(&self) -> Result<(), Error> {
         let data = self.db.cf_handle(cf::SM_DATA).expect("state column family");
         let history = self
             .db

@@ -658,11 +658,19 @@ mod tests {
             R = (),
     );
 
-    /// Stores nothing; declares a history (`h/`) and a counter (`c/`).
+    /// Declares a history (`h/`) and a counter (`c/`); every entry writes one key of each
+    /// and one plain key (`d/`).
     struct HistoryAndCounter;
 
     impl Application<TestConfig> for HistoryAndCounter {
-        fn apply(&self, _entry: &EntryOf<TestConfig>, _txn: &mut Txn<'_>) -> Result<(), Error> {
+        fn apply(&self, entry: &EntryOf<TestConfig>, txn: &mut Txn<'_>) -> Result<(), Error> {
+            let index = entry.log_id().index().to_string();
+            for prefix in ["h/", "c/", "d/"] {
+                txn.put(
+                    format!("{prefix}{index}").into_bytes(),
+                    index.clone().into_bytes(),
+                );
+            }
             Ok(())
         }
 
@@ -675,6 +683,7 @@ mod tests {
         }
     }
 
+    /// Where applied keys land in RocksDB, read from the column families themselves.
     #[test]
     fn counters_live_in_the_history_family() {
         let dir = tempfile::tempdir().unwrap();
@@ -682,8 +691,22 @@ mod tests {
             .unwrap()
             .state_store(HistoryAndCounter)
             .unwrap();
-        assert!(store.layout.in_history_family(b"h/1"));
-        assert!(store.layout.in_history_family(b"c/revision"));
-        assert!(!store.layout.in_history_family(b"d/1"));
+        let entry = EntryOf::<TestConfig>::new_normal(
+            openraft::testing::log_id::<TestConfig>(1, 1, 7),
+            String::new(),
+        );
+        store.apply_blocking(&[entry]).unwrap();
+        let family_of = |key: &[u8]| -> Vec<&str> {
+            [cf::SM_DATA, cf::SM_HISTORY]
+                .into_iter()
+                .filter(|name| {
+                    let family = store.db.cf_handle(name).unwrap();
+                    store.db.get_cf(family, key).unwrap().is_some()
+                })
+                .collect()
+        };
+        assert_eq!(family_of(b"h/7"), [cf::SM_HISTORY]);
+        assert_eq!(family_of(b"c/7"), [cf::SM_HISTORY]);
+        assert_eq!(family_of(b"d/7"), [cf::SM_DATA]);
     }
 }

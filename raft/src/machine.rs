@@ -86,6 +86,13 @@ pub trait StateMachine: Send + Sync + 'static {
     fn counter_prefixes(&self) -> Vec<Vec<u8>> {
         Vec::new()
     }
+
+    /// Keys that applying `command` will read. An entry's are read from the store together
+    /// before its commands are applied ([`Txn::prefetch`]); a key left out is read when asked
+    /// for, so this is about speed only.
+    fn keys_read(&self, _command: &[u8]) -> Vec<Vec<u8>> {
+        Vec::new()
+    }
 }
 
 #[derive(Deserialize)]
@@ -366,6 +373,12 @@ impl Application<TypeConfig> for Machine {
         let EntryPayload::Normal(proposals) = &entry.payload else {
             return Ok(Replies::default());
         };
+        let keys = proposals
+            .0
+            .iter()
+            .flat_map(|proposal| self.domain.keys_read(&proposal.command))
+            .collect();
+        txn.prefetch(keys)?;
         let mut replies = Vec::with_capacity(proposals.0.len());
         for proposal in proposals.0.iter() {
             replies.push(self.apply_proposal(index, proposal, requests, txn)?);

@@ -105,6 +105,13 @@ fn event_key(revision: u64) -> Vec<u8> {
     [EVENT_PREFIX, &revision.to_be_bytes()].concat()
 }
 
+/// The key applying `command` reads first.
+pub(super) fn read_key(command: &KvCommand) -> Vec<u8> {
+    match command {
+        KvCommand::Put { key, .. } | KvCommand::Delete { key, .. } => data_key(key),
+    }
+}
+
 /// The store's current revision (0 before the first write).
 pub fn revision(read: &impl KvRead) -> Result<u64, StorageError> {
     read.get(REVISION_KEY)?.map_or(Ok(0), |b| decode(&b))
@@ -242,6 +249,28 @@ pub fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_write_names_the_key_it_reads_so_that_it_is_read_ahead() {
+        use keel_raft::StateMachine;
+        let domain = crate::domain::Domain::default();
+        let keys_read = |command: KvCommand| {
+            domain.keys_read(&encode(&crate::domain::Command::Kv(command)).unwrap())
+        };
+        let put = KvCommand::Put {
+            key: "a".into(),
+            value: "1".into(),
+            prev_revision: None,
+            lease: None,
+        };
+        let delete = KvCommand::Delete {
+            key: "b".into(),
+            prev_revision: Some(3),
+        };
+        assert_eq!(keys_read(put), [data_key("a")]);
+        assert_eq!(keys_read(delete), [data_key("b")]);
+        assert!(domain.keys_read(b"not a command").is_empty());
+    }
 
     #[test]
     fn the_revision_is_one_of_the_domain_s_counters_and_no_key_or_event_is() {

@@ -110,6 +110,11 @@ impl<'a> Families<'a> {
         }
     }
 
+    /// Whether `key` is held by the history family.
+    pub(crate) fn is_history(&self, key: &[u8]) -> bool {
+        self.layout.in_history_family(key)
+    }
+
     /// The family that holds `key`.
     pub(crate) fn of(&self, key: &[u8]) -> &'a ColumnFamily {
         if self.layout.in_history_family(key) {

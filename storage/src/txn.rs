@@ -5,7 +5,8 @@
 //! which commits them in one RocksDB write together with `last_applied`. [`Reader`] is the
 //! read-only view the API serves reads from. Both implement [`KvRead`], so a query written once
 //! runs against either. A [`Txn`] can also delete a whole key range at once, which RocksDB
-//! stores as one range tombstone instead of a deletion per key.
+//! stores as one range tombstone instead of a deletion per key, and read the keys a batch will
+//! ask for ahead, in one lookup ([`Txn::prefetch`]).
 //!
 //! Both see the application's keys as one keyspace, though they live in two column families
 //! (see [`crate::layout`]).
@@ -17,6 +18,7 @@
 //! wait: they run on the API's async tasks, and an install can take seconds.
 
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::ops::Bound;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
@@ -49,6 +51,9 @@ pub struct Txn<'a> {
     /// Ranges `[from, to)` deleted in this batch. The overlay holds only what was written
     /// after them, so it takes precedence over them.
     deleted_ranges: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Values read ahead by [`Txn::prefetch`], as the store held them before this batch: the
+    /// overlay and the deleted ranges take precedence over them.
+    prefetched: HashMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
 impl<'a> Txn<'a> {
@@ -58,7 +63,38 @@ impl<'a> Txn<'a> {
             families: Families::new(db, layout),
             overlay: BTreeMap::new(),
             deleted_ranges: Vec::new(),
+            prefetched: HashMap::new(),
         }
+    }
+
+    /// Reads `keys` from the store in one batched lookup per column family, for the `get`s of
+    /// this batch that will ask for them. A key the batch already wrote or deleted is not read.
+    ///
+    /// One RocksDB `MultiGet` of a batch's keys visits each memtable and file once for all of
+    /// them, where a `get` per key visits each once per key; for a write of a new key that
+    /// lookup finds nothing, and finding nothing is what a Bloom filter probe per place costs.
+    pub fn prefetch(&mut self, keys: Vec<Vec<u8>>) -> Result<(), Error> {
+        let (history, data): (Vec<_>, Vec<_>) = keys
+            .into_iter()
+            .filter(|key| {
+                !self.overlay.contains_key(key)
+                    && !self.in_deleted_range(key)
+                    && !self.prefetched.contains_key(key)
+            })
+            .partition(|key| self.families.is_history(key));
+        for keys in [data, history] {
+            let Some(first) = keys.first() else {
+                continue;
+            };
+            let values = self
+                .db
+                .batched_multi_get_cf(self.families.of(first), &keys, false);
+            for (key, value) in keys.iter().zip(values) {
+                let value = value?.map(|slice| slice.to_vec());
+                self.prefetched.insert(key.clone(), value);
+            }
+        }
+        Ok(())
     }
 
     pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
@@ -114,7 +150,10 @@ impl KvRead for Txn<'_> {
         match self.overlay.get(key) {
             Some(value) => Ok(value.clone()),
             None if self.in_deleted_range(key) => Ok(None),
-            None => Ok(self.db.get_cf(self.families.of(key), key)?),
+            None => match self.prefetched.get(key) {
+                Some(value) => Ok(value.clone()),
+                None => Ok(self.db.get_cf(self.families.of(key), key)?),
+            },
         }
     }
 
@@ -289,5 +328,82 @@ mod tests {
         };
         assert_eq!(stored_in(crate::cf::SM_DATA), ["a", "c"]);
         assert_eq!(stored_in(crate::cf::SM_HISTORY), ["b2"]);
+    }
+
+    /// A key as stored, what the batch does to it before and after prefetching it, and what
+    /// `get` answers then.
+    struct PrefetchCase {
+        key: &'static str,
+        stored: bool,
+        before: Option<fn(&mut Txn<'_>, &[u8])>,
+        after: Option<fn(&mut Txn<'_>, &[u8])>,
+        expected: Option<&'static str>,
+    }
+
+    /// Every key is written behind the batch's back after the prefetch, so an answer of
+    /// "stored", or of none for a key not stored, came from the prefetch.
+    #[test]
+    fn prefetched_keys_answer_gets_unless_the_batch_changed_them() {
+        fn put(txn: &mut Txn<'_>, key: &[u8]) {
+            txn.put(key.to_vec(), b"batch".to_vec());
+        }
+        fn delete(txn: &mut Txn<'_>, key: &[u8]) {
+            txn.delete(key.to_vec());
+        }
+        fn delete_range(txn: &mut Txn<'_>, key: &[u8]) {
+            txn.delete_range(key.to_vec(), [key, b"\0"].concat());
+        }
+        let case = |key, stored, before, after, expected| PrefetchCase {
+            key,
+            stored,
+            before,
+            after,
+            expected,
+        };
+        let cases = [
+            case("a", true, None, None, Some("stored")),
+            case("b", false, None, None, None),
+            case("h1", true, None, None, Some("stored")),
+            case("c", true, Some(put), None, Some("batch")),
+            case("d", true, None, Some(put), Some("batch")),
+            case("e", true, None, Some(delete), None),
+            case("f", true, Some(delete_range), None, None),
+            case("g", true, None, Some(delete_range), None),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::Store::open(dir.path()).unwrap();
+        // "h" keys are a history, so the prefetch reads both families.
+        let layout = Layout::new(vec![b"h".to_vec()]);
+        let write = |value: &[u8], all: bool| {
+            let mut stored = Txn::new(&store.state, &layout);
+            for case in cases.iter().filter(|case| all || case.stored) {
+                stored.put(case.key.as_bytes().to_vec(), value.to_vec());
+            }
+            let mut batch = WriteBatch::default();
+            stored.write_into(&mut batch);
+            store.state.write(batch).unwrap();
+        };
+        write(b"stored", false);
+        let mut txn = Txn::new(&store.state, &layout);
+        for case in &cases {
+            if let Some(step) = case.before {
+                step(&mut txn, case.key.as_bytes());
+            }
+        }
+        txn.prefetch(cases.iter().map(|case| case.key.into()).collect())
+            .unwrap();
+        write(b"behind the batch's back", true);
+        for case in &cases {
+            if let Some(step) = case.after {
+                step(&mut txn, case.key.as_bytes());
+            }
+        }
+        for case in cases {
+            let got = txn.get(case.key.as_bytes()).unwrap();
+            let got = got
+                .as_deref()
+                .map(|value| std::str::from_utf8(value).unwrap());
+            assert_eq!(got, case.expected, "key {}", case.key);
+        }
     }
 }

@@ -117,7 +117,7 @@ impl<'a> Families<'a> {
 
     /// The family that holds `key`.
     pub(crate) fn of(&self, key: &[u8]) -> &'a ColumnFamily {
-        if self.layout.in_history_family(key) {
+        if self.is_history(key) {
             self.history
         } else {
             self.data

@@ -5,6 +5,8 @@
 //! Each client is a task that sends one request at a time (closed loop) to the endpoints in
 //! turn; latencies go to an HDR histogram. The result is one JSON line on stdout.
 
+use std::borrow::Cow;
+use std::io::Write;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -14,16 +16,10 @@ use std::time::Instant;
 use base64::Engine;
 use clap::ValueEnum;
 use hdrhistogram::Histogram;
-use http_body_util::BodyExt;
-use http_body_util::Full;
-use hyper::body::Bytes;
-use hyper::client::conn::http1::SendRequest;
-use hyper::header;
-use hyper::header::HeaderValue;
-use hyper::Method;
-use hyper::Request;
-use hyper_util::rt::TokioIo;
 use serde_json::json;
+use tokio::io::AsyncReadExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Target {
@@ -95,16 +91,16 @@ struct Shared {
     /// For the broker workload's JSON calls; the key-value workloads use [`Connection`].
     http: reqwest::Client,
     /// `Basic ...` for keel, encoded once.
-    authorization: Option<HeaderValue>,
+    authorization: Option<String>,
     /// The write body for keel, or the base64 value for etcd, encoded once.
-    value: Bytes,
+    value: String,
     next_key: AtomicU64,
     issued: AtomicU64,
     errors: AtomicU64,
 }
 
-/// What one key-value request is, before it becomes HTTP.
-type Call = (Method, String, Bytes);
+/// What one key-value request is, before it becomes HTTP: method, path and body.
+type Call<'a> = (&'static str, String, Cow<'a, [u8]>);
 
 impl Shared {
     /// Claims the next request; false once `--ops` requests were issued.
@@ -112,40 +108,47 @@ impl Shared {
         self.args.ops == 0 || self.issued.fetch_add(1, Ordering::Relaxed) < self.args.ops
     }
 
-    fn write_call(&self, key: &str) -> Call {
+    fn write_call(&self, key: &str) -> Call<'_> {
         match self.args.target {
             Target::Keel => (
-                Method::PUT,
+                "PUT",
                 format!("/v1/kv/bench/{key}"),
-                self.value.clone(),
+                Cow::Borrowed(self.value.as_bytes()),
             ),
             Target::Etcd => {
-                let value = std::str::from_utf8(&self.value).expect("base64 is ASCII");
-                let body = json!({ "key": b64(format!("bench/{key}")), "value": value });
-                (Method::POST, "/v3/kv/put".into(), body.to_string().into())
+                let body = json!({ "key": b64(format!("bench/{key}")), "value": self.value });
+                (
+                    "POST",
+                    "/v3/kv/put".into(),
+                    body.to_string().into_bytes().into(),
+                )
             }
         }
     }
 
-    fn read_call(&self) -> Call {
+    fn read_call(&self) -> Call<'_> {
         let stale = self.args.workload == Workload::StaleGet;
         match self.args.target {
             Target::Keel => {
                 let consistency = if stale { "stale" } else { "linearizable" };
                 let path = format!("/v1/kv/bench/hot?consistency={consistency}");
-                (Method::GET, path, Bytes::new())
+                ("GET", path, Cow::Borrowed(&[]))
             }
             Target::Etcd => {
                 let body = json!({ "key": b64("bench/hot"), "serializable": stale });
-                (Method::POST, "/v3/kv/range".into(), body.to_string().into())
+                (
+                    "POST",
+                    "/v3/kv/range".into(),
+                    body.to_string().into_bytes().into(),
+                )
             }
         }
     }
 
-    fn call(&self, n: u64) -> Call {
+    fn call(&self, n: u64) -> Call<'_> {
         if self.args.workload == Workload::Keepalive {
             let path = format!("/v1/leases/{}/keepalive", self.lease);
-            return (Method::POST, path, Bytes::new());
+            return ("POST", path, Cow::Borrowed(&[]));
         }
         if self.is_write(n) {
             self.write_call(&format!(
@@ -157,18 +160,20 @@ impl Shared {
         }
     }
 
-    fn request(&self, endpoint: &str, (method, path, body): Call) -> Request<Full<Bytes>> {
-        let mut request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(header::HOST, endpoint)
-            .header(header::CONTENT_TYPE, "application/json");
+    /// Writes `call` to `endpoint` as an HTTP/1.1 request into `out`.
+    fn render(&self, endpoint: &str, (method, path, body): Call<'_>, out: &mut Vec<u8>) {
+        out.clear();
+        let _ = write!(
+            out,
+            "{method} {path} HTTP/1.1\r\nhost: {endpoint}\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\n",
+            body.len()
+        );
         if let Some(authorization) = &self.authorization {
-            request = request.header(header::AUTHORIZATION, authorization);
+            let _ = write!(out, "authorization: {authorization}\r\n");
         }
-        request
-            .body(Full::new(body))
-            .expect("a well-formed request")
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&body);
     }
 
     fn authenticated(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
@@ -194,51 +199,68 @@ fn b64(text: impl AsRef<[u8]>) -> String {
 }
 
 /// A keep-alive HTTP/1.1 connection to one endpoint, opened on first use and again after a
-/// failure. The key-value workloads send bare hyper requests over it rather than going
-/// through reqwest: the generator shares the machine's cores with the cluster it measures,
-/// so every microsecond it spends per request is taken from the system under test.
+/// failure. The key-value workloads write their requests on it and parse the answers
+/// themselves, rather than through an HTTP client library: the generator shares the machine's
+/// cores with the cluster it measures, so every microsecond it spends per request is taken
+/// from the system under test, and the faster that system, the larger the share.
 struct Connection {
     endpoint: String,
-    sender: Option<SendRequest<Full<Bytes>>>,
+    stream: Option<TcpStream>,
+    /// The answer read so far; a client has one request in flight, so it is one answer.
+    received: Vec<u8>,
 }
 
 impl Connection {
     fn new(endpoint: &str) -> Self {
         Self {
             endpoint: endpoint.to_string(),
-            sender: None,
+            stream: None,
+            received: Vec::with_capacity(4096),
         }
     }
 
     /// Sends `request` and reads the whole answer; an error says why it was not a success.
-    async fn send(&mut self, request: Request<Full<Bytes>>) -> Result<(), String> {
-        let sender = match &mut self.sender {
-            Some(sender) => sender,
-            None => self.sender.insert(connect(&self.endpoint).await?),
-        };
+    async fn send(&mut self, request: &[u8]) -> Result<(), String> {
         let exchange = async {
-            let response = sender
-                .send_request(request)
-                .await
-                .map_err(|e| e.to_string())?;
-            let status = response.status();
-            let body = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?
-                .to_bytes();
-            Ok::<_, String>((status, body))
+            let stream = match &mut self.stream {
+                Some(stream) => stream,
+                None => self.stream.insert(connect(&self.endpoint).await?),
+            };
+            stream.write_all(request).await.map_err(|e| e.to_string())?;
+            self.received.clear();
+            loop {
+                if let Some(response) = parse_response(&self.received)? {
+                    return Ok(response);
+                }
+                self.received.reserve(4096);
+                if stream
+                    .read_buf(&mut self.received)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    == 0
+                {
+                    return Err("the server closed the connection mid-answer".to_string());
+                }
+            }
         };
         match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
-            Ok(Ok((status, _))) if status.is_success() => Ok(()),
-            Ok(Ok((status, body))) => Err(format!("{status}: {}", String::from_utf8_lossy(&body))),
+            Ok(Ok(response)) => {
+                if response.close {
+                    self.stream = None;
+                }
+                if is_success(response.status) {
+                    Ok(())
+                } else {
+                    let body = String::from_utf8_lossy(&response.body);
+                    Err(format!("{}: {body}", response.status))
+                }
+            }
             Ok(Err(err)) => {
-                self.sender = None;
+                self.stream = None;
                 Err(err)
             }
             Err(_) => {
-                self.sender = None;
+                self.stream = None;
                 Err(format!("no answer within {REQUEST_TIMEOUT:?}"))
             }
         }
@@ -247,16 +269,102 @@ impl Connection {
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-async fn connect(endpoint: &str) -> Result<SendRequest<Full<Bytes>>, String> {
-    let stream = tokio::net::TcpStream::connect(endpoint)
+async fn connect(endpoint: &str) -> Result<TcpStream, String> {
+    let stream = TcpStream::connect(endpoint)
         .await
         .map_err(|e| format!("connecting to {endpoint}: {e}"))?;
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("connecting to {endpoint}: {e}"))?;
-    tokio::spawn(connection);
-    Ok(sender)
+    Ok(stream)
+}
+
+fn is_success(status: u16) -> bool {
+    (200..300).contains(&status)
+}
+
+/// One HTTP/1.1 answer.
+#[derive(Debug, PartialEq, Eq)]
+struct Response {
+    status: u16,
+    /// The body, kept only when the status is not a success (for the error message).
+    body: Vec<u8>,
+    /// The server closes the connection after this answer.
+    close: bool,
+}
+
+/// Parses the answer `bytes` hold, or returns `None` while part of it is still to come.
+fn parse_response(bytes: &[u8]) -> Result<Option<Response>, String> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut head = httparse::Response::new(&mut headers);
+    let head_len = match head.parse(bytes) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(err) => return Err(format!("a malformed answer: {err}")),
+    };
+    let status = head.code.unwrap_or_default();
+    let (mut length, mut chunked, mut close) = (None, false, false);
+    for header in head.headers.iter() {
+        let value = std::str::from_utf8(header.value).unwrap_or_default().trim();
+        if header.name.eq_ignore_ascii_case("content-length") {
+            let parsed = value.parse::<usize>();
+            length = Some(parsed.map_err(|_| format!("a bad content-length {value:?}"))?);
+        } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = value.to_ascii_lowercase().contains("chunked");
+        } else if header.name.eq_ignore_ascii_case("connection") {
+            close = value.eq_ignore_ascii_case("close");
+        }
+    }
+    let rest = &bytes[head_len..];
+    let body = match (chunked, length) {
+        (true, _) => match dechunk(rest)? {
+            Some(body) => body,
+            None => return Ok(None),
+        },
+        (false, Some(length)) if rest.len() >= length => rest[..length].to_vec(),
+        (false, Some(_)) => return Ok(None),
+        (false, None) if status == 204 || status == 304 => Vec::new(),
+        (false, None) => return Err(format!("an answer ({status}) without a length")),
+    };
+    let body = if is_success(status) { Vec::new() } else { body };
+    Ok(Some(Response {
+        status,
+        body,
+        close,
+    }))
+}
+
+/// Decodes a chunked body, or returns `None` while part of it is still to come.
+fn dechunk(mut bytes: &[u8]) -> Result<Option<Vec<u8>>, String> {
+    let mut body = Vec::new();
+    loop {
+        let Some(line_end) = bytes.windows(2).position(|pair| pair == b"\r\n") else {
+            return Ok(None);
+        };
+        let line = std::str::from_utf8(&bytes[..line_end]).unwrap_or_default();
+        let size = line.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(size, 16)
+            .map_err(|_| format!("a bad chunk size line {line:?}"))?;
+        bytes = &bytes[line_end + 2..];
+        if size == 0 {
+            // Trailer lines, if any, end with an empty one.
+            loop {
+                let Some(end) = bytes.windows(2).position(|pair| pair == b"\r\n") else {
+                    return Ok(None);
+                };
+                if end == 0 {
+                    return Ok(Some(body));
+                }
+                bytes = &bytes[end + 2..];
+            }
+        }
+        if bytes.len() < size + 2 {
+            return Ok(None);
+        }
+        if &bytes[size..size + 2] != b"\r\n" {
+            return Err("a chunk longer than its size line says".into());
+        }
+        body.extend_from_slice(&bytes[..size]);
+        bytes = &bytes[size + 2..];
+    }
 }
 
 async fn client(shared: Arc<Shared>, id: usize, until: Instant) -> Histogram<u64> {
@@ -264,12 +372,13 @@ async fn client(shared: Arc<Shared>, id: usize, until: Instant) -> Histogram<u64
         Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
     let endpoints = &shared.args.endpoints;
     let mut connections: Vec<_> = endpoints.iter().map(|e| Connection::new(e)).collect();
+    let mut request = Vec::with_capacity(1024);
     let mut n = id as u64;
     while Instant::now() < until && shared.claim() {
         let at = n as usize % endpoints.len();
-        let request = shared.request(&endpoints[at], shared.call(n));
+        shared.render(&endpoints[at], shared.call(n), &mut request);
         let sent = Instant::now();
-        match connections[at].send(request).await {
+        match connections[at].send(&request).await {
             Ok(()) => histogram.saturating_record(sent.elapsed().as_micros() as u64),
             Err(err) => {
                 tracing::debug!(%err, "request failed");
@@ -421,14 +530,13 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     let authorization = match (&args.user, args.target) {
         (Some(user), Target::Keel) => {
             let credentials = format!("{user}:{}", args.password.as_deref().unwrap_or(""));
-            let encoded = format!("Basic {}", b64(credentials));
-            Some(HeaderValue::from_str(&encoded).map_err(|e| format!("--user/--password: {e}"))?)
+            Some(format!("Basic {}", b64(credentials)))
         }
         _ => None,
     };
     let first_key = args.first_key;
     let shared = Arc::new(Shared {
-        value: value.into(),
+        value,
         authorization,
         lease,
         args,
@@ -442,9 +550,10 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         Workload::Get | Workload::StaleGet | Workload::Mixed
     ) {
         let endpoint = &shared.args.endpoints[0];
-        let seed = shared.request(endpoint, shared.write_call("hot"));
+        let mut seed = Vec::new();
+        shared.render(endpoint, shared.write_call("hot"), &mut seed);
         Connection::new(endpoint)
-            .send(seed)
+            .send(&seed)
             .await
             .map_err(|e| format!("seeding the hot key: {e}"))?;
     }
@@ -487,4 +596,110 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     });
     println!("{result}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a server sent, and what the generator makes of it: status, the body it keeps (only
+    /// a failure's) and whether the connection closes; or the start of the error.
+    type Case = (
+        &'static str,
+        Result<(u16, &'static str, bool), &'static str>,
+    );
+
+    const CASES: &[Case] = &[
+        (
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello",
+            Ok((200, "", false)),
+        ),
+        (
+            "HTTP/1.1 409 Conflict\r\nContent-Length: 9\r\nConnection: close\r\n\r\nconflict!",
+            Ok((409, "conflict!", true)),
+        ),
+        (
+            "HTTP/1.1 500 Oops\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nboom\r\n3;x=y\r\n!!!\r\n0\r\n\r\n",
+            Ok((500, "boom!!!", false)),
+        ),
+        (
+            "HTTP/1.1 503 Busy\r\ntransfer-encoding: chunked\r\n\r\n2\r\nno\r\n0\r\nx-trailer: 1\r\n\r\n",
+            Ok((503, "no", false)),
+        ),
+        ("HTTP/1.1 204 No Content\r\n\r\n", Ok((204, "", false))),
+        ("HTTP/1.1 200 OK\r\n\r\n", Err("an answer (200) without a length")),
+        (
+            "HTTP/1.1 200 OK\r\ncontent-length: five\r\n\r\n",
+            Err("a bad content-length"),
+        ),
+        ("SSH-2.0-OpenSSH\r\n\r\n", Err("a malformed answer")),
+        (
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+            Err("a bad chunk size line"),
+        ),
+        (
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabcd\r\n0\r\n\r\n",
+            Err("a chunk longer than its size line says"),
+        ),
+    ];
+
+    #[test]
+    fn answers_parse_once_complete_and_not_before() {
+        for (sent, expected) in CASES {
+            let parsed = parse_response(sent.as_bytes());
+            match expected {
+                Ok((status, body, close)) => {
+                    let expected = Response {
+                        status: *status,
+                        body: body.as_bytes().to_vec(),
+                        close: *close,
+                    };
+                    assert_eq!(parsed, Ok(Some(expected)), "{sent:?}");
+                    for cut in 0..sent.len() {
+                        let prefix = &sent.as_bytes()[..cut];
+                        assert_eq!(parse_response(prefix), Ok(None), "{sent:?} cut at {cut}");
+                    }
+                }
+                Err(start) => {
+                    let err = parsed.expect_err(sent);
+                    assert!(err.starts_with(start), "{sent:?}: {err}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_request_is_rendered_as_http_1_1_with_its_length_and_credentials() {
+        let args = BenchArgs {
+            endpoints: vec!["127.0.0.1:7701".into()],
+            target: Target::Keel,
+            workload: Workload::Put,
+            clients: 1,
+            seconds: 1,
+            ops: 0,
+            value_size: 3,
+            first_key: 0,
+            user: None,
+            password: None,
+            threads: 1,
+        };
+        let shared = Shared {
+            args,
+            lease: 0,
+            http: reqwest::Client::new(),
+            authorization: Some("Basic YTpi".into()),
+            value: r#"{"value":"vvv"}"#.into(),
+            next_key: AtomicU64::new(10),
+            issued: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+        };
+        let mut request = Vec::new();
+        shared.render("127.0.0.1:7701", shared.call(0), &mut request);
+        assert_eq!(
+            String::from_utf8(request).unwrap(),
+            "PUT /v1/kv/bench/0000000a HTTP/1.1\r\nhost: 127.0.0.1:7701\r\n\
+             content-type: application/json\r\ncontent-length: 15\r\n\
+             authorization: Basic YTpi\r\n\r\n{\"value\":\"vvv\"}"
+        );
+    }
 }

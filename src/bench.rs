@@ -230,16 +230,20 @@ impl Connection {
             self.received.clear();
             loop {
                 if let Some(response) = parse_response(&self.received)? {
+                    // Nothing was asked for what follows: the framing went wrong somewhere.
+                    if response.len < self.received.len() {
+                        return Err("bytes after the answer".to_string());
+                    }
                     return Ok(response);
                 }
                 self.received.reserve(4096);
-                if stream
-                    .read_buf(&mut self.received)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    == 0
-                {
-                    return Err("the server closed the connection mid-answer".to_string());
+                let read = stream.read_buf(&mut self.received).await;
+                match read.map_err(|e| e.to_string())? {
+                    0 if self.received.is_empty() => {
+                        return Err("the server closed the connection".to_string())
+                    }
+                    0 => return Err("the server closed the connection mid-answer".to_string()),
+                    _ => {}
                 }
             }
         };
@@ -289,81 +293,136 @@ struct Response {
     body: Vec<u8>,
     /// The server closes the connection after this answer.
     close: bool,
+    /// Bytes the answer took, interim (1xx) answers before it included.
+    len: usize,
 }
 
-/// Parses the answer `bytes` hold, or returns `None` while part of it is still to come.
+/// Parses the answer at the start of `bytes`, or returns `None` while part of it is still to
+/// come. Interim (1xx) answers before it are skipped.
 fn parse_response(bytes: &[u8]) -> Result<Option<Response>, String> {
-    let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut head = httparse::Response::new(&mut headers);
-    let head_len = match head.parse(bytes) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(err) => return Err(format!("a malformed answer: {err}")),
-    };
-    let status = head.code.unwrap_or_default();
-    let (mut length, mut chunked, mut close) = (None, false, false);
-    for header in head.headers.iter() {
-        let value = std::str::from_utf8(header.value).unwrap_or_default().trim();
-        if header.name.eq_ignore_ascii_case("content-length") {
-            let parsed = value.parse::<usize>();
-            length = Some(parsed.map_err(|_| format!("a bad content-length {value:?}"))?);
-        } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = value.to_ascii_lowercase().contains("chunked");
-        } else if header.name.eq_ignore_ascii_case("connection") {
-            close = value.eq_ignore_ascii_case("close");
+    let mut start = 0;
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut head = httparse::Response::new(&mut headers);
+        let head_len = match head.parse(&bytes[start..]) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(err) => return Err(format!("a malformed answer: {err}")),
+        };
+        let status = head.code.unwrap_or_default();
+        let body_start = start + head_len;
+        if (100..200).contains(&status) {
+            start = body_start;
+            continue;
         }
+        let framing = Framing::of(&head)?;
+        let rest = &bytes[body_start..];
+        let (body, body_len) = if status == 204 || status == 304 {
+            (Vec::new(), 0)
+        } else if framing.chunked {
+            match dechunk(rest)? {
+                Some(decoded) => decoded,
+                None => return Ok(None),
+            }
+        } else {
+            match framing.length {
+                Some(length) if rest.len() >= length => (rest[..length].to_vec(), length),
+                Some(_) => return Ok(None),
+                None => return Err(format!("an answer ({status}) without a length")),
+            }
+        };
+        return Ok(Some(Response {
+            status,
+            body: if is_success(status) { Vec::new() } else { body },
+            close: framing.close,
+            len: body_start + body_len,
+        }));
     }
-    let rest = &bytes[head_len..];
-    let body = match (chunked, length) {
-        (true, _) => match dechunk(rest)? {
-            Some(body) => body,
-            None => return Ok(None),
-        },
-        (false, Some(length)) if rest.len() >= length => rest[..length].to_vec(),
-        (false, Some(_)) => return Ok(None),
-        (false, None) if status == 204 || status == 304 => Vec::new(),
-        (false, None) => return Err(format!("an answer ({status}) without a length")),
-    };
-    let body = if is_success(status) { Vec::new() } else { body };
-    Ok(Some(Response {
-        status,
-        body,
-        close,
-    }))
 }
 
-/// Decodes a chunked body, or returns `None` while part of it is still to come.
-fn dechunk(mut bytes: &[u8]) -> Result<Option<Vec<u8>>, String> {
+/// How an answer's head says its body ends, and whether the connection ends with it.
+struct Framing {
+    length: Option<usize>,
+    chunked: bool,
+    close: bool,
+}
+
+impl Framing {
+    fn of(head: &httparse::Response<'_, '_>) -> Result<Self, String> {
+        // HTTP/1.0 closes after each answer unless asked to keep the connection.
+        let mut framing = Self {
+            length: None,
+            chunked: false,
+            close: head.version == Some(0),
+        };
+        for header in head.headers.iter() {
+            let value = std::str::from_utf8(header.value).unwrap_or_default().trim();
+            let tokens = || value.split(',').map(str::trim);
+            if header.name.eq_ignore_ascii_case("content-length") {
+                let length = Some(value)
+                    .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .ok_or_else(|| format!("a bad content-length {value:?}"))?;
+                if framing.length.is_some_and(|earlier| earlier != length) {
+                    return Err("two different content-lengths".into());
+                }
+                framing.length = Some(length);
+            } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
+                framing.chunked = tokens().any(|t| t.eq_ignore_ascii_case("chunked"));
+            } else if header.name.eq_ignore_ascii_case("connection") {
+                if tokens().any(|t| t.eq_ignore_ascii_case("close")) {
+                    framing.close = true;
+                } else if tokens().any(|t| t.eq_ignore_ascii_case("keep-alive")) {
+                    framing.close = false;
+                }
+            }
+        }
+        Ok(framing)
+    }
+}
+
+/// Decodes a chunked body into the body and the bytes it took, or returns `None` while part
+/// of it is still to come.
+fn dechunk(bytes: &[u8]) -> Result<Option<(Vec<u8>, usize)>, String> {
+    let line_end = |from: usize| {
+        bytes[from..]
+            .windows(2)
+            .position(|pair| pair == b"\r\n")
+            .map(|at| from + at)
+    };
     let mut body = Vec::new();
+    let mut at = 0;
     loop {
-        let Some(line_end) = bytes.windows(2).position(|pair| pair == b"\r\n") else {
+        let Some(end) = line_end(at) else {
             return Ok(None);
         };
-        let line = std::str::from_utf8(&bytes[..line_end]).unwrap_or_default();
-        let size = line.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size, 16)
-            .map_err(|_| format!("a bad chunk size line {line:?}"))?;
-        bytes = &bytes[line_end + 2..];
+        let line = std::str::from_utf8(&bytes[at..end]).unwrap_or_default();
+        let digits = line.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(digits, 16)
+            .ok()
+            .filter(|size| size.checked_add(end + 4).is_some())
+            .ok_or_else(|| format!("a bad chunk size line {line:?}"))?;
+        at = end + 2;
         if size == 0 {
             // Trailer lines, if any, end with an empty one.
             loop {
-                let Some(end) = bytes.windows(2).position(|pair| pair == b"\r\n") else {
+                let Some(end) = line_end(at) else {
                     return Ok(None);
                 };
-                if end == 0 {
-                    return Ok(Some(body));
+                if end == at {
+                    return Ok(Some((body, end + 2)));
                 }
-                bytes = &bytes[end + 2..];
+                at = end + 2;
             }
         }
-        if bytes.len() < size + 2 {
+        if bytes.len() < at + size + 2 {
             return Ok(None);
         }
-        if &bytes[size..size + 2] != b"\r\n" {
+        if &bytes[at + size..at + size + 2] != b"\r\n" {
             return Err("a chunk longer than its size line says".into());
         }
-        body.extend_from_slice(&bytes[..size]);
-        bytes = &bytes[size + 2..];
+        body.extend_from_slice(&bytes[at..at + size]);
+        at += size + 2;
     }
 }
 
@@ -619,6 +678,18 @@ mod tests {
             Ok((409, "conflict!", true)),
         ),
         (
+            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: keep-alive, close\r\n\r\nok",
+            Ok((200, "", true)),
+        ),
+        (
+            "HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            Ok((200, "", true)),
+        ),
+        (
+            "HTTP/1.0 200 OK\r\ncontent-length: 2\r\nconnection: Keep-Alive\r\n\r\nok",
+            Ok((200, "", false)),
+        ),
+        (
             "HTTP/1.1 500 Oops\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nboom\r\n3;x=y\r\n!!!\r\n0\r\n\r\n",
             Ok((500, "boom!!!", false)),
         ),
@@ -626,15 +697,35 @@ mod tests {
             "HTTP/1.1 503 Busy\r\ntransfer-encoding: chunked\r\n\r\n2\r\nno\r\n0\r\nx-trailer: 1\r\n\r\n",
             Ok((503, "no", false)),
         ),
+        (
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\n{}",
+            Ok((201, "", false)),
+        ),
         ("HTTP/1.1 204 No Content\r\n\r\n", Ok((204, "", false))),
+        (
+            "HTTP/1.1 304 Not Modified\r\ncontent-length: 5\r\n\r\n",
+            Ok((304, "", false)),
+        ),
         ("HTTP/1.1 200 OK\r\n\r\n", Err("an answer (200) without a length")),
         (
             "HTTP/1.1 200 OK\r\ncontent-length: five\r\n\r\n",
             Err("a bad content-length"),
         ),
+        (
+            "HTTP/1.1 200 OK\r\ncontent-length: +2\r\n\r\nok",
+            Err("a bad content-length"),
+        ),
+        (
+            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok!",
+            Err("two different content-lengths"),
+        ),
         ("SSH-2.0-OpenSSH\r\n\r\n", Err("a malformed answer")),
         (
             "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+            Err("a bad chunk size line"),
+        ),
+        (
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nffffffffffffffff\r\nab",
             Err("a bad chunk size line"),
         ),
         (
@@ -653,16 +744,80 @@ mod tests {
                         status: *status,
                         body: body.as_bytes().to_vec(),
                         close: *close,
+                        len: sent.len(),
                     };
                     assert_eq!(parsed, Ok(Some(expected)), "{sent:?}");
                     for cut in 0..sent.len() {
                         let prefix = &sent.as_bytes()[..cut];
                         assert_eq!(parse_response(prefix), Ok(None), "{sent:?} cut at {cut}");
                     }
+                    // What follows an answer is not part of it.
+                    let followed = format!("{sent}HTTP/1.1 200 OK");
+                    let parsed = parse_response(followed.as_bytes()).unwrap().unwrap();
+                    assert_eq!(parsed.len, sent.len(), "{sent:?} followed by more");
                 }
                 Err(start) => {
                     let err = parsed.expect_err(sent);
                     assert!(err.starts_with(start), "{sent:?}: {err}");
+                }
+            }
+        }
+    }
+
+    /// A server on loopback that answers each connection's requests with `answers`, one per
+    /// request, then closes it.
+    async fn scripted_server(answers: &'static [&'static str]) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut received = Vec::new();
+                    for answer in answers {
+                        while !received.windows(4).any(|w| w == b"\r\n\r\n") {
+                            if stream.read_buf(&mut received).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                        }
+                        received.clear();
+                        stream.write_all(answer.as_bytes()).await.unwrap();
+                    }
+                });
+            }
+        });
+        address
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_dropped_after_close_or_a_bad_answer_and_opened_again() {
+        const OK: &str = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+        const CLOSING: &str = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+        const TOO_LONG: &str = "HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nab";
+        /// The server's answers on each connection, and what each request sent meets: success
+        /// or an error starting so.
+        type Script = (&'static [&'static str], &'static [Result<(), &'static str>]);
+        let cases: [Script; 3] = [
+            // Kept open, then closed by the server when it said so: every request succeeds.
+            (&[OK, CLOSING], &[Ok(()), Ok(()), Ok(()), Ok(())]),
+            // Closed without a word: that request fails (as an end of stream or a reset,
+            // whichever the kernel reports first), the next one connects again.
+            (&[OK], &[Ok(()), Err(""), Ok(())]),
+            // An answer longer than it said: refused, and the connection is not used again.
+            (
+                &[TOO_LONG, OK],
+                &[Err("bytes after the answer"), Err("bytes after the answer")],
+            ),
+        ];
+        for (answers, expected) in cases {
+            let address = scripted_server(answers).await;
+            let mut connection = Connection::new(&address);
+            let request = b"GET / HTTP/1.1\r\nhost: test\r\n\r\n";
+            for (n, expected) in expected.iter().enumerate() {
+                let result = connection.send(request).await;
+                let case = format!("{answers:?} request {n}: {result:?}");
+                match expected {
+                    Ok(()) => assert!(result.is_ok(), "{case}"),
+                    Err(start) => assert!(result.is_err_and(|e| e.starts_with(start)), "{case}"),
                 }
             }
         }

@@ -166,7 +166,7 @@ struct RequestWindow {
 
 /// Ids of a retired generation freed per entry applied: twice the most proposals an entry
 /// carries, so a generation is gone long before the next one retires.
-const RETIRED_PER_ENTRY: usize = 128;
+const RETIRED_PER_ENTRY: usize = 2 * crate::node::MAX_ENTRY_PROPOSALS;
 
 impl RequestWindow {
     /// Loads the records that are still in the window at entry `next`, converting records of
@@ -241,12 +241,14 @@ impl RequestWindow {
             .recorded
             .front()
             .is_none_or(|(oldest, _)| *oldest > self.earlier_last);
-        if earlier_left {
+        // With nothing recorded since, there is no generation to close: turning anyway would
+        // retire the last one whole at the next entry.
+        if earlier_left && !self.latest.is_empty() {
             // Nothing is left of the generation retired before, unless entries were much
             // larger than [`RETIRED_PER_ENTRY`] assumes.
             self.retiring.by_ref().for_each(drop);
             // The next generation will be about as large as this one: sized for it, its map
-            // never grows, and growing rehashes every key too.
+            // seldom grows, and growing rehashes every key too.
             let capacity = self.latest.len();
             let latest = std::mem::replace(&mut self.latest, HashMap::with_capacity(capacity));
             self.retiring = std::mem::replace(&mut self.earlier, latest).into_iter();
@@ -331,13 +333,14 @@ fn convert_legacy_records(txn: &mut Txn<'_>, oldest_kept: u64) -> Result<(), Err
 pub struct RememberedRequests {
     /// Request ids on record.
     pub ids: usize,
-    /// Estimated heap bytes of the mirror: each id once (shared by its two indexes), plus
-    /// per-entry overhead.
+    /// Estimated heap bytes of the mirror: each id once (shared by the queue and the maps),
+    /// plus per-record overhead.
     pub bytes: usize,
 }
 
-/// Rough per-record overhead of the mirror's queue slot and hash-map entries.
-const MIRROR_ENTRY_OVERHEAD: usize = 80;
+/// Rough per-record overhead of the mirror: its queue slot (24 bytes), the id's reference
+/// count (16) and its entries in up to two generations' maps (about 28 each).
+const MIRROR_ENTRY_OVERHEAD: usize = 100;
 
 /// The storage [`Application`] keel's Raft runs; see the module documentation.
 pub struct Machine {
@@ -465,7 +468,7 @@ mod tests {
     /// Entries of 1 to 64 records, and now and then one that records again an id that has
     /// just left the window, checked after every entry against a plain model: the ids of the
     /// oldest entry on record and of the one just before it, and every id recorded again.
-    /// Over 300 000 records, so the generations of the window's maps turn several times.
+    /// Over 420 000 records, so that three full generations of the window's maps retire.
     #[test]
     fn the_window_names_exactly_the_records_still_in_it() {
         let fresh_ids = |index: u64| -> Vec<RequestId> {
@@ -479,7 +482,7 @@ mod tests {
         let mut recorded_again: Vec<RequestId> = Vec::new();
         let mut turns = 0;
         let mut index = 1;
-        while model.len() < 300_000 {
+        while model.len() < 420_000 {
             let earlier_last = window.earlier_last;
             window.forget_expired(index);
             turns += usize::from(window.earlier_last != earlier_last);
@@ -509,7 +512,8 @@ mod tests {
             }
             index += 1;
         }
-        assert!(turns >= 3, "the generations turned {turns} times");
+        // The first turn closes a generation of one entry; three more retire full ones.
+        assert!(turns >= 4, "the generations turned {turns} times");
     }
 
     #[test]

@@ -209,7 +209,7 @@ impl AutoRequestIds {
 const BATCHES_IN_FLIGHT: usize = 3;
 
 /// Most proposals in one log entry.
-const MAX_ENTRY_PROPOSALS: usize = 64;
+pub(crate) const MAX_ENTRY_PROPOSALS: usize = 64;
 
 /// An entry takes no more proposals once their commands reach this size, so that a batch of
 /// `max_payload_entries` entries stays far below the peer streams' frame limit.

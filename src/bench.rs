@@ -317,23 +317,32 @@ fn parse_response(bytes: &[u8]) -> Result<Option<Response>, String> {
         }
         let framing = Framing::of(&head)?;
         let rest = &bytes[body_start..];
+        // A success's body is not copied: nothing reads it.
+        let keep = !is_success(status);
         let (body, body_len) = if status == 204 || status == 304 {
             (Vec::new(), 0)
         } else if framing.chunked {
-            match dechunk(rest)? {
+            match dechunk(rest, keep)? {
                 Some(decoded) => decoded,
                 None => return Ok(None),
             }
         } else {
             match framing.length {
-                Some(length) if rest.len() >= length => (rest[..length].to_vec(), length),
+                Some(length) if rest.len() >= length => {
+                    let body = if keep {
+                        rest[..length].to_vec()
+                    } else {
+                        Vec::new()
+                    };
+                    (body, length)
+                }
                 Some(_) => return Ok(None),
                 None => return Err(format!("an answer ({status}) without a length")),
             }
         };
         return Ok(Some(Response {
             status,
-            body: if is_success(status) { Vec::new() } else { body },
+            body,
             close: framing.close,
             len: body_start + body_len,
         }));
@@ -381,9 +390,9 @@ impl Framing {
     }
 }
 
-/// Decodes a chunked body into the body and the bytes it took, or returns `None` while part
-/// of it is still to come.
-fn dechunk(bytes: &[u8]) -> Result<Option<(Vec<u8>, usize)>, String> {
+/// Decodes a chunked body into the body (if `keep`, else nothing) and the bytes it took, or
+/// returns `None` while part of it is still to come.
+fn dechunk(bytes: &[u8], keep: bool) -> Result<Option<(Vec<u8>, usize)>, String> {
     let line_end = |from: usize| {
         bytes[from..]
             .windows(2)
@@ -421,7 +430,9 @@ fn dechunk(bytes: &[u8]) -> Result<Option<(Vec<u8>, usize)>, String> {
         if &bytes[at + size..at + size + 2] != b"\r\n" {
             return Err("a chunk longer than its size line says".into());
         }
-        body.extend_from_slice(&bytes[at..at + size]);
+        if keep {
+            body.extend_from_slice(&bytes[at..at + size]);
+        }
         at += size + 2;
     }
 }

@@ -15,6 +15,7 @@
 
 mod entry_cache;
 mod error;
+mod format;
 mod frozen;
 mod keyspace;
 mod layout;
@@ -32,6 +33,7 @@ use rocksdb::Options;
 use rocksdb::DB;
 
 pub use error::Error;
+pub use format::STORE_FORMAT;
 pub use frozen::FrozenState;
 pub use layout::prefix_end;
 pub use log_store::LogStore;
@@ -129,23 +131,33 @@ fn db_options() -> Options {
     opts
 }
 
-/// The state machine's database. A store written before the log moved out still holds the
-/// log's families too; they are opened (RocksDB opens all or nothing) until dropped.
+/// The state machine's database, with its format marker (see [`format`]). A store written
+/// before the log moved out still holds the log's families too; they are opened (RocksDB opens
+/// all or nothing) until dropped.
 fn open_state(path: &Path, cache: &rocksdb::Cache) -> Result<DB, Error> {
     let mut opts = db_options();
     // The state machine's writes skip the WAL (see the state store), so its data and its
     // `last_applied` are only consistent after a crash if they were flushed together.
     opts.set_atomic_flush(true);
     let existing = DB::list_cf(&opts, path).unwrap_or_default();
+    let known: Vec<&str> = [rocksdb::DEFAULT_COLUMN_FAMILY_NAME, format::FAMILY]
+        .into_iter()
+        .chain(cf::STATE_FAMILIES)
+        .chain(cf::LOG_FAMILIES)
+        .collect();
+    format::check_families(&existing, &known)?;
     let families = cf::STATE_FAMILIES
         .into_iter()
+        .chain([format::FAMILY])
         .chain(
             cf::LOG_FAMILIES
                 .into_iter()
                 .filter(|log| existing.iter().any(|e| e == log)),
         )
         .map(|name| ColumnFamilyDescriptor::new(name, family_options(name, cache)));
-    Ok(DB::open_cf_descriptors(&opts, path, families)?)
+    let db = DB::open_cf_descriptors(&opts, path, families)?;
+    format::check_and_mark(&db)?;
+    Ok(db)
 }
 
 fn open_log(path: &Path, cache: &rocksdb::Cache) -> Result<DB, Error> {

@@ -3,8 +3,9 @@
 
 use std::path::Path;
 
+mod common;
+
 use keel_storage::Store;
-use rocksdb::ColumnFamilyDescriptor;
 use rocksdb::IteratorMode;
 use rocksdb::Options;
 use rocksdb::DB;
@@ -14,13 +15,7 @@ const LEGACY_FAMILIES: [&str; 4] = ["raft_log", "raft_meta", "sm_meta", "sm_data
 type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 
 fn open_raw(path: &Path, families: &[&str]) -> DB {
-    let mut opts = Options::default();
-    opts.create_if_missing(true);
-    opts.create_missing_column_families(true);
-    let families = families
-        .iter()
-        .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
-    DB::open_cf_descriptors(&opts, path, families).unwrap()
+    common::open_raw(path, families).unwrap()
 }
 
 fn pairs(db: &DB, family: &str) -> Pairs {
@@ -80,12 +75,18 @@ fn a_store_of_the_old_layout_opens_with_its_log_moved_out_whole() {
     families.sort();
     assert_eq!(
         families,
-        ["default", "sm_data", "sm_history", "sm_meta"],
+        [
+            "default",
+            "keel_store_format",
+            "sm_data",
+            "sm_history",
+            "sm_meta"
+        ],
         "the log left the state's database"
     );
     let state = open_raw(
         &dir.path().join("db"),
-        &["sm_meta", "sm_data", "sm_history"],
+        &["sm_meta", "sm_data", "sm_history", "keel_store_format"],
     );
     assert_eq!(pairs(&state, "sm_meta"), state_meta);
     assert_eq!(pairs(&state, "sm_data"), state_data);

@@ -21,7 +21,7 @@ pub enum Error {
     #[error("corrupt data: {0}")]
     Corrupt(String),
     /// The store was opened by a later keel, in a format this build could misread.
-    #[error("this data directory was written by a newer keel: {0}. Run that keel or a later one on it; to take this node back to an earlier keel, remove it from the cluster (POST /v1/nodes/{{uid}}/actions/remove) and join it again with an empty data directory")]
+    #[error("this data directory was written by a newer keel: {0}. Run that keel or a later one on it: a node cannot go back to an earlier keel once a later one opened its store")]
     NewerStore(String),
     /// A read overlapped the install of a snapshot, which replaces the state in steps.
     #[error("this node is installing a snapshot from the leader and serves reads again once it has; retry, or ask another node")]

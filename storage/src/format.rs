@@ -12,10 +12,17 @@
 //! from this one on compare the number instead and refuse a store of a newer format, or with a
 //! column family they do not know, before they change anything in it.
 //!
+//! This guards a node's own store. It cannot make going back possible: a node of an earlier
+//! build cannot follow a cluster whose log holds entries of several proposals either, even
+//! with an empty store (see `keel_raft`'s entry formats). Upgrade; do not downgrade.
+//!
 //! A build that changes the format in a way the builds before it would misread raises
 //! [`STORE_FORMAT`]. The marker is this node's own: it is not part of the replicated state, and
 //! snapshots neither carry nor replace it.
 
+use std::path::Path;
+
+use rocksdb::Options;
 use rocksdb::WriteOptions;
 use rocksdb::DB;
 
@@ -32,42 +39,51 @@ pub const STORE_FORMAT: u32 = 1;
 
 const VERSION_KEY: &[u8] = b"version";
 
-/// Refuses a database with column families this build does not know: a later build made them,
-/// and opening it would mean guessing what they hold.
-pub(crate) fn check_families(existing: &[String], known: &[&str]) -> Result<(), Error> {
-    match existing.iter().find(|name| !known.contains(&name.as_str())) {
-        Some(unknown) => Err(Error::NewerStore(format!(
+/// Refuses the database at `path` if a later build wrote it: a column family this build does
+/// not know, or a store format newer than [`STORE_FORMAT`]. Reads only: the marker is read
+/// through a read-only open, because a read-write open already changes the database (it
+/// replays the WAL, writes a new MANIFEST, creates the families it names).
+pub(crate) fn check(path: &Path, existing: &[String], known: &[&str]) -> Result<(), Error> {
+    if let Some(unknown) = existing.iter().find(|name| !known.contains(&name.as_str())) {
+        return Err(Error::NewerStore(format!(
             "it has a column family this keel does not know ({unknown})"
-        ))),
-        None => Ok(()),
+        )));
     }
-}
-
-/// Checks the store's format and records this build's, durably, before anything else in the
-/// store changes.
-pub(crate) fn check_and_mark(db: &DB) -> Result<(), Error> {
-    let family = db.cf_handle(FAMILY).expect("format column family");
-    let found = match db.get_cf(family, VERSION_KEY)? {
-        None => None,
-        Some(bytes) => Some(
-            bytes
-                .try_into()
-                .map(u32::from_be_bytes)
-                .map_err(|bytes| Error::Corrupt(format!("bad store format marker {bytes:?}")))?,
-        ),
-    };
-    match found {
+    if !existing.iter().any(|name| name == FAMILY) {
+        return Ok(());
+    }
+    let db = DB::open_cf_for_read_only(&Options::default(), path, existing, false)?;
+    match read(&db)? {
         Some(found) if found > STORE_FORMAT => Err(Error::NewerStore(format!(
             "its store format is {found}, and this keel reads formats up to {STORE_FORMAT}"
         ))),
-        Some(found) if found == STORE_FORMAT => Ok(()),
-        _ => {
-            let mut synced = WriteOptions::default();
-            synced.set_sync(true);
-            db.put_cf_opt(family, VERSION_KEY, STORE_FORMAT.to_be_bytes(), &synced)?;
-            // The state's other writes skip the WAL; flushed, this one pins no WAL file.
-            db.flush_cf(family)?;
-            Ok(())
-        }
+        _ => Ok(()),
     }
+}
+
+/// Records this build's format in a store [`check`] accepted, durably, before anything else
+/// in the store changes.
+pub(crate) fn mark(db: &DB) -> Result<(), Error> {
+    if read(db)? == Some(STORE_FORMAT) {
+        return Ok(());
+    }
+    let family = db.cf_handle(FAMILY).expect("format column family");
+    let mut synced = WriteOptions::default();
+    synced.set_sync(true);
+    db.put_cf_opt(family, VERSION_KEY, STORE_FORMAT.to_be_bytes(), &synced)?;
+    // The state's other writes skip the WAL; flushed, this one pins no WAL file.
+    db.flush_cf(family)?;
+    Ok(())
+}
+
+fn read(db: &DB) -> Result<Option<u32>, Error> {
+    let family = db.cf_handle(FAMILY).expect("format column family");
+    db.get_cf(family, VERSION_KEY)?
+        .map(|bytes| {
+            bytes
+                .try_into()
+                .map(u32::from_be_bytes)
+                .map_err(|bytes| Error::Corrupt(format!("bad store format marker {bytes:?}")))
+        })
+        .transpose()
 }

@@ -139,13 +139,18 @@ fn open_state(path: &Path, cache: &rocksdb::Cache) -> Result<DB, Error> {
     // The state machine's writes skip the WAL (see the state store), so its data and its
     // `last_applied` are only consistent after a crash if they were flushed together.
     opts.set_atomic_flush(true);
-    let existing = DB::list_cf(&opts, path).unwrap_or_default();
+    // A database exists once it has a CURRENT file; any other failure to list is an error.
+    let existing = if path.join("CURRENT").exists() {
+        DB::list_cf(&opts, path)?
+    } else {
+        Vec::new()
+    };
     let known: Vec<&str> = [rocksdb::DEFAULT_COLUMN_FAMILY_NAME, format::FAMILY]
         .into_iter()
         .chain(cf::STATE_FAMILIES)
         .chain(cf::LOG_FAMILIES)
         .collect();
-    format::check_families(&existing, &known)?;
+    format::check(path, &existing, &known)?;
     let families = cf::STATE_FAMILIES
         .into_iter()
         .chain([format::FAMILY])
@@ -156,7 +161,7 @@ fn open_state(path: &Path, cache: &rocksdb::Cache) -> Result<DB, Error> {
         )
         .map(|name| ColumnFamilyDescriptor::new(name, family_options(name, cache)));
     let db = DB::open_cf_descriptors(&opts, path, families)?;
-    format::check_and_mark(&db)?;
+    format::mark(&db)?;
     Ok(db)
 }
 

@@ -1,6 +1,6 @@
 //! A store this build opened cannot be opened by the builds before the format marker, which
 //! would misread it; a store of a newer format, or with a column family this build does not
-//! know, is refused before anything in it changes.
+//! know, is refused without a change to its files.
 
 use std::path::Path;
 
@@ -20,6 +20,20 @@ fn open_state_raw(dir: &Path, families: &[&str]) -> Result<DB, rocksdb::Error> {
 fn marker(db: &DB) -> Option<Vec<u8>> {
     let family = db.cf_handle("keel_store_format").unwrap();
     db.get_cf(family, b"version").unwrap()
+}
+
+/// The names and sizes of the files in `dir`, sorted.
+fn files(dir: &Path) -> Vec<(String, u64)> {
+    let mut files: Vec<(String, u64)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| {
+            let entry = entry.unwrap();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            (name, entry.metadata().unwrap().len())
+        })
+        .collect();
+    files.sort();
+    files
 }
 
 fn refusal(dir: &Path) -> String {
@@ -60,11 +74,17 @@ fn a_store_of_a_newer_format_is_refused_and_left_as_it_was() {
         db.put_cf(family, b"version", newer).unwrap();
     }
 
+    let files_before = files(&dir.path().join("db"));
     let err = refusal(dir.path());
     assert!(err.contains("written by a newer keel"), "{err}");
     assert!(
         err.contains(&format!("store format is {}", STORE_FORMAT + 1)),
         "{err}"
+    );
+    assert_eq!(
+        files(&dir.path().join("db")),
+        files_before,
+        "the refusal changed the database's files"
     );
 
     let db = open_state_raw(dir.path(), &families).unwrap();

@@ -516,6 +516,112 @@ mod tests {
         assert!(turns >= 4, "the generations turned {turns} times");
     }
 
+    /// Which records the window must hold, computed from the two rules alone: whole entries
+    /// leave when they are [`REQUEST_ID_WINDOW`] entries old, and then, oldest first, while the
+    /// ones after them still hold [`MAX_REMEMBERED_REQUESTS`] records.
+    #[derive(Default)]
+    struct WindowModel {
+        /// Entries with records, oldest first, and how many each made.
+        entries: VecDeque<(u64, usize)>,
+        records: usize,
+        latest: HashMap<RequestId, u64>,
+    }
+
+    impl WindowModel {
+        fn forget_expired(&mut self, index: u64) {
+            while let Some(&(entry, count)) = self.entries.front() {
+                // Remembered while entries `entry..entry + REQUEST_ID_WINDOW` apply.
+                let too_old = entry + REQUEST_ID_WINDOW <= index;
+                if !too_old && self.records - count < MAX_REMEMBERED_REQUESTS {
+                    break;
+                }
+                self.entries.pop_front();
+                self.records -= count;
+            }
+        }
+
+        fn record(&mut self, index: u64, ids: &[RequestId]) {
+            if ids.is_empty() {
+                return;
+            }
+            for id in ids {
+                self.latest.insert(id.clone(), index);
+            }
+            self.entries.push_back((index, ids.len()));
+            self.records += ids.len();
+        }
+
+        fn recorded_at(&self, id: &RequestId) -> Option<u64> {
+            let (oldest, _) = self.entries.front()?;
+            self.latest.get(id).copied().filter(|at| at >= oldest)
+        }
+    }
+
+    /// Stretches of entries with many records, with none (so that everything leaves by age and
+    /// the window empties), and with a few, each stretch recording again ids that left the
+    /// window long before. Checked against [`WindowModel`]: the ids of the oldest entries kept,
+    /// of the entry before them, of the first stretch, and those recorded again.
+    #[test]
+    fn the_window_forgets_by_age_and_by_count_and_may_empty() {
+        let ids_of = |index: u64, count: u64| -> Vec<RequestId> {
+            (0..count)
+                .map(|n| format!("{index}-{n}").into_bytes().into())
+                .collect()
+        };
+        let first_stretch: Vec<RequestId> = (1..=300).flat_map(|index| ids_of(index, 2)).collect();
+        let stretches: [(u64, u64); 6] = [
+            (300, 64),
+            (REQUEST_ID_WINDOW + 2_000, 0),
+            (2_500, 64),
+            (REQUEST_ID_WINDOW / 2, 1),
+            (REQUEST_ID_WINDOW + 2_000, 0),
+            (100, 3),
+        ];
+        let mut window = RequestWindow::default();
+        let mut model = WindowModel::default();
+        let mut recorded_again: Vec<RequestId> = Vec::new();
+        let mut emptied = 0;
+        let mut index = 1;
+        for (entries, per_entry) in stretches {
+            let again = first_stretch[recorded_again.len()].clone();
+            for step in 0..entries {
+                window.forget_expired(index);
+                model.forget_expired(index);
+                let mut ids = ids_of(index, per_entry);
+                if step == entries / 2 && per_entry > 0 {
+                    ids.push(again.clone());
+                    recorded_again.push(again.clone());
+                }
+                for id in &ids {
+                    window.record(index, id.clone());
+                }
+                model.record(index, &ids);
+                if window.recorded.is_empty() {
+                    emptied += 1;
+                    assert_eq!(window.id_bytes, 0, "entry {index}");
+                    assert!(model.entries.is_empty(), "entry {index}");
+                }
+                let oldest = model.entries.front().map_or(index, |(at, _)| *at);
+                let sampled = per_entry > 1 || index % 250 == 0 || step < 3 || step + 3 >= entries;
+                let checked = [oldest.saturating_sub(1), oldest]
+                    .into_iter()
+                    .flat_map(|at| ids_of(at, 64))
+                    .chain(first_stretch.iter().cloned())
+                    .chain(recorded_again.iter().cloned())
+                    .filter(|_| sampled);
+                for id in checked {
+                    assert_eq!(
+                        window.recorded_at(&id),
+                        model.recorded_at(&id),
+                        "id {id:?} at entry {index}"
+                    );
+                }
+                index += 1;
+            }
+        }
+        assert!(emptied > 3_000, "the window was empty at {emptied} entries");
+    }
+
     #[test]
     fn the_domain_s_histories_and_counters_reach_the_store() {
         let machine = Machine::new(Arc::new(HistoryAndCounter));

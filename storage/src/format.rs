@@ -52,7 +52,8 @@ pub(crate) fn check(path: &Path, existing: &[String], known: &[&str]) -> Result<
     if !existing.iter().any(|name| name == FAMILY) {
         return Ok(());
     }
-    let db = DB::open_cf_for_read_only(&Options::default(), path, existing, false)?;
+    // A read-only open may name some of the families only; this one loads no other's files.
+    let db = DB::open_cf_for_read_only(&Options::default(), path, [FAMILY], false)?;
     match read(&db)? {
         Some(found) if found > STORE_FORMAT => Err(Error::NewerStore(format!(
             "its store format is {found}, and this keel reads formats up to {STORE_FORMAT}"

@@ -465,48 +465,50 @@ mod tests {
         }
     }
 
+    /// Ids `{index}-0` to `{index}-{count - 1}`, as entry `index` records them.
+    fn ids_of(index: u64, count: u64) -> Vec<RequestId> {
+        (0..count)
+            .map(|n| format!("{index}-{n}").into_bytes().into())
+            .collect()
+    }
+
     /// Entries of 1 to 64 records, and now and then one that records again an id that has
-    /// just left the window, checked after every entry against a plain model: the ids of the
+    /// just left the window, checked after every entry against [`WindowModel`]: the ids of the
     /// oldest entry on record and of the one just before it, and every id recorded again.
     /// Over 420 000 records, so that three full generations of the window's maps retire.
     #[test]
     fn the_window_names_exactly_the_records_still_in_it() {
-        let fresh_ids = |index: u64| -> Vec<RequestId> {
-            let count = 1 + index * 7919 % 64;
-            (0..count)
-                .map(|n| format!("{index}-{n}").into_bytes().into())
-                .collect()
-        };
+        let fresh_ids = |index: u64| ids_of(index, 1 + index * 7919 % 64);
         let mut window = RequestWindow::default();
-        let mut model: HashMap<RequestId, u64> = HashMap::new();
+        let mut model = WindowModel::default();
         let mut recorded_again: Vec<RequestId> = Vec::new();
         let mut turns = 0;
         let mut index = 1;
-        while model.len() < 420_000 {
+        while model.latest.len() < 420_000 {
             let earlier_last = window.earlier_last;
             window.forget_expired(index);
+            model.forget_expired(index);
             turns += usize::from(window.earlier_last != earlier_last);
             let mut ids = fresh_ids(index);
-            let oldest = window.recorded.front().map(|(at, _)| *at);
+            let oldest = model.entries.front().map(|(at, _)| *at);
             if let Some(oldest) = oldest.filter(|at| *at > 1 && index % 97 == 0) {
                 let again: RequestId = format!("{}-0", oldest - 1).into_bytes().into();
                 recorded_again.push(again.clone());
                 ids.push(again);
             }
-            for id in ids {
-                model.insert(id.clone(), index);
-                window.record(index, id);
+            for id in &ids {
+                window.record(index, id.clone());
             }
-            let (oldest, _) = *window.recorded.front().expect("records");
+            model.record(index, &ids);
+            let (oldest, _) = *model.entries.front().expect("records");
             let checked = [oldest.saturating_sub(1), oldest]
                 .into_iter()
                 .flat_map(fresh_ids)
                 .chain(recorded_again.iter().cloned());
             for id in checked {
-                let expected = model.get(&id).copied().filter(|at| *at >= oldest);
                 assert_eq!(
                     window.recorded_at(&id),
-                    expected,
+                    model.recorded_at(&id),
                     "id {id:?} at entry {index}"
                 );
             }
@@ -563,11 +565,6 @@ mod tests {
     /// of the entry before them, of the first stretch, and those recorded again.
     #[test]
     fn the_window_forgets_by_age_and_by_count_and_may_empty() {
-        let ids_of = |index: u64, count: u64| -> Vec<RequestId> {
-            (0..count)
-                .map(|n| format!("{index}-{n}").into_bytes().into())
-                .collect()
-        };
         let first_stretch: Vec<RequestId> = (1..=300).flat_map(|index| ids_of(index, 2)).collect();
         let stretches: [(u64, u64); 6] = [
             (300, 64),

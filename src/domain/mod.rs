@@ -58,7 +58,7 @@ impl StateMachine for Domain {
     /// A key-value write reads its key first. Decoding the command here and again in `apply`
     /// costs less than the lookup a batch saves; see the README's benchmark section.
     fn keys_read(&self, command: &[u8]) -> Vec<Vec<u8>> {
-        match bincode::deserialize(command) {
+        match decode(command) {
             Ok(Command::Kv(command)) => vec![kv::read_key(&command)],
             _ => Vec::new(),
         }

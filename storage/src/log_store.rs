@@ -251,8 +251,10 @@ where
     }
 
     async fn save_committed(&mut self, committed: Option<LogIdOf<C>>) -> Result<(), io::Error> {
-        // Not synced: a lost committed marker only means re-applying from the last applied
-        // entry after a power loss, and the entries themselves are durable.
+        // Written now, not with the next append: a node killed with kill -9 re-applies up to
+        // this marker (the state's writes skip the WAL), and one written later would bring it
+        // back with less applied than it had served (tests/committed.rs). Not synced: a marker
+        // lost to a power loss only means re-applying less, and the entries are durable.
         Ok(self.put_meta(keyspace::COMMITTED, &committed, false)?)
     }
 

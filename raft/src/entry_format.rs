@@ -9,10 +9,11 @@
 //! (one that is down, or predates append streams) counts as one that cannot, so until it
 //! answers, every write gets an entry of its own, as before.
 //!
-//! A node of an earlier build that joins a cluster whose log already holds entries of several
-//! proposals cannot catch up, and neither can a member taken back to an earlier build once
-//! such entries were written: join nodes of the cluster's own build, and upgrade, not
-//! downgrade.
+//! A node of an earlier build that joined a cluster whose log already holds entries of several
+//! proposals could not catch up, so a leader asks a node what it reads before adding it, the
+//! same way (an append stream upgrade, closed at once), and refuses one that reads only one
+//! proposal per entry: join nodes of the cluster's own build. Nothing can stop a member taken
+//! back to an earlier build once such entries were written: upgrade, do not downgrade.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,6 +31,14 @@ pub const ONE_PROPOSAL: u32 = 1;
 /// Several proposals per entry: what this build writes once every member reads it.
 pub const SEVERAL_PROPOSALS: u32 = 2;
 
+/// The format a peer's [`HEADER`] names: one proposal per entry if it names none (an earlier
+/// build) or something this build cannot read as a format.
+pub fn announced_format(header: Option<&str>) -> u32 {
+    header
+        .and_then(|f| f.trim().parse().ok())
+        .unwrap_or(ONE_PROPOSAL)
+}
+
 /// What each peer announced to this node when it opened an append stream to it.
 #[derive(Debug, Clone, Default)]
 pub struct PeerFormats(Arc<Mutex<HashMap<NodeId, u32>>>);
@@ -37,10 +46,10 @@ pub struct PeerFormats(Arc<Mutex<HashMap<NodeId, u32>>>);
 impl PeerFormats {
     /// Records what `peer` answered to an upgrade, `None` if it named no format.
     pub fn announced(&self, peer: NodeId, format: Option<&str>) {
-        let format = format
-            .and_then(|f| f.trim().parse().ok())
-            .unwrap_or(ONE_PROPOSAL);
-        self.0.lock().expect("peer formats").insert(peer, format);
+        self.0
+            .lock()
+            .expect("peer formats")
+            .insert(peer, announced_format(format));
     }
 
     /// Whether every one of `peers` announced that it reads entries of several proposals.

@@ -46,6 +46,7 @@ use openraft::SnapshotPolicy;
 use serde::Deserialize;
 use serde::Serialize;
 
+use crate::append_stream;
 use crate::entry_format;
 use crate::entry_format::PeerFormats;
 use crate::forward_stream::Forwarder;
@@ -162,6 +163,7 @@ pub struct RaftNode {
     raft: KeelRaft,
     state: KeelStateStore,
     forwarder: Forwarder,
+    peers: PeerClient,
     secret: String,
     config: RaftConfig,
     /// Reads waiting for a ReadIndex, for linearizable (0) and lease (1) consistency.
@@ -282,7 +284,8 @@ impl RaftNode {
             id,
             raft,
             state,
-            forwarder: Forwarder::new(peers),
+            forwarder: Forwarder::new(peers.clone()),
+            peers,
             secret,
             config,
             read_batches: Default::default(),
@@ -637,6 +640,7 @@ impl RaftNode {
                 }
             }
             LeaderRequest::AddVoter { id, node } => {
+                self.refuse_an_earlier_build(*id, node).await?;
                 self.raft
                     .add_learner(*id, node.clone(), true)
                     .await
@@ -704,6 +708,36 @@ impl RaftNode {
             ))));
         }
         Ok(replies)
+    }
+
+    /// Refuses to add a node that reads only one proposal per log entry (an earlier build): it
+    /// would join as a learner that never catches up (see [`crate::entry_format`]). The node is
+    /// asked the way a leader's append stream asks it, and the connection is closed at once.
+    /// One that cannot be reached is left to `add_learner`, which reports that as before.
+    async fn refuse_an_earlier_build(&self, id: NodeId, node: &KeelNode) -> Result<(), NotDone> {
+        let asked = self
+            .peers
+            .upgrade(
+                &node.addr,
+                append_stream::PATH,
+                append_stream::PROTOCOL,
+                self.config.request_timeout,
+            )
+            .await;
+        let format = match asked {
+            Ok(upgraded) => entry_format::announced_format(upgraded.entry_format.as_deref()),
+            Err(CallError::Refused { status: 404, .. }) => entry_format::ONE_PROPOSAL,
+            Err(_) => return Ok(()),
+        };
+        if format >= entry_format::SEVERAL_PROPOSALS {
+            return Ok(());
+        }
+        Err(NotDone::Failed(Error::Membership(format!(
+            "node {id} at {} runs an earlier keel, which reads one write per log entry and \
+             cannot follow this cluster's log. Start it with the keel build the cluster runs \
+             (or a later one) and add it again",
+            node.addr
+        ))))
     }
 
     /// Whether every other member, voter or learner, announced that it reads entries of

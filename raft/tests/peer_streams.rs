@@ -3,6 +3,7 @@
 //! each a peer that answers the upgrade with 404 like a keel from before it, which must still
 //! get every entry or forward (one HTTP request at a time).
 
+use std::collections::BTreeSet;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use axum::response::IntoResponse;
 use keel_raft::append_stream;
 use keel_raft::forward_stream;
 use keel_raft::service::RaftSlot;
+use keel_raft::types::KeelNode;
 use keel_raft::Consistency;
 use keel_raft::RaftConfig;
 use keel_raft::RaftNode;
@@ -23,6 +25,7 @@ use keel_storage::Error;
 use keel_storage::KvRead;
 use keel_storage::Store;
 use keel_storage::Txn;
+use openraft::ChangeMembers;
 
 /// Stores every command under its log index and answers the command it applied, so that a
 /// proposer can tell its own reply from another's in the same batch.
@@ -109,10 +112,9 @@ async fn applied_on(node: &TestNode, index: u64) -> Option<Vec<u8>> {
     None
 }
 
-/// A two-node cluster: node 1 leads, node 2 follows.
-async fn two_nodes(leader_speaks_streams: bool, follower_speaks_streams: bool) -> [TestNode; 2] {
-    let leader = start(1, leader_speaks_streams).await;
-    let follower = start(2, follower_speaks_streams).await;
+/// Node 1, the leader of a cluster of its own.
+async fn leader(speaks_streams: bool) -> TestNode {
+    let leader = start(1, speaks_streams).await;
     leader.raft.initialize(leader.addr.clone()).await.unwrap();
     leader
         .raft
@@ -122,10 +124,30 @@ async fn two_nodes(leader_speaks_streams: bool, follower_speaks_streams: bool) -
         .await
         .unwrap();
     leader
-        .raft
-        .add_voter(2, follower.addr.clone())
-        .await
-        .unwrap();
+}
+
+/// A two-node cluster: node 1 leads, node 2 follows.
+async fn two_nodes(leader_speaks_streams: bool, follower_speaks_streams: bool) -> [TestNode; 2] {
+    let follower = start(2, follower_speaks_streams).await;
+    let leader = leader(leader_speaks_streams).await;
+    if follower_speaks_streams {
+        leader
+            .raft
+            .add_voter(2, follower.addr.clone())
+            .await
+            .unwrap();
+    } else {
+        // A leader refuses to add a node of an earlier build now, so this one is made a
+        // member the way it was before that: as a cluster in the middle of an upgrade has it.
+        let raft = leader.raft.raft();
+        let node = KeelNode {
+            addr: follower.addr.clone(),
+        };
+        raft.add_learner(2, node, true).await.unwrap();
+        raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([2])), false)
+            .await
+            .unwrap();
+    }
     [leader, follower]
 }
 
@@ -174,9 +196,10 @@ async fn replicate(follower_speaks_stream: bool, writes: usize) -> TestNode {
 async fn a_follower_gets_every_entry_through_the_stream() {
     let follower = replicate(true, 200).await;
     // Connections are kept across sessions: one for entries, one for heartbeats, and new ones
-    // only when openraft restarts a stream (as when the learner became a voter).
+    // only when openraft restarts a stream (as when the learner became a voter); one more is
+    // the leader asking the node what it reads before adding it.
     let upgrades = follower.seen.upgrades.load(Ordering::SeqCst);
-    assert!((1..=4).contains(&upgrades), "{upgrades} connections");
+    assert!((2..=5).contains(&upgrades), "{upgrades} connections");
     assert_eq!(
         follower.seen.single_appends.load(Ordering::SeqCst),
         0,
@@ -230,4 +253,26 @@ async fn a_leader_without_the_stream_gets_forwards_one_request_at_a_time() {
     // The refusal is remembered: the follower does not ask again for every forward.
     assert_eq!(leader.seen.forward_upgrades.load(Ordering::SeqCst), 1);
     assert_eq!(follower.raft.forward_streams_opened(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_refuses_to_add_a_node_of_an_earlier_build() {
+    let earlier = start(2, false).await;
+    let leader = leader(true).await;
+    let err = leader
+        .raft
+        .add_voter(2, earlier.addr.clone())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("runs an earlier keel"), "{err}");
+    assert!(err.contains("add it again"), "{err}");
+    // Refused before anything changed: not even a learner, and no entry sent to it.
+    let metrics = leader.raft.metrics();
+    assert!(metrics
+        .membership_config
+        .membership()
+        .get_node(&2)
+        .is_none());
+    assert_eq!(earlier.seen.single_appends.load(Ordering::SeqCst), 0);
 }

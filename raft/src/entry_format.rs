@@ -12,8 +12,10 @@
 //! A node of an earlier build that joined a cluster whose log already holds entries of several
 //! proposals could not catch up, so a leader asks a node what it reads before adding it, the
 //! same way (an append stream upgrade, closed at once), and refuses one that reads only one
-//! proposal per entry: join nodes of the cluster's own build. Nothing can stop a member taken
-//! back to an earlier build once such entries were written: upgrade, do not downgrade.
+//! proposal per entry, whether or not the log holds such entries yet: join nodes of the
+//! leader's build or a later one, also in the middle of a rolling upgrade. Nothing can stop a
+//! member taken back to an earlier build once such entries were written: upgrade, do not
+//! downgrade.
 
 use std::collections::HashMap;
 use std::sync::Arc;

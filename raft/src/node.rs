@@ -713,8 +713,15 @@ impl RaftNode {
     /// Refuses to add a node that reads only one proposal per log entry (an earlier build): it
     /// would join as a learner that never catches up (see [`crate::entry_format`]). The node is
     /// asked the way a leader's append stream asks it, and the connection is closed at once.
-    /// One that cannot be reached is left to `add_learner`, which reports that as before.
+    /// Any earlier build is refused, whether or not the log holds such entries yet. A node that
+    /// cannot be asked is refused too: `add_learner` would wait out the request's deadline and
+    /// leave a learner that never answers (and, never announcing its format, keeps the cluster
+    /// at one write per entry).
     async fn refuse_an_earlier_build(&self, id: NodeId, node: &KeelNode) -> Result<(), NotDone> {
+        // Only the leader adds members; anywhere else `add_learner` answers where it is.
+        if !self.raft.metrics().borrow_watched().state.is_leader() {
+            return Ok(());
+        }
         let asked = self
             .peers
             .upgrade(
@@ -727,15 +734,23 @@ impl RaftNode {
         let format = match asked {
             Ok(upgraded) => entry_format::announced_format(upgraded.entry_format.as_deref()),
             Err(CallError::Refused { status: 404, .. }) => entry_format::ONE_PROPOSAL,
-            Err(_) => return Ok(()),
+            Err(err) => {
+                return Err(NotDone::Failed(Error::Membership(format!(
+                    "cannot ask node {id} at {} which log entries it reads: {err}. Check that it \
+                     runs and that its advertised address reaches it from this node, then join \
+                     it again",
+                    node.addr
+                ))))
+            }
         };
         if format >= entry_format::SEVERAL_PROPOSALS {
             return Ok(());
         }
         Err(NotDone::Failed(Error::Membership(format!(
-            "node {id} at {} runs an earlier keel, which reads one write per log entry and \
-             cannot follow this cluster's log. Start it with the keel build the cluster runs \
-             (or a later one) and add it again",
+            "node {id} at {} answered as an earlier keel (or not keel): it reads one write per \
+             log entry and cannot follow this cluster's log. Stop it, empty its data directory \
+             (it holds this join's identity), start it with this leader's keel build or a later \
+             one, and join it again",
             node.addr
         ))))
     }

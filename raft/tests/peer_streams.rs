@@ -14,6 +14,7 @@ use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::IntoResponse;
 use keel_raft::append_stream;
+use keel_raft::entry_format;
 use keel_raft::forward_stream;
 use keel_raft::service::RaftSlot;
 use keel_raft::types::KeelNode;
@@ -54,8 +55,30 @@ struct TestNode {
     _dir: tempfile::TempDir,
 }
 
+/// What a node's peer routes answer, as the builds of keel did.
+#[derive(Clone, Copy, PartialEq)]
+enum Build {
+    /// This one.
+    Current,
+    /// Append and forward streams, but no entry format in the upgrade's answer: one proposal
+    /// per entry.
+    WithoutEntryFormats,
+    /// No streams: upgrades answer 404.
+    WithoutStreams,
+}
+
 /// Starts node `id` on a free port; with `speaks_streams` false its upgrades answer 404.
 async fn start(id: u64, speaks_streams: bool) -> TestNode {
+    let build = if speaks_streams {
+        Build::Current
+    } else {
+        Build::WithoutStreams
+    };
+    start_as(id, build).await
+}
+
+/// Starts node `id` on a free port, answering as `build`.
+async fn start_as(id: u64, build: Build) -> TestNode {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let raft = RaftNode::start(
@@ -84,10 +107,14 @@ async fn start(id: u64, speaks_streams: bool) -> TestNode {
                 };
                 counter.fetch_add(1, Ordering::SeqCst);
                 let upgrade = [append_stream::PATH, forward_stream::PATH];
-                if !speaks_streams && upgrade.contains(&request.uri().path()) {
+                if build == Build::WithoutStreams && upgrade.contains(&request.uri().path()) {
                     return StatusCode::NOT_FOUND.into_response();
                 }
-                next.run(request).await
+                let mut response = next.run(request).await;
+                if build == Build::WithoutEntryFormats {
+                    response.headers_mut().remove(entry_format::HEADER);
+                }
+                response
             }
         },
     ));
@@ -255,24 +282,50 @@ async fn a_leader_without_the_stream_gets_forwards_one_request_at_a_time() {
     assert_eq!(follower.raft.forward_streams_opened(), 0);
 }
 
+/// Asks the leader of a cluster of one to add a node answering as `build`; returns the node
+/// and the leader's answer.
+async fn add_to_a_leader(build: Build) -> (TestNode, TestNode, Result<(), keel_raft::Error>) {
+    let joining = start_as(2, build).await;
+    let leader = leader(true).await;
+    let added = leader.raft.add_voter(2, joining.addr.clone()).await;
+    (leader, joining, added)
+}
+
+/// Checks that adding node 2 was refused as a membership change, before anything changed (it
+/// is not even a learner), and returns why.
+fn refused(leader: &TestNode, added: Result<(), keel_raft::Error>) -> String {
+    let Err(keel_raft::Error::Membership(why)) = added else {
+        panic!("node 2 was added, or refused for another reason: {added:?}");
+    };
+    let metrics = leader.raft.metrics();
+    let membership = metrics.membership_config.membership();
+    assert!(membership.get_node(&2).is_none(), "{membership:?}");
+    why
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_refuses_to_add_a_node_of_an_earlier_build() {
-    let earlier = start(2, false).await;
+    for build in [Build::WithoutEntryFormats, Build::WithoutStreams] {
+        let (leader, earlier, added) = add_to_a_leader(build).await;
+        let why = refused(&leader, added);
+        assert!(why.contains("earlier keel"), "{why}");
+        assert!(why.contains("empty its data directory"), "{why}");
+        // Asked once.
+        assert_eq!(earlier.seen.upgrades.load(Ordering::SeqCst), 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_refuses_to_add_a_node_it_cannot_ask() {
     let leader = leader(true).await;
-    let err = leader
-        .raft
-        .add_voter(2, earlier.addr.clone())
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("runs an earlier keel"), "{err}");
-    assert!(err.contains("add it again"), "{err}");
-    // Refused before anything changed: not even a learner, and no entry sent to it.
-    let metrics = leader.raft.metrics();
-    assert!(metrics
-        .membership_config
-        .membership()
-        .get_node(&2)
-        .is_none());
-    assert_eq!(earlier.seen.single_appends.load(Ordering::SeqCst), 0);
+    // A port nothing listens on.
+    let gone = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = gone.local_addr().unwrap().to_string();
+    drop(gone);
+    let added = leader.raft.add_voter(2, addr.clone()).await;
+    let why = refused(&leader, added);
+    assert!(
+        why.contains(&addr) && why.contains("advertised address"),
+        "{why}"
+    );
 }

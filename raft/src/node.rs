@@ -737,8 +737,9 @@ impl RaftNode {
             Err(err) => {
                 return Err(NotDone::Failed(Error::Membership(format!(
                     "cannot ask node {id} at {} which log entries it reads: {err}. Check that it \
-                     runs and that its advertised address reaches it from this node, then join \
-                     it again",
+                     runs and that its advertised address reaches it from this node; then stop \
+                     it, empty its data directory (it holds this join's identity) and join it \
+                     again",
                     node.addr
                 ))))
             }

@@ -325,7 +325,9 @@ async fn a_leader_refuses_to_add_a_node_it_cannot_ask() {
     let added = leader.raft.add_voter(2, addr.clone()).await;
     let why = refused(&leader, added);
     assert!(
-        why.contains(&addr) && why.contains("advertised address"),
+        why.contains(&addr)
+            && why.contains("advertised address")
+            && why.contains("empty its data directory"),
         "{why}"
     );
 }

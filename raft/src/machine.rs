@@ -479,39 +479,28 @@ mod tests {
     #[test]
     fn the_window_names_exactly_the_records_still_in_it() {
         let fresh_ids = |index: u64| ids_of(index, 1 + index * 7919 % 64);
-        let mut window = RequestWindow::default();
-        let mut model = WindowModel::default();
+        let mut both = WindowAndModel::default();
         let mut recorded_again: Vec<RequestId> = Vec::new();
         let mut turns = 0;
         let mut index = 1;
-        while model.latest.len() < 420_000 {
-            let earlier_last = window.earlier_last;
-            window.forget_expired(index);
-            model.forget_expired(index);
-            turns += usize::from(window.earlier_last != earlier_last);
+        while both.model.latest.len() < 420_000 {
+            let earlier_last = both.window.earlier_last;
+            both.forget_expired(index);
+            turns += usize::from(both.window.earlier_last != earlier_last);
             let mut ids = fresh_ids(index);
-            let oldest = model.entries.front().map(|(at, _)| *at);
+            let oldest = both.model.entries.front().map(|(at, _)| *at);
             if let Some(oldest) = oldest.filter(|at| *at > 1 && index % 97 == 0) {
                 let again: RequestId = format!("{}-0", oldest - 1).into_bytes().into();
                 recorded_again.push(again.clone());
                 ids.push(again);
             }
-            for id in &ids {
-                window.record(index, id.clone());
-            }
-            model.record(index, &ids);
-            let (oldest, _) = *model.entries.front().expect("records");
+            both.record(index, &ids);
+            let (oldest, _) = *both.model.entries.front().expect("records");
             let checked = [oldest.saturating_sub(1), oldest]
                 .into_iter()
                 .flat_map(fresh_ids)
                 .chain(recorded_again.iter().cloned());
-            for id in checked {
-                assert_eq!(
-                    window.recorded_at(&id),
-                    model.recorded_at(&id),
-                    "id {id:?} at entry {index}"
-                );
-            }
+            both.assert_agree(checked, index);
             index += 1;
         }
         // The first turn closes a generation of one entry; three more retire full ones.
@@ -559,6 +548,38 @@ mod tests {
         }
     }
 
+    /// The window under test and [`WindowModel`], given the same entries.
+    #[derive(Default)]
+    struct WindowAndModel {
+        window: RequestWindow,
+        model: WindowModel,
+    }
+
+    impl WindowAndModel {
+        fn forget_expired(&mut self, index: u64) {
+            self.window.forget_expired(index);
+            self.model.forget_expired(index);
+        }
+
+        fn record(&mut self, index: u64, ids: &[RequestId]) {
+            for id in ids {
+                self.window.record(index, id.clone());
+            }
+            self.model.record(index, ids);
+        }
+
+        /// Checks that the window names each of `ids` as recorded at the entry the model does.
+        fn assert_agree(&self, ids: impl IntoIterator<Item = RequestId>, index: u64) {
+            for id in ids {
+                assert_eq!(
+                    self.window.recorded_at(&id),
+                    self.model.recorded_at(&id),
+                    "id {id:?} at entry {index}"
+                );
+            }
+        }
+    }
+
     /// Stretches of entries with many records, with none (so that everything leaves by age and
     /// the window empties), and with a few, each stretch recording again ids that left the
     /// window long before. Checked against [`WindowModel`]: the ids of the oldest entries kept,
@@ -574,31 +595,26 @@ mod tests {
             (REQUEST_ID_WINDOW + 2_000, 0),
             (100, 3),
         ];
-        let mut window = RequestWindow::default();
-        let mut model = WindowModel::default();
+        let mut both = WindowAndModel::default();
         let mut recorded_again: Vec<RequestId> = Vec::new();
         let mut emptied = 0;
         let mut index = 1;
         for (entries, per_entry) in stretches {
             let again = first_stretch[recorded_again.len()].clone();
             for step in 0..entries {
-                window.forget_expired(index);
-                model.forget_expired(index);
+                both.forget_expired(index);
                 let mut ids = ids_of(index, per_entry);
                 if step == entries / 2 && per_entry > 0 {
                     ids.push(again.clone());
                     recorded_again.push(again.clone());
                 }
-                for id in &ids {
-                    window.record(index, id.clone());
-                }
-                model.record(index, &ids);
-                if window.recorded.is_empty() {
+                both.record(index, &ids);
+                if both.window.recorded.is_empty() {
                     emptied += 1;
-                    assert_eq!(window.id_bytes, 0, "entry {index}");
-                    assert!(model.entries.is_empty(), "entry {index}");
+                    assert_eq!(both.window.id_bytes, 0, "entry {index}");
+                    assert!(both.model.entries.is_empty(), "entry {index}");
                 }
-                let oldest = model.entries.front().map_or(index, |(at, _)| *at);
+                let oldest = both.model.entries.front().map_or(index, |(at, _)| *at);
                 let sampled = per_entry > 1 || index % 250 == 0 || step < 3 || step + 3 >= entries;
                 let checked = [oldest.saturating_sub(1), oldest]
                     .into_iter()
@@ -606,13 +622,7 @@ mod tests {
                     .chain(first_stretch.iter().cloned())
                     .chain(recorded_again.iter().cloned())
                     .filter(|_| sampled);
-                for id in checked {
-                    assert_eq!(
-                        window.recorded_at(&id),
-                        model.recorded_at(&id),
-                        "id {id:?} at entry {index}"
-                    );
-                }
+                both.assert_agree(checked, index);
                 index += 1;
             }
         }

@@ -253,9 +253,9 @@ where
     async fn save_committed(&mut self, committed: Option<LogIdOf<C>>) -> Result<(), io::Error> {
         // Written now, not with the next append: a node killed with kill -9 re-applies up to
         // this marker (the state's writes skip the WAL), and one written later would bring it
-        // back with less applied than it had served (tests/committed.rs). Not synced: after a power
-        // loss a node may come back with a marker as old as its last append's fsync, and so with
-        // less applied until it hears from the leader; the entries themselves are durable.
+        // back with less applied than it had served (tests/committed.rs). Not synced: after a
+        // power loss a node may come back with a marker as old as its last append's fsync, and
+        // so with less applied until it hears from the leader; the entries are durable.
         Ok(self.put_meta(keyspace::COMMITTED, &committed, false)?)
     }
 

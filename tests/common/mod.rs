@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use std::process::Child;
 use std::process::Command;
 use std::process::Stdio;
+use std::sync::atomic::AtomicU32;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -17,12 +19,25 @@ use serde_json::Value;
 pub const USER: &str = "admin";
 pub const PASSWORD: &str = "test-password";
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Ports for test nodes come from below Linux's ephemeral range (32768 and up), where no
+/// outgoing connection takes them, and each is handed out once per test process, so a node
+/// killed in one test keeps its port free for its restart while other tests start nodes.
+/// Asking the kernel for a free port (binding port 0) gave both away: two tests once got the
+/// same port, and a node's join was answered by another test's cluster.
+const TEST_PORTS: std::ops::Range<u16> = 12000..32000;
+
+pub fn unused_port() -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Test binaries of other processes start elsewhere in the range.
+    let span = u32::from(TEST_PORTS.end - TEST_PORTS.start);
+    let start = std::process::id().wrapping_mul(7919) % span;
+    loop {
+        let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let port = TEST_PORTS.start + offset as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 pub struct KeelProcess {
@@ -35,7 +50,7 @@ pub struct KeelProcess {
 impl KeelProcess {
     pub fn new(dir: PathBuf, extra_args: &[&str]) -> Self {
         Self {
-            port: free_port(),
+            port: unused_port(),
             dir,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             child: None,
@@ -161,6 +176,8 @@ impl Cluster {
         cluster
     }
 
+    /// Waits until node `i` answers, and checks that the answer is its own: another process on
+    /// its port would make every later failure of the test a puzzle.
     pub async fn wait_http(&self, i: usize) {
         let url = self.nodes[i].url("/v1/bootstrap");
         let client = self.client.clone();
@@ -169,6 +186,15 @@ impl Cluster {
             async move { client.get(&url).send().await.is_ok() }
         })
         .await;
+        let (_, status) = send_json(self.client.get(&url)).await;
+        let own_dir = std::fs::canonicalize(&self.nodes[i].dir).unwrap();
+        assert_eq!(
+            status["local_node_info"]["persistent_storage_path"],
+            json!(own_dir),
+            "another process answers on node {i}'s port {}; its log: {}",
+            self.nodes[i].port,
+            self.nodes[i].log()
+        );
     }
 
     pub async fn bootstrap(&self, i: usize, action: &str, body: Value) {

@@ -6,8 +6,8 @@
 //!
 //! Every change is also recorded as an event under its revision, so watchers can ask for
 //! "everything after revision N" and get each change exactly once, in order, from any node.
-//! The most recent [`HISTORY`] revisions are kept; older ones are compacted in batches as new
-//! ones are written, at the same revisions on every node.
+//! The most recent [`HISTORY`] revisions are kept; older ones are compacted as new ones are
+//! written, at the same revision on every node.
 
 use keel_storage::prefix_end;
 use keel_storage::Error as StorageError;
@@ -31,12 +31,6 @@ const REVISION_KEY: &[u8] = b"kv-meta/revision";
 
 /// Revisions of history kept for watchers.
 pub const HISTORY: u64 = 100_000;
-
-/// Events older than [`HISTORY`] revisions stay in the store (a watcher that finds one gets it;
-/// none is promised) until the next revision that is a multiple of this deletes them all, in one
-/// range deletion. A deletion per revision was a third of the history family's writes, each
-/// flushed and compacted like an event.
-const EXPIRE_EVENTS_EVERY: u64 = 1024;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum KvCommand {
@@ -181,8 +175,11 @@ fn record(txn: &mut Txn<'_>, kind: EventKind, mut kv: KeyValue) -> Result<KvWrit
     txn.put(REVISION_KEY.to_vec(), encode(&revision)?);
     let event = Event { revision, kind, kv };
     txn.put(event_key(revision), encode(&event)?);
-    if revision > HISTORY && revision % EXPIRE_EVENTS_EVERY == 0 {
-        txn.delete_range(event_key(0), event_key(oldest_kept(revision)));
+    // One deletion per revision, though a range deletion now and then would write less: a
+    // node of an earlier build deletes one event per revision too, and after installing a
+    // snapshot that still held older events it would leave a gap inside its history.
+    if let Some(compacted) = revision.checked_sub(HISTORY) {
+        txn.delete(event_key(compacted));
     }
     Ok(KvWrite {
         revision,
@@ -295,12 +292,11 @@ mod tests {
         assert_eq!(oldest_kept(HISTORY + 10), 11);
     }
 
-    /// Puts applied through the state machine to a real store, in entries of 997 (so that
-    /// expiries fall inside entries), checked after each entry: every event of the last
-    /// [`HISTORY`] revisions is there, in order, and the oldest event left is the oldest one
-    /// kept at the last multiple of [`EXPIRE_EVENTS_EVERY`], so that older ones do go.
+    /// Puts applied through the state machine to a real store, in entries of 997, checked
+    /// after each entry: every event of the last [`HISTORY`] revisions is there, in order, and
+    /// none older.
     #[tokio::test]
-    async fn events_of_the_kept_history_stay_and_older_ones_go_in_batches() {
+    async fn events_of_the_kept_history_stay_and_older_ones_go() {
         use futures::stream;
         use keel_raft::machine::Machine;
         use keel_raft::types::Entry;
@@ -342,19 +338,14 @@ mod tests {
             let reader = state.reader();
             assert_eq!(super::revision(&reader).unwrap(), revision);
 
-            let last_expiry = revision - revision % EXPIRE_EVENTS_EVERY;
             let oldest_left = events_after(&reader, 0, 1).unwrap()[0].revision;
-            assert_eq!(
-                oldest_left,
-                oldest_kept(last_expiry),
-                "at revision {revision}"
-            );
+            assert_eq!(oldest_left, oldest_kept(revision), "at revision {revision}");
             let kept = events_after(&reader, oldest_kept(revision) - 1, usize::MAX).unwrap();
             let revisions: Vec<u64> = kept.iter().map(|event| event.revision).collect();
             let expected: Vec<u64> = (oldest_kept(revision)..=revision).collect();
             assert!(revisions == expected, "at revision {revision}");
 
-            if revision > HISTORY + 3 * EXPIRE_EVENTS_EVERY {
+            if revision > HISTORY + 3 * PER_ENTRY {
                 break;
             }
         }

@@ -138,27 +138,27 @@ impl WatchStream {
             }
             events => events?,
         };
-        if let Some(first) = events.first() {
-            if first.revision != self.after.saturating_add(1) {
-                // The history the client needs was compacted while it fell behind.
-                let error = Error::Compacted {
-                    requested: self.after + 1,
-                    oldest: first.revision,
-                };
-                self.pending.push_back(Self::line(json!({
-                    "error_code": error.code(),
-                    "message": error.to_string(),
-                    "compact_revision": first.revision - 1,
-                })));
-                self.ended = true;
-                return Ok(());
-            }
-            // Past a gap further on, the next call finds the history compacted, as above.
+        if let Some(oldest) = events.first().map(|event| event.revision) {
+            let before = self.after;
+            // Past a gap further on, the next call starts at the gap.
             for event in in_order_after(self.after, events) {
                 self.after = event.revision;
                 if self.filter.matches(&event.kv.key) {
                     self.pending.push_back(Self::line(json!(event)));
                 }
+            }
+            if self.after == before {
+                // The history the client needs was compacted while it fell behind.
+                let error = Error::Compacted {
+                    requested: before + 1,
+                    oldest,
+                };
+                self.pending.push_back(Self::line(json!({
+                    "error_code": error.code(),
+                    "message": error.to_string(),
+                    "compact_revision": oldest - 1,
+                })));
+                self.ended = true;
             }
             return Ok(());
         }

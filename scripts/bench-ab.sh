@@ -50,30 +50,29 @@ ops_of() { grep -o '"ops":[0-9]*' "$1" | cut -d: -f2; }
 total_a=0
 total_b=0
 # pass 1: A on 7800 and started first; pass 2: B on 7800 and started first.
+declare -A bin=([a]=$A_BIN [b]=$B_BIN) env=([a]=${A_ENV:-} [b]=${B_ENV:-}) port
 for pass in 1 2; do
-  if (( pass == 1 )); then a_port=7800 b_port=7900; else a_port=7900 b_port=7800; fi
+  if (( pass == 1 )); then order="a b" port=([a]=7800 [b]=7900); else order="b a" port=([a]=7900 [b]=7800); fi
   stop_all
-  if (( pass == 1 )); then
-    cluster start "$A_BIN" "${A_ENV:-}" $a_port a-$a_port
-    cluster start "$B_BIN" "${B_ENV:-}" $b_port b-$b_port
-  else
-    cluster start "$B_BIN" "${B_ENV:-}" $b_port b-$b_port
-    cluster start "$A_BIN" "${A_ENV:-}" $a_port a-$a_port
-  fi
+  for side in $order; do
+    cluster start "${bin[$side]}" "${env[$side]}" "${port[$side]}" "$side-${port[$side]}"
+  done
   first_key=0
-  for port in $a_port $b_port; do
+  for side in a b; do
     # A few writes first: a fresh cluster may still hold its first election.
-    "$A_BIN" bench --endpoints "$(endpoints $port)" --workload put --clients 3 --ops 30 >/dev/null
+    "$A_BIN" bench --endpoints "$(endpoints "${port[$side]}")" --workload put --clients 3 --ops 30 >/dev/null
   done
   for round in $(seq 1 "$ROUNDS"); do
     sleep 1
+    pids=()
     for side in a b; do
-      port=$a_port
-      [[ $side == b ]] && port=$b_port
-      "$A_BIN" bench --endpoints "$(endpoints $port)" --workload "$WORKLOAD" --clients "$CLIENTS" \
-        --seconds "$SECONDS_PER_ROUND" --first-key "$first_key" >"$OUT/$side.json" &
+      "$A_BIN" bench --endpoints "$(endpoints "${port[$side]}")" --workload "$WORKLOAD" \
+        --clients "$CLIENTS" --seconds "$SECONDS_PER_ROUND" --first-key "$first_key" \
+        >"$OUT/$side.json" &
+      pids+=($!)
     done
-    wait
+    # Each by its pid, so that a failed run stops the script rather than reading as 0 ops.
+    for pid in "${pids[@]}"; do wait "$pid"; done
     ops_a=$(ops_of "$OUT/a.json")
     ops_b=$(ops_of "$OUT/b.json")
     first_key=$(( first_key + (ops_a > ops_b ? ops_a : ops_b) ))

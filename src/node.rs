@@ -7,10 +7,18 @@
 //! for bootstrap: an API call (`create_cluster`, `join_cluster`) or, in auto mode, the
 //! embedded default (a single-node cluster) or `--join`.
 //!
-//! Joining is two calls to any member, both authenticated with the cluster credentials:
-//! `POST /v1/cluster/join` reserves a uid through the log and returns the peer secret; the
-//! joiner then starts Raft and calls `POST /v1/cluster/members`, which adds it as a learner,
-//! waits until it has caught up, and promotes it to voter.
+//! Joining takes two steps. `POST /v1/cluster/join` to any member, with the cluster
+//! credentials, reserves a uid through the log and returns the peer secret. The joiner writes
+//! its identity (marked as a join still pending), starts Raft and asks the leader, through any
+//! member and authenticated by the secret, to add it as a learner, wait until it has caught up
+//! and promote it to voter ([`keel_raft::RaftNode::join_through`]). Because the pending join
+//! is on disk and the second step needs no credentials, a joiner restarted in between finishes
+//! its join instead of waiting forever as a node nobody added. (`POST /v1/cluster/members`,
+//! the second step of earlier builds, is still served for joiners of those builds.)
+//!
+//! Nodes are often started together, the joiners before the node that creates the cluster is
+//! up: both steps ask again, for up to [`JOIN_PATIENCE`], while members cannot be reached,
+//! have no leader yet or are busy with another membership change.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -48,7 +56,24 @@ pub struct Identity {
     /// credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_init: Option<PendingInit>,
+    /// Set by `join_cluster` until the cluster has added this node as a voter, so that a
+    /// restart in between finishes the join.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_join: Option<PendingJoin>,
 }
+
+/// The members a joining node asks to be added through.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PendingJoin {
+    pub members: Vec<String>,
+}
+
+/// How long a join keeps asking members that cannot be reached, have no leader or are busy
+/// with another membership change.
+pub const JOIN_PATIENCE: Duration = Duration::from_secs(120);
+
+/// The pause between rounds of asking every member for a uid.
+const JOIN_RETRY_PAUSE: Duration = Duration::from_millis(500);
 
 /// What `create_cluster` still has to commit.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -204,6 +229,17 @@ impl Node {
         if let Some(identity) = node.read_identity()? {
             node.set_state(BootstrapState::RecoveringCluster);
             node.start_raft(&identity).await.map_err(|e| e.message)?;
+            if identity.pending_join.is_some() {
+                // The leader adds this node by reaching it, so the join finishes while the
+                // node serves.
+                node.set_state(BootstrapState::JoiningCluster);
+                let joining = node.clone();
+                tokio::spawn(async move {
+                    let joined = joining.finish_join(identity).await;
+                    joining.finish(joined);
+                });
+                return Ok(node);
+            }
             let recovered = match identity.pending_init.clone() {
                 Some(pending) => node.finish_creation(identity, pending).await,
                 None => Ok(()),
@@ -363,6 +399,7 @@ impl Node {
             cluster_name: name,
             secret: uuid::Uuid::new_v4().simple().to_string(),
             pending_init: Some(pending.clone()),
+            pending_join: None,
         };
         self.write_identity(&identity)?;
         self.start_raft(&identity).await?;
@@ -411,52 +448,83 @@ impl Node {
         password: &str,
     ) -> Result<(), BootstrapError> {
         self.set_state(BootstrapState::JoiningCluster);
+        let grant = self.reserve_uid(members, username, password).await?;
+        let identity = Identity {
+            uid: grant.uid,
+            cluster_name: grant.cluster_name,
+            secret: grant.secret,
+            pending_init: None,
+            pending_join: Some(PendingJoin {
+                members: members.to_vec(),
+            }),
+        };
+        self.write_identity(&identity)?;
+        self.start_raft(&identity).await?;
+        self.finish_join(identity).await
+    }
+
+    /// The first step of a join: a uid and the peer secret from any of `members`, asking each
+    /// in turn until one answers or [`JOIN_PATIENCE`] runs out. Wrong credentials or a request
+    /// the member refuses as malformed end the join at once.
+    async fn reserve_uid(
+        &self,
+        members: &[String],
+        username: &str,
+        password: &str,
+    ) -> Result<JoinGrant, BootstrapError> {
         let client = keel_raft::network::node_to_node_client(self.settings.raft.peer_source_ip)
-            .timeout(Duration::from_secs(150))
+            .timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| BootstrapError::new("internal_error", e.to_string()))?;
         let auth = auth::basic_header(username, password);
+        let body = serde_json::json!({ "addr": self.settings.advertise });
+        let deadline = Instant::now() + JOIN_PATIENCE;
         let mut last_error = BootstrapError::new("connect_error", "no cluster nodes were given");
-        for member in members {
-            let grant = match call_member::<_, JoinGrant>(
-                &client,
-                member,
-                "/v1/cluster/join",
-                &auth,
-                &serde_json::json!({ "addr": self.settings.advertise }),
-            )
-            .await
-            {
-                Ok(grant) => grant,
-                Err(err) if err.code == "access_denied" => return Err(err),
-                Err(err) => {
-                    last_error = err;
-                    continue;
+        loop {
+            for member in members {
+                match call_member(&client, member, "/v1/cluster/join", &auth, &body).await {
+                    Ok(grant) => return Ok(grant),
+                    Err(err) if err.code != "connect_error" => return Err(err),
+                    Err(err) => {
+                        tracing::warn!(%member, error = %err.message, "cannot join through this member yet");
+                        last_error = err;
+                    }
                 }
-            };
-            let identity = Identity {
-                uid: grant.uid,
-                cluster_name: grant.cluster_name,
-                secret: grant.secret,
-                pending_init: None,
-            };
-            self.write_identity(&identity)?;
-            self.start_raft(&identity).await?;
-            let request = MemberRequest {
-                uid: identity.uid,
-                addr: self.settings.advertise.clone(),
-            };
-            return call_member::<_, serde_json::Value>(
-                &client,
-                member,
-                "/v1/cluster/members",
-                &auth,
-                &request,
-            )
-            .await
-            .map(|_| ());
+            }
+            if members.is_empty() || Instant::now() + JOIN_RETRY_PAUSE >= deadline {
+                return Err(last_error);
+            }
+            tokio::time::sleep(JOIN_RETRY_PAUSE).await;
         }
-        Err(last_error)
+    }
+
+    /// The second step of a join: has the cluster add this node as a voter, then clears the
+    /// pending join from its identity.
+    async fn finish_join(&self, mut identity: Identity) -> Result<(), BootstrapError> {
+        let Some(pending) = identity.pending_join.take() else {
+            return Ok(());
+        };
+        let raft = self
+            .raft()
+            .map_err(|e| BootstrapError::new("internal_error", e.to_string()))?;
+        raft.join_through(
+            &pending.members,
+            self.settings.advertise.clone(),
+            JOIN_PATIENCE,
+        )
+        .await
+        .map_err(|e| {
+            BootstrapError::new(
+                "connect_error",
+                format!(
+                    "node {} got its uid but the cluster did not add it: {e}. It keeps its uid; \
+                     restart it to ask {} again",
+                    identity.uid,
+                    pending.members.join(", ")
+                ),
+            )
+        })?;
+        self.write_identity(&identity)
     }
 
     /// Bootstraps without an API call, as `--bootstrap auto` asks.
@@ -530,7 +598,10 @@ impl Node {
     }
 }
 
-/// Calls a member's cluster API during a join, mapping failures to the seed's error codes.
+/// Calls a member's cluster API during a join, mapping failures to the seed's error codes:
+/// `connect_error` for what may pass (no answer, a member without a leader or busy with
+/// another change, a server error), which the caller asks again about; `access_denied` and
+/// `config_error` for what will not.
 async fn call_member<B: Serialize, R: for<'de> Deserialize<'de>>(
     client: &reqwest::Client,
     member: &str,
@@ -553,16 +624,42 @@ async fn call_member<B: Serialize, R: for<'de> Deserialize<'de>>(
         ));
     }
     if !status.is_success() {
-        let body = response.text().await.unwrap_or_default();
+        let body = response.bytes().await.unwrap_or_default();
+        let code = if status.is_server_error()
+            || status == reqwest::StatusCode::CONFLICT
+            || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+        {
+            "connect_error"
+        } else {
+            "config_error"
+        };
         return Err(BootstrapError::new(
-            "connect_error",
-            format!("{member} answered {status}: {body}"),
+            code,
+            format!("{member} answered {status}: {}", refusal(&body)),
         ));
     }
     response
         .json()
         .await
         .map_err(|e| BootstrapError::new("connect_error", format!("bad answer from {member}: {e}")))
+}
+
+/// What a member's error answer says: its `message` (and `error_code`) when it is keel's JSON
+/// error, else the body as text.
+fn refusal(body: &[u8]) -> String {
+    #[derive(Deserialize)]
+    struct KeelError {
+        error_code: Option<String>,
+        message: String,
+    }
+    match serde_json::from_slice::<KeelError>(body) {
+        Ok(KeelError {
+            error_code: Some(code),
+            message,
+        }) => format!("{message} ({code})"),
+        Ok(KeelError { message, .. }) => message,
+        Err(_) => String::from_utf8_lossy(body).into_owned(),
+    }
 }
 
 #[cfg(test)]

@@ -373,6 +373,122 @@ async fn a_fourth_node_joins_and_is_removed_online() {
     );
 }
 
+/// The voters of the cluster as node `i` sees it, by uid.
+async fn voters(cluster: &Cluster, i: usize) -> Vec<u64> {
+    let info = cluster.cluster_info(i).await.unwrap();
+    let mut voters: Vec<u64> = info["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["voter"] == true)
+        .map(|m| m["uid"].as_u64().unwrap())
+        .collect();
+    voters.sort_unstable();
+    voters
+}
+
+/// Starts node `i` of `cluster` anew with `extra_args` (its port and directory kept).
+fn restart_with(cluster: &mut Cluster, i: usize, extra_args: &[&str]) {
+    let node = &mut cluster.nodes[i];
+    node.kill();
+    node.extra_args = extra_args.iter().map(|s| s.to_string()).collect();
+    node.start();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nodes_started_together_all_join() {
+    // Two nodes asked to join at the same moment: the leader adds them one after the other
+    // (before, one of them failed with 409 "already undergoing a configuration change").
+    let mut cluster = Cluster::start(3, &[]).await;
+    let dir = cluster.nodes[0].dir.parent().unwrap().to_path_buf();
+    for n in 4..=5 {
+        let mut node = common::KeelProcess::new(dir.join(format!("node{n}")), &[]);
+        node.start();
+        cluster.nodes.push(node);
+    }
+    for i in 3..5 {
+        cluster.wait_http(i).await;
+    }
+    let join = json!({
+        "cluster": { "nodes": [cluster.nodes[0].addr()] },
+        "credentials": { "username": USER, "password": PASSWORD }
+    });
+    for i in 3..5 {
+        let request = cluster
+            .client
+            .post(cluster.nodes[i].url("/v1/bootstrap/join_cluster"));
+        assert_eq!(send_json(request.json(&join)).await.0, 200);
+    }
+    for i in 3..5 {
+        cluster.wait_bootstrap_completed(i).await;
+    }
+    assert_eq!(voters(&cluster, 0).await.len(), 5);
+
+    // Nodes started with --join before the cluster they join exists: they keep asking until
+    // it does, then are added. Every node starts afresh; node 0 is started, and creates the
+    // cluster, once the joiners are already waiting for it.
+    for node in &mut cluster.nodes {
+        node.kill();
+        std::fs::remove_dir_all(&node.dir).unwrap();
+    }
+    let founder = cluster.nodes[0].addr();
+    let joining = ["--join", &founder, "--user", USER, "--password", PASSWORD];
+    for i in 1..3 {
+        restart_with(&mut cluster, i, &joining);
+        cluster.wait_http(i).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    restart_with(&mut cluster, 0, &[]);
+    cluster.wait_http(0).await;
+    let create = json!({
+        "cluster": { "name": "late.founder" },
+        "credentials": { "username": USER, "password": PASSWORD }
+    });
+    cluster.bootstrap(0, "create_cluster", create).await;
+    for i in 1..3 {
+        cluster.wait_bootstrap_completed(i).await;
+    }
+    assert_eq!(voters(&cluster, 0).await.len(), 3);
+    cluster.put_kv(2, "joined-early", "1").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_join_cut_short_is_finished_on_restart() {
+    // The state a crash right after join_cluster got its uid leaves behind: the uid reserved
+    // in the cluster, the identity written with the join pending, and no member added.
+    let mut cluster = Cluster::start(1, &[]).await;
+    let node_dir = cluster.nodes[0].dir.parent().unwrap().join("node2");
+    let mut node = common::KeelProcess::new(node_dir.clone(), &[]);
+    let (status, grant) = send_json(
+        cluster
+            .post(0, "/v1/cluster/join")
+            .json(&json!({ "addr": node.addr() })),
+    )
+    .await;
+    assert_eq!(status, 200, "{grant}");
+    let mut identity = grant.clone();
+    identity["pending_join"] = json!({ "members": [cluster.nodes[0].addr()] });
+    std::fs::create_dir_all(&node_dir).unwrap();
+    std::fs::write(node_dir.join("identity.json"), identity.to_string()).unwrap();
+
+    node.start();
+    cluster.nodes.push(node);
+    cluster.wait_http(1).await;
+    cluster.wait_bootstrap_completed(1).await;
+    let uid = grant["uid"].as_u64().unwrap();
+    assert_eq!(voters(&cluster, 0).await, vec![1, uid]);
+    let stored = std::fs::read_to_string(node_dir.join("identity.json")).unwrap();
+    assert!(!stored.contains("pending_join"), "{stored}");
+    cluster.put_kv(1, "after-join", "1").await;
+    assert_eq!(
+        cluster
+            .get_kv(0, "after-join", "linearizable")
+            .await
+            .as_deref(),
+        Some("1")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn credentials_are_required_and_bad_requests_get_clear_errors() {
     let cluster = Cluster::start(1, &[]).await;

@@ -34,6 +34,7 @@ use keel_storage::Reader;
 use keel_storage::StateStore;
 use keel_storage::Store;
 use openraft::async_runtime::WatchReceiver;
+use openraft::error::ChangeMembershipError;
 use openraft::error::ClientWriteError;
 use openraft::error::ForwardToLeader;
 use openraft::error::LinearizableReadError;
@@ -173,6 +174,9 @@ pub struct RaftNode {
     auto_ids: AutoRequestIds,
     append_streams_opened: Arc<AtomicU64>,
     peer_formats: PeerFormats,
+    /// Held by the leader through each membership change, so that nodes joining at the same
+    /// time are added one after the other instead of refused for a change in progress.
+    membership_changes: tokio::sync::Mutex<()>,
 }
 
 /// Request ids for proposals whose client sent none, so that a forward retried after a
@@ -293,6 +297,7 @@ impl RaftNode {
             auto_ids: AutoRequestIds::new(),
             append_streams_opened,
             peer_formats,
+            membership_changes: Default::default(),
         });
         tokio::spawn(trigger_snapshots(
             Arc::downgrade(&node),
@@ -530,6 +535,63 @@ impl RaftNode {
             .map(|_| ())
     }
 
+    /// Has the cluster add this node as a voter at `addr`, asking through any of `members`:
+    /// the last step of a join, after this node got its uid and the cluster secret (which
+    /// authenticates the request, so that a join cut short by a restart can be finished
+    /// without the operator's credentials). A member that does not lead names the leader,
+    /// which is asked next; members that cannot be reached, or know no leader, are asked in
+    /// turn until `timeout`. Adding a node that is already a voter changes nothing, so asking
+    /// again after an answer was lost is safe.
+    pub async fn join_through(
+        &self,
+        members: &[String],
+        addr: String,
+        timeout: Duration,
+    ) -> Result<(), Error> {
+        let request = LeaderRequest::AddVoter {
+            id: self.id,
+            node: KeelNode { addr },
+        };
+        let deadline = Instant::now() + timeout;
+        let mut members = members.iter().cycle();
+        let mut leader: Option<String> = None;
+        let mut last_problem = Error::NoLeader {
+            retry_after: Duration::from_secs(1),
+        };
+        loop {
+            let Some(target) = leader.take().or_else(|| members.next().cloned()) else {
+                return Err(Error::Membership("no member to ask was given".into()));
+            };
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let mut pause = Duration::from_millis(200);
+            match self.forwarder.call(&target, &request, remaining).await {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(NotDone::NotLeader(Some((_, node))))) => {
+                    leader = Some(node.addr);
+                    pause = Duration::from_millis(30);
+                }
+                Ok(Err(NotDone::NotLeader(None))) => {}
+                Ok(Err(NotDone::Failed(err))) if !err.is_retryable() => return Err(err),
+                Ok(Err(NotDone::Failed(err))) => last_problem = err,
+                Err(err @ CallError::Timeout { .. }) => {
+                    last_problem = Error::Timeout(err.to_string())
+                }
+                Err(CallError::Unreachable { addr, reason }) => {
+                    last_problem = Error::LeaderUnreachable { addr, reason }
+                }
+                Err(CallError::Refused { addr, status, body }) => {
+                    let reason = format!("it answered {status}: {body}");
+                    last_problem = Error::LeaderUnreachable { addr, reason }
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(last_problem);
+            }
+            tracing::debug!(%target, problem = %last_problem, "asking to join again");
+            tokio::time::sleep(pause).await;
+        }
+    }
+
     /// Removes a node from the cluster (voter or learner).
     pub async fn remove(&self, id: NodeId) -> Result<(), Error> {
         self.on_leader(LeaderRequest::Remove { id }, Duration::from_secs(30))
@@ -640,18 +702,16 @@ impl RaftNode {
                 }
             }
             LeaderRequest::AddVoter { id, node } => {
+                let _one_change_at_a_time = self.membership_changes.lock().await;
                 self.refuse_an_earlier_build(*id, node).await?;
-                self.raft
-                    .add_learner(*id, node.clone(), true)
-                    .await
-                    .map_err(write_error)?;
-                self.raft
-                    .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([*id])), false)
-                    .await
-                    .map_err(write_error)?;
+                when_membership_settles(|| self.raft.add_learner(*id, node.clone(), true)).await?;
+                let voter = ChangeMembers::AddVoterIds(BTreeSet::from([*id]));
+                when_membership_settles(|| self.raft.change_membership(voter.clone(), false))
+                    .await?;
                 Ok(LeaderAnswer::Done)
             }
             LeaderRequest::Remove { id } => {
+                let _one_change_at_a_time = self.membership_changes.lock().await;
                 let membership = self
                     .raft
                     .metrics()
@@ -669,10 +729,8 @@ impl RaftNode {
                         "node {id} is not a member of this cluster"
                     ))));
                 };
-                self.raft
-                    .change_membership(change, false)
-                    .await
-                    .map_err(write_error)?;
+                when_membership_settles(|| self.raft.change_membership(change.clone(), false))
+                    .await?;
                 Ok(LeaderAnswer::Done)
             }
         }
@@ -776,7 +834,33 @@ impl RaftNode {
     }
 }
 
-fn write_error(err: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> NotDone {
+/// How long a membership change waits for one in progress (left by an earlier leader, or
+/// made by hand with openraft's API) to be committed before it is refused.
+const MEMBERSHIP_SETTLE: Duration = Duration::from_secs(10);
+
+/// Runs the membership `change`, again while openraft refuses it because an earlier change is
+/// not committed yet, for up to [`MEMBERSHIP_SETTLE`].
+async fn when_membership_settles<T, Change, Changed>(change: Change) -> Result<T, NotDone>
+where
+    Change: Fn() -> Changed,
+    Changed: std::future::Future<Output = Result<T, WriteError>>,
+{
+    let deadline = Instant::now() + MEMBERSHIP_SETTLE;
+    loop {
+        match change().await {
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                ChangeMembershipError::InProgress(_),
+            ))) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            result => return result.map_err(write_error),
+        }
+    }
+}
+
+type WriteError = RaftError<TypeConfig, ClientWriteError<TypeConfig>>;
+
+fn write_error(err: WriteError) -> NotDone {
     match err {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => f.into(),
         // The entry was dropped by a new leader; its request id makes a retry safe.

@@ -1,6 +1,7 @@
-//! The control cluster itself: `GET /v1/cluster` (leader, term, indexes, members), the join
-//! handshake used by `join_cluster` (`POST /v1/cluster/join`, `POST /v1/cluster/members`),
-//! and `POST /v1/nodes/{uid}/actions/remove`.
+//! The control cluster itself: `GET /v1/cluster` (leader, term, indexes, members), the first
+//! step of `join_cluster` (`POST /v1/cluster/join`), the second step as joiners of earlier
+//! builds take it (`POST /v1/cluster/members`; see [`crate::node`] for today's), and
+//! `POST /v1/nodes/{uid}/actions/remove`.
 //!
 //! Membership changes go through openraft's joint consensus, so no single change can leave
 //! the cluster without a quorum; removing the last voter is refused.

@@ -75,6 +75,9 @@ pub const JOIN_PATIENCE: Duration = Duration::from_secs(120);
 /// The pause between rounds of asking every member for a uid.
 const JOIN_RETRY_PAUSE: Duration = Duration::from_millis(500);
 
+/// The longest one member may take to answer for a uid (one write through the log).
+const JOIN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// What `create_cluster` still has to commit.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PendingInit {
@@ -464,8 +467,8 @@ impl Node {
     }
 
     /// The first step of a join: a uid and the peer secret from any of `members`, asking each
-    /// in turn until one answers or [`JOIN_PATIENCE`] runs out. Wrong credentials or a request
-    /// the member refuses as malformed end the join at once.
+    /// in turn, round after round, while any of them may yet answer (see [`call_member`]) and
+    /// [`JOIN_PATIENCE`] lasts. Wrong credentials end the join at once.
     async fn reserve_uid(
         &self,
         members: &[String],
@@ -473,25 +476,32 @@ impl Node {
         password: &str,
     ) -> Result<JoinGrant, BootstrapError> {
         let client = keel_raft::network::node_to_node_client(self.settings.raft.peer_source_ip)
-            .timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| BootstrapError::new("internal_error", e.to_string()))?;
         let auth = auth::basic_header(username, password);
         let body = serde_json::json!({ "addr": self.settings.advertise });
         let deadline = Instant::now() + JOIN_PATIENCE;
-        let mut last_error = BootstrapError::new("connect_error", "no cluster nodes were given");
+        let mut last_error = BootstrapError::new("config_error", "no cluster nodes were given");
         loop {
+            let mut may_answer = false;
             for member in members {
-                match call_member(&client, member, "/v1/cluster/join", &auth, &body).await {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                let call = client
+                    .post(format!("http://{member}/v1/cluster/join"))
+                    .timeout(remaining.min(JOIN_CALL_TIMEOUT))
+                    .header("authorization", &auth)
+                    .json(&body);
+                match call_member(call, member).await {
                     Ok(grant) => return Ok(grant),
-                    Err(err) if err.code != "connect_error" => return Err(err),
+                    Err(err) if err.code == "access_denied" => return Err(err),
                     Err(err) => {
                         tracing::warn!(%member, error = %err.message, "cannot join through this member yet");
+                        may_answer |= err.code == "connect_error";
                         last_error = err;
                     }
                 }
             }
-            if members.is_empty() || Instant::now() + JOIN_RETRY_PAUSE >= deadline {
+            if !may_answer || Instant::now() + JOIN_RETRY_PAUSE >= deadline {
                 return Err(last_error);
             }
             tokio::time::sleep(JOIN_RETRY_PAUSE).await;
@@ -507,24 +517,31 @@ impl Node {
         let raft = self
             .raft()
             .map_err(|e| BootstrapError::new("internal_error", e.to_string()))?;
-        raft.join_through(
-            &pending.members,
-            self.settings.advertise.clone(),
-            JOIN_PATIENCE,
-        )
-        .await
-        .map_err(|e| {
-            BootstrapError::new(
+        let joined = raft
+            .join_through(
+                &pending.members,
+                self.settings.advertise.clone(),
+                JOIN_PATIENCE,
+            )
+            .await;
+        match joined {
+            Ok(()) => self.write_identity(&identity),
+            // Refused for good (an earlier build, an address the leader cannot reach...): the
+            // message says what to change.
+            Err(err @ keel_raft::Error::Membership(_)) => Err(BootstrapError::new(
+                "config_error",
+                format!("the cluster refused to add node {}: {err}", identity.uid),
+            )),
+            Err(err) => Err(BootstrapError::new(
                 "connect_error",
                 format!(
-                    "node {} got its uid but the cluster did not add it: {e}. It keeps its uid; \
-                     restart it to ask {} again",
+                    "node {} got its uid but the cluster did not add it: {err}. It keeps its \
+                     uid and asks {} again when restarted",
                     identity.uid,
                     pending.members.join(", ")
                 ),
-            )
-        })?;
-        self.write_identity(&identity)
+            )),
+        }
     }
 
     /// Bootstraps without an API call, as `--bootstrap auto` asks.
@@ -598,21 +615,15 @@ impl Node {
     }
 }
 
-/// Calls a member's cluster API during a join, mapping failures to the seed's error codes:
-/// `connect_error` for what may pass (no answer, a member without a leader or busy with
-/// another change, a server error), which the caller asks again about; `access_denied` and
-/// `config_error` for what will not.
-async fn call_member<B: Serialize, R: for<'de> Deserialize<'de>>(
-    client: &reqwest::Client,
+/// Sends a join's call to `member`, mapping failures to the seed's error codes:
+/// `connect_error` for what may pass (no answer, a member with no cluster or leader yet, a
+/// server error), which the caller asks again about; `access_denied` for wrong credentials;
+/// `config_error` for any other refusal (such as a `--join` address that is not keel's).
+async fn call_member<R: for<'de> Deserialize<'de>>(
+    call: reqwest::RequestBuilder,
     member: &str,
-    path: &str,
-    auth: &str,
-    body: &B,
 ) -> Result<R, BootstrapError> {
-    let response = client
-        .post(format!("http://{member}{path}"))
-        .header("authorization", auth)
-        .json(body)
+    let response = call
         .send()
         .await
         .map_err(|e| BootstrapError::new("connect_error", format!("cannot reach {member}: {e}")))?;
@@ -625,10 +636,7 @@ async fn call_member<B: Serialize, R: for<'de> Deserialize<'de>>(
     }
     if !status.is_success() {
         let body = response.bytes().await.unwrap_or_default();
-        let code = if status.is_server_error()
-            || status == reqwest::StatusCode::CONFLICT
-            || status == reqwest::StatusCode::TOO_MANY_REQUESTS
-        {
+        let code = if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
             "connect_error"
         } else {
             "config_error"

@@ -375,16 +375,39 @@ async fn a_fourth_node_joins_and_is_removed_online() {
 
 /// The voters of the cluster as node `i` sees it, by uid.
 async fn voters(cluster: &Cluster, i: usize) -> Vec<u64> {
-    let info = cluster.cluster_info(i).await.unwrap();
+    let info = cluster.cluster_info(i).await.unwrap_or_default();
     let mut voters: Vec<u64> = info["members"]
         .as_array()
-        .unwrap()
-        .iter()
+        .into_iter()
+        .flatten()
         .filter(|m| m["voter"] == true)
-        .map(|m| m["uid"].as_u64().unwrap())
+        .filter_map(|m| m["uid"].as_u64())
         .collect();
     voters.sort_unstable();
     voters
+}
+
+/// Waits until node `i` sees `count` voters (it may apply the last change after the joiner
+/// reported it done).
+async fn wait_for_voters(cluster: &Cluster, i: usize, count: usize) {
+    let what = format!("{count} voters");
+    common::wait_until(&what, Duration::from_secs(20), || async {
+        voters(cluster, i).await.len() == count
+    })
+    .await;
+}
+
+/// Asks node `i` to join through `member` and returns at once.
+async fn start_join(cluster: &Cluster, i: usize, member: String) {
+    let join = json!({
+        "cluster": { "nodes": [member] },
+        "credentials": { "username": USER, "password": PASSWORD }
+    });
+    let request = cluster
+        .client
+        .post(cluster.nodes[i].url("/v1/bootstrap/join_cluster"));
+    let (status, answer) = send_json(request.json(&join)).await;
+    assert_eq!(status, 200, "{answer}");
 }
 
 /// Starts node `i` of `cluster` anew with `extra_args` (its port and directory kept).
@@ -409,20 +432,15 @@ async fn nodes_started_together_all_join() {
     for i in 3..5 {
         cluster.wait_http(i).await;
     }
-    let join = json!({
-        "cluster": { "nodes": [cluster.nodes[0].addr()] },
-        "credentials": { "username": USER, "password": PASSWORD }
-    });
-    for i in 3..5 {
-        let request = cluster
-            .client
-            .post(cluster.nodes[i].url("/v1/bootstrap/join_cluster"));
-        assert_eq!(send_json(request.json(&join)).await.0, 200);
-    }
+    let member = cluster.nodes[0].addr();
+    tokio::join!(
+        start_join(&cluster, 3, member.clone()),
+        start_join(&cluster, 4, member)
+    );
     for i in 3..5 {
         cluster.wait_bootstrap_completed(i).await;
     }
-    assert_eq!(voters(&cluster, 0).await.len(), 5);
+    wait_for_voters(&cluster, 0, 5).await;
 
     // Nodes started with --join before the cluster they join exists: they keep asking until
     // it does, then are added. Every node starts afresh; node 0 is started, and creates the
@@ -448,7 +466,7 @@ async fn nodes_started_together_all_join() {
     for i in 1..3 {
         cluster.wait_bootstrap_completed(i).await;
     }
-    assert_eq!(voters(&cluster, 0).await.len(), 3);
+    wait_for_voters(&cluster, 0, 3).await;
     cluster.put_kv(2, "joined-early", "1").await;
 }
 
@@ -475,6 +493,7 @@ async fn a_join_cut_short_is_finished_on_restart() {
     cluster.nodes.push(node);
     cluster.wait_http(1).await;
     cluster.wait_bootstrap_completed(1).await;
+    wait_for_voters(&cluster, 0, 2).await;
     let uid = grant["uid"].as_u64().unwrap();
     assert_eq!(voters(&cluster, 0).await, vec![1, uid]);
     let stored = std::fs::read_to_string(node_dir.join("identity.json")).unwrap();
@@ -487,6 +506,51 @@ async fn a_join_cut_short_is_finished_on_restart() {
             .as_deref(),
         Some("1")
     );
+
+    // The answer to the join lost: the node, already a voter, asks again on restart, and
+    // nothing changes.
+    cluster.nodes[1].kill();
+    std::fs::write(node_dir.join("identity.json"), identity.to_string()).unwrap();
+    cluster.nodes[1].start();
+    cluster.wait_http(1).await;
+    cluster.wait_bootstrap_completed(1).await;
+    assert_eq!(voters(&cluster, 0).await, vec![1, uid]);
+    let stored = std::fs::read_to_string(node_dir.join("identity.json")).unwrap();
+    assert!(!stored.contains("pending_join"), "{stored}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_joiner_the_leader_cannot_reach_is_told_why_and_joins_once_restarted_right() {
+    let mut cluster = Cluster::start(1, &[]).await;
+    let dir = cluster.nodes[0].dir.parent().unwrap().join("node2");
+    let nowhere = format!("127.0.0.1:{}", common::unused_port());
+    let mut node = common::KeelProcess::new(dir, &["--advertise", &nowhere]);
+    node.start();
+    cluster.nodes.push(node);
+    cluster.wait_http(1).await;
+    start_join(&cluster, 1, cluster.nodes[0].addr()).await;
+    let status_url = cluster.nodes[1].url("/v1/bootstrap");
+    common::wait_until("the join to fail", Duration::from_secs(30), || async {
+        let status = send_json(cluster.client.get(&status_url)).await.1;
+        status["bootstrap_status"]["state"] == "error"
+    })
+    .await;
+    let status = send_json(cluster.client.get(&status_url)).await.1["bootstrap_status"].clone();
+    let message = status["error_details"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert_eq!(status["error_code"], "config_error", "{status}");
+    assert!(
+        message.contains(&nowhere) && message.contains("advertised address"),
+        "{status}"
+    );
+    assert_eq!(voters(&cluster, 0).await, vec![1]);
+
+    // Restarted with the right address, it finishes its join.
+    restart_with(&mut cluster, 1, &[]);
+    cluster.wait_http(1).await;
+    cluster.wait_bootstrap_completed(1).await;
+    wait_for_voters(&cluster, 0, 2).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

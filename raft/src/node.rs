@@ -58,6 +58,7 @@ use crate::network::CallError;
 use crate::network::Network;
 use crate::network::PeerClient;
 use crate::types::KeelNode;
+use crate::types::LogId;
 use crate::types::NodeId;
 use crate::types::Proposal;
 use crate::types::Proposals;
@@ -539,9 +540,10 @@ impl RaftNode {
     /// the last step of a join, after this node got its uid and the cluster secret (which
     /// authenticates the request, so that a join cut short by a restart can be finished
     /// without the operator's credentials). A member that does not lead names the leader,
-    /// which is asked next; members that cannot be reached, or know no leader, are asked in
-    /// turn until `timeout`. Adding a node that is already a voter changes nothing, so asking
-    /// again after an answer was lost is safe.
+    /// which is asked next. Members that cannot be reached, know no leader or are busy with
+    /// another membership change are asked in turn, each call bounded by [`JOIN_CALL`], until
+    /// `timeout`. Adding a node that is already a voter at the same address changes nothing,
+    /// so asking again after an answer was lost is safe.
     pub async fn join_through(
         &self,
         members: &[String],
@@ -555,39 +557,48 @@ impl RaftNode {
         let deadline = Instant::now() + timeout;
         let mut members = members.iter().cycle();
         let mut leader: Option<String> = None;
-        let mut last_problem = Error::NoLeader {
-            retry_after: Duration::from_secs(1),
-        };
+        let mut last_problem = String::from("no member answered");
         loop {
             let Some(target) = leader.take().or_else(|| members.next().cloned()) else {
                 return Err(Error::Membership("no member to ask was given".into()));
             };
             let remaining = deadline.saturating_duration_since(Instant::now());
             let mut pause = Duration::from_millis(200);
-            match self.forwarder.call(&target, &request, remaining).await {
+            match self
+                .forwarder
+                .call(&target, &request, remaining.min(JOIN_CALL))
+                .await
+            {
                 Ok(Ok(_)) => return Ok(()),
                 Ok(Err(NotDone::NotLeader(Some((_, node))))) => {
                     leader = Some(node.addr);
                     pause = Duration::from_millis(30);
                 }
-                Ok(Err(NotDone::NotLeader(None))) => {}
-                Ok(Err(NotDone::Failed(err))) if !err.is_retryable() => return Err(err),
-                Ok(Err(NotDone::Failed(err))) => last_problem = err,
-                Err(err @ CallError::Timeout { .. }) => {
-                    last_problem = Error::Timeout(err.to_string())
+                Ok(Err(NotDone::NotLeader(None))) => {
+                    last_problem = format!("{target} knows no leader");
                 }
-                Err(CallError::Unreachable { addr, reason }) => {
-                    last_problem = Error::LeaderUnreachable { addr, reason }
+                Ok(Err(NotDone::Failed(err))) if err.is_retryable() || is_busy(&err) => {
+                    last_problem = format!("{target}: {err}");
                 }
-                Err(CallError::Refused { addr, status, body }) => {
-                    let reason = format!("it answered {status}: {body}");
-                    last_problem = Error::LeaderUnreachable { addr, reason }
+                Ok(Err(NotDone::Failed(err))) => return Err(err),
+                Err(CallError::Refused {
+                    addr,
+                    status: status @ (401 | 403),
+                    body,
+                }) => {
+                    return Err(Error::Membership(format!(
+                        "{addr} refused the cluster secret this node was given ({status}: \
+                         {body}); it belongs to another cluster"
+                    )))
                 }
-            }
-            if Instant::now() >= deadline {
-                return Err(last_problem);
+                Err(err) => last_problem = err.to_string(),
             }
             tracing::debug!(%target, problem = %last_problem, "asking to join again");
+            if Instant::now() + pause >= deadline {
+                return Err(Error::Timeout(format!(
+                    "no member added this node within {timeout:?}; the last answer: {last_problem}"
+                )));
+            }
             tokio::time::sleep(pause).await;
         }
     }
@@ -702,9 +713,17 @@ impl RaftNode {
                 }
             }
             LeaderRequest::AddVoter { id, node } => {
-                let _one_change_at_a_time = self.membership_changes.lock().await;
                 self.refuse_an_earlier_build(*id, node).await?;
-                when_membership_settles(|| self.raft.add_learner(*id, node.clone(), true)).await?;
+                self.refuse_a_moved_member(*id, node)?;
+                // The lock covers the changes written to the log, not the learner's catching
+                // up (minutes, with a large snapshot), which a removal need not wait for.
+                let added = {
+                    let _one_change_at_a_time = self.membership_changes.lock().await;
+                    when_membership_settles(|| self.raft.add_learner(*id, node.clone(), false))
+                        .await?
+                };
+                self.wait_until_caught_up(*id, added.log_id).await;
+                let _one_change_at_a_time = self.membership_changes.lock().await;
                 let voter = ChangeMembers::AddVoterIds(BTreeSet::from([*id]));
                 when_membership_settles(|| self.raft.change_membership(voter.clone(), false))
                     .await?;
@@ -795,9 +814,10 @@ impl RaftNode {
             Err(err) => {
                 return Err(NotDone::Failed(Error::Membership(format!(
                     "cannot ask node {id} at {} which log entries it reads: {err}. Check that it \
-                     runs and that its advertised address reaches it from this node; then stop \
-                     it, empty its data directory (it holds this join's identity) and join it \
-                     again",
+                     runs and that its advertised address reaches it from this node, then \
+                     restart it (with --advertise corrected if need be): it asks to join again. \
+                     A node of an earlier build must have its data directory emptied and join \
+                     again instead",
                     node.addr
                 ))))
             }
@@ -812,6 +832,50 @@ impl RaftNode {
              one, and join it again",
             node.addr
         ))))
+    }
+
+    /// Refuses to add `id` at an address other than the one it is a member at: openraft would
+    /// keep the old address, and the node would wait to be reached there.
+    fn refuse_a_moved_member(&self, id: NodeId, node: &KeelNode) -> Result<(), NotDone> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        match metrics.membership_config.membership().get_node(&id) {
+            Some(member) if member.addr != node.addr => {
+                Err(NotDone::Failed(Error::Membership(format!(
+                    "node {id} is a member at {} and now asks to join at {}. Remove it \
+                     (POST /v1/nodes/{id}/actions/remove), empty its data directory and join it \
+                     again",
+                    member.addr, node.addr
+                ))))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Waits until the learner `id` is replicated to within openraft's lag threshold of the
+    /// log's end and has the entry that `added` it, so that promoting it does not stall
+    /// commits while it catches up; or until this node stops leading or the learner is
+    /// removed. The caller's deadline bounds the wait.
+    async fn wait_until_caught_up(&self, id: NodeId, added: LogId) {
+        let lag = self.raft.config().replication_lag_threshold;
+        let caught_up = |metrics: &RaftMetrics| {
+            let Some(replication) = &metrics.replication else {
+                return true;
+            };
+            let Some(matched) = replication.get(&id) else {
+                return metrics
+                    .membership_config
+                    .membership()
+                    .get_node(&id)
+                    .is_none();
+            };
+            let matched = matched.as_ref().map_or(0, |log_id| log_id.index);
+            matched >= added.index && matched + lag >= metrics.last_log_index.unwrap_or(0)
+        };
+        let wait = self.raft.wait(None);
+        if let Err(err) = wait.metrics(caught_up, "a new learner to catch up").await {
+            tracing::warn!(id, %err, "stopped waiting for a new learner to catch up");
+        }
     }
 
     /// Whether every other member, voter or learner, announced that it reads entries of
@@ -832,6 +896,17 @@ impl RaftNode {
             tracing::warn!(%err, "Raft did not shut down cleanly");
         }
     }
+}
+
+/// The longest one call of [`RaftNode::join_through`] may take: a member that accepts the
+/// connection and then stalls must not use up the whole join.
+const JOIN_CALL: Duration = Duration::from_secs(30);
+
+/// Whether `err` is openraft refusing a membership change because another is in progress, as
+/// a leader of an earlier build (without [`when_membership_settles`]) answers. Matched by
+/// openraft's text: a variant of its own would not decode on nodes of earlier builds.
+fn is_busy(err: &Error) -> bool {
+    matches!(err, Error::Membership(message) if message.contains("undergoing a configuration change"))
 }
 
 /// How long a membership change waits for one in progress (left by an earlier leader, or
@@ -933,6 +1008,26 @@ fn split_into_entries(proposals: &[Proposal], per_entry: usize) -> Vec<Proposals
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_membership_change_in_progress_reads_as_busy_and_other_refusals_do_not() {
+        let in_progress = ChangeMembershipError::InProgress(openraft::error::InProgress {
+            committed: None,
+            membership_log_id: None,
+        });
+        let refused = write_error(RaftError::APIError(
+            ClientWriteError::ChangeMembershipError(in_progress),
+        ));
+        let NotDone::Failed(busy) = refused else {
+            panic!("{refused:?}");
+        };
+        assert!(is_busy(&busy), "{busy:?}");
+        let permanent = Error::Membership("node 4 answered as an earlier keel".into());
+        assert!(!is_busy(&permanent));
+        assert!(!is_busy(&Error::Timeout(
+            "undergoing a configuration change".into()
+        )));
+    }
 
     #[test]
     fn a_batch_becomes_entries_within_the_limits_in_order() {

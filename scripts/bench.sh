@@ -87,10 +87,11 @@ declare -A requests_made=([keel]=0 [etcd]=0)
 bench() {
   local target=$1
   shift
-  local result ops
+  local result ops warmup_ops
   result=$("$KEEL" bench --target "$target" --first-key "${requests_made[$target]}" "$@")
   ops=$(grep -o '"ops":[0-9]*' <<<"$result" | cut -d: -f2)
-  requests_made[$target]=$(( ${requests_made[$target]} + ${ops:-0} ))
+  warmup_ops=$(grep -o '"warmup_ops":[0-9]*' <<<"$result" | cut -d: -f2)
+  requests_made[$target]=$(( ${requests_made[$target]} + ${ops:-0} + ${warmup_ops:-0} ))
   echo "$result"
 }
 
@@ -100,8 +101,9 @@ measure() {
   # A few writes first: a cluster just resumed may hold an election or catch a member up.
   bench "$target" --endpoints "$endpoints" --workload put --clients 3 --ops 30 >/dev/null
   settle "$target"
+  # One second unmeasured first: a row's first requests open its connections.
   bench "$target" --endpoints "$endpoints" --workload "$workload" --clients "$clients" \
-    --seconds "$SECONDS_PER_RUN" | tee -a "$OUT/results.jsonl"
+    --warmup 1 --seconds "$SECONDS_PER_RUN" | tee -a "$OUT/results.jsonl"
 }
 
 # Checked before either cluster starts: an etcd member still running from an earlier run would

@@ -3,7 +3,10 @@
 //! It drives keel's `/v1/kv` or etcd's `/v3/kv/*` JSON gateway with the same request mix, the
 //! same concurrency and the same HTTP client, so the two systems are compared like for like.
 //! Each client is a task that sends one request at a time (closed loop) to the endpoints in
-//! turn; latencies go to an HDR histogram. The result is one JSON line on stdout.
+//! turn; latencies go to an HDR histogram. Requests that finish within the `--warmup` are made
+//! but not measured: a run's first requests open connections and may wait for a node's first
+//! password check (tens of milliseconds), which says nothing of the steady state and set the
+//! p999 of short runs. The result is one JSON line on stdout.
 
 use std::borrow::Cow;
 use std::io::Write;
@@ -56,9 +59,12 @@ pub struct BenchArgs {
     /// Concurrent clients, each with one request in flight.
     #[arg(long, default_value_t = 1)]
     pub clients: usize,
-    /// How long to run, in seconds.
+    /// How long to measure, in seconds, after the warm-up.
     #[arg(long, default_value_t = 10)]
     pub seconds: u64,
+    /// Seconds of requests before the measurement starts; counted as `warmup_ops`.
+    #[arg(long, default_value_t = 0)]
+    pub warmup: u64,
     /// Stop after this many requests in all (0: no limit), e.g. to load a number of keys.
     #[arg(long, default_value_t = 0)]
     pub ops: u64,
@@ -437,9 +443,41 @@ fn dechunk(bytes: &[u8], keep: bool) -> Result<Option<(Vec<u8>, usize)>, String>
     }
 }
 
-async fn client(shared: Arc<Shared>, id: usize, until: Instant) -> Histogram<u64> {
-    let mut histogram =
-        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+/// One client's measurements: the latency of each request that finished after the warm-up, and
+/// how many finished before it.
+struct Recorder {
+    histogram: Histogram<u64>,
+    measure_from: Instant,
+    warmup_ops: u64,
+}
+
+impl Recorder {
+    fn new(measure_from: Instant) -> Self {
+        Self {
+            histogram: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
+            measure_from,
+            warmup_ops: 0,
+        }
+    }
+
+    /// Records a request sent at `sent` that has just finished.
+    fn record(&mut self, sent: Instant) {
+        let done = Instant::now();
+        if done < self.measure_from {
+            self.warmup_ops += 1;
+        } else {
+            let micros = done.duration_since(sent).as_micros() as u64;
+            self.histogram.saturating_record(micros);
+        }
+    }
+}
+
+async fn client(
+    shared: Arc<Shared>,
+    id: usize,
+    mut recorder: Recorder,
+    until: Instant,
+) -> Recorder {
     let endpoints = &shared.args.endpoints;
     let mut connections: Vec<_> = endpoints.iter().map(|e| Connection::new(e)).collect();
     let mut request = Vec::with_capacity(1024);
@@ -449,7 +487,7 @@ async fn client(shared: Arc<Shared>, id: usize, until: Instant) -> Histogram<u64
         shared.render(&endpoints[at], shared.call(n), &mut request);
         let sent = Instant::now();
         match connections[at].send(&request).await {
-            Ok(()) => histogram.saturating_record(sent.elapsed().as_micros() as u64),
+            Ok(()) => recorder.record(sent),
             Err(err) => {
                 tracing::debug!(%err, "request failed");
                 shared.errors.fetch_add(1, Ordering::Relaxed);
@@ -457,7 +495,7 @@ async fn client(shared: Arc<Shared>, id: usize, until: Instant) -> Histogram<u64
         }
         n += 1;
     }
-    histogram
+    recorder
 }
 
 /// Proxies the broker workload registers: three per client are in use at a time (two in a
@@ -502,7 +540,7 @@ async fn broker_cycle(
     shared: &Shared,
     endpoint: &str,
     name: &str,
-    histogram: &mut Histogram<u64>,
+    recorder: &mut Recorder,
 ) -> Result<(), String> {
     let api = format!("http://{endpoint}/api/v3");
     let mut call = async |request: reqwest::RequestBuilder| -> Result<serde_json::Value, String> {
@@ -517,7 +555,7 @@ async fn broker_cycle(
         if !status.is_success() {
             return Err(format!("{status}: {}", String::from_utf8_lossy(&body)));
         }
-        histogram.saturating_record(sent.elapsed().as_micros() as u64);
+        recorder.record(sent);
         Ok(serde_json::from_slice(&body).unwrap_or_default())
     };
     let http = &shared.http;
@@ -540,21 +578,24 @@ async fn broker_cycle(
     Ok(())
 }
 
-async fn broker_client(shared: Arc<Shared>, id: usize, until: Instant) -> Histogram<u64> {
-    let mut histogram =
-        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+async fn broker_client(
+    shared: Arc<Shared>,
+    id: usize,
+    mut recorder: Recorder,
+    until: Instant,
+) -> Recorder {
     let endpoints = &shared.args.endpoints;
     let mut n = 0;
     while Instant::now() < until {
         let endpoint = &endpoints[(id + n) % endpoints.len()];
         let name = format!("bench-{id}-{n}");
-        if let Err(e) = broker_cycle(&shared, endpoint, &name, &mut histogram).await {
+        if let Err(e) = broker_cycle(&shared, endpoint, &name, &mut recorder).await {
             tracing::debug!(%e, "broker cycle failed");
             shared.errors.fetch_add(1, Ordering::Relaxed);
         }
         n += 1;
     }
-    histogram
+    recorder
 }
 
 async fn grant_lease(http: &reqwest::Client, args: &BenchArgs) -> Result<u64, String> {
@@ -633,33 +674,43 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         }
         register_proxies(&shared).await?;
     }
-    let started = Instant::now();
-    let until = started + Duration::from_secs(shared.args.seconds);
+    let measure_from = Instant::now() + Duration::from_secs(shared.args.warmup);
+    let until = measure_from + Duration::from_secs(shared.args.seconds);
     let tasks: Vec<_> = (0..shared.args.clients)
         .map(|id| {
+            let recorder = Recorder::new(measure_from);
             if shared.args.workload == Workload::Broker {
-                tokio::spawn(broker_client(shared.clone(), id, until))
+                tokio::spawn(broker_client(shared.clone(), id, recorder, until))
             } else {
-                tokio::spawn(client(shared.clone(), id, until))
+                tokio::spawn(client(shared.clone(), id, recorder, until))
             }
         })
         .collect();
-    let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+    let mut total = Recorder::new(measure_from);
     for task in tasks {
+        let recorder = task.await.map_err(|e| e.to_string())?;
+        total.warmup_ops += recorder.warmup_ops;
         total
-            .add(task.await.map_err(|e| e.to_string())?)
+            .histogram
+            .add(recorder.histogram)
             .map_err(|e| e.to_string())?;
     }
-    let elapsed = started.elapsed().as_secs_f64();
+    let elapsed = measure_from.elapsed().as_secs_f64();
+    let Recorder {
+        histogram: total,
+        warmup_ops,
+        ..
+    } = total;
     let ms = |q: f64| total.value_at_quantile(q) as f64 / 1000.0;
     let result = json!({
         "target": format!("{:?}", shared.args.target).to_lowercase(),
         "workload": format!("{:?}", shared.args.workload).to_lowercase(),
         "clients": shared.args.clients,
         "ops": total.len(),
+        "warmup_ops": warmup_ops,
         "errors": shared.errors.load(Ordering::Relaxed),
         "seconds": elapsed,
-        "throughput": total.len() as f64 / elapsed,
+        "throughput": if elapsed > 0.0 { total.len() as f64 / elapsed } else { 0.0 },
         "p50_ms": ms(0.5),
         "p99_ms": ms(0.99),
         "p999_ms": ms(0.999),
@@ -842,6 +893,7 @@ mod tests {
             workload: Workload::Put,
             clients: 1,
             seconds: 1,
+            warmup: 0,
             ops: 0,
             value_size: 3,
             first_key: 0,

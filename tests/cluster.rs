@@ -780,7 +780,12 @@ async fn bench(cluster: &Cluster, password: &str, args: &[&str]) -> serde_json::
     let endpoints: Vec<_> = cluster.nodes.iter().map(|n| n.addr()).collect();
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_keel"))
         .args(["bench", "--endpoints", &endpoints.join(",")])
-        .args(["--user", USER, "--password", password, "--seconds", "30"])
+        .args(["--user", USER, "--password", password])
+        .args(
+            ["--seconds", "30"]
+                .iter()
+                .filter(|_| !args.contains(&"--seconds")),
+        )
         .args(args)
         .output()
         .await
@@ -812,6 +817,30 @@ async fn the_load_generator_counts_what_it_did() {
         (Some(100), Some(0))
     );
     assert!(mixed["p50_ms"].as_f64().unwrap() > 0.0, "{mixed}");
+
+    // Requests of the warm-up are made (here the next keys are written) but not measured.
+    let warmed = bench(
+        &cluster,
+        PASSWORD,
+        &[
+            "--clients",
+            "4",
+            "--warmup",
+            "1",
+            "--seconds",
+            "1",
+            "--first-key",
+            "200",
+        ],
+    )
+    .await;
+    let (ops, warmup_ops) = (warmed["ops"].as_u64(), warmed["warmup_ops"].as_u64());
+    assert!(ops > Some(0) && warmup_ops > Some(0), "{warmed}");
+    let next_key = 200 + ops.unwrap() + warmup_ops.unwrap();
+    let key = |n: u64| format!("bench/{n:08x}");
+    let last = cluster.get_kv(2, &key(next_key - 1), "linearizable").await;
+    let beyond = cluster.get_kv(2, &key(next_key), "linearizable").await;
+    assert!(last.is_some() && beyond.is_none(), "{warmed}");
 
     let refused = bench(&cluster, "wrong", &["--clients", "2", "--ops", "10"]).await;
     assert_eq!(

@@ -14,7 +14,7 @@
 # A/B, and the A/B of all operations. BENCH_WORKLOAD (default put) and BENCH_CLIENTS (64 per
 # cluster) pick the load; A_ENV and B_ENV (e.g. "RUST_LOG=debug") go into one build's nodes'
 # environment. Both clusters are loaded by A's `keel bench`. Data and node logs go under
-# bench-results/ab/.
+# bench-results/ab/ (cluster.sh's output in NAME.log, shown if a cluster fails to start).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if (( $# < 2 )); then
@@ -33,10 +33,14 @@ export KEEL_WORKER_THREADS=${KEEL_WORKER_THREADS:-1}
 OUT=bench-results/ab
 mkdir -p "$OUT"
 
-# cluster ACTION BIN ENV BASE_PORT NAME
+# cluster ACTION BIN ENV BASE_PORT NAME; cluster.sh's output goes to $OUT/NAME.log, shown if it fails.
 cluster() {
-  env ${3:+$3} KEEL_BIN="$2" KEEL_BASE_PORT="$4" KEEL_CLUSTER_DATA="$OUT/$5" \
-    scripts/cluster.sh "$1" >/dev/null 2>&1
+  if ! env ${3:+$3} KEEL_BIN="$2" KEEL_BASE_PORT="$4" KEEL_CLUSTER_DATA="$OUT/$5" \
+    scripts/cluster.sh "$1" >"$OUT/$5.log" 2>&1; then
+    echo "bench-ab: scripts/cluster.sh $1 failed for $5 ($2); the end of its output ($OUT/$5.log):" >&2
+    tail -n 20 "$OUT/$5.log" >&2
+    exit 1
+  fi
 }
 stop_all() {
   for name in a-7800 a-7900 b-7800 b-7900; do

@@ -713,8 +713,8 @@ impl RaftNode {
                 }
             }
             LeaderRequest::AddVoter { id, node } => {
-                self.refuse_an_earlier_build(*id, node).await?;
                 self.refuse_a_moved_member(*id, node)?;
+                self.refuse_an_earlier_build(*id, node).await?;
                 // The lock covers the changes written to the log, not the learner's catching
                 // up (minutes, with a large snapshot), which a removal need not wait for.
                 let added = {

@@ -322,9 +322,28 @@ async fn a_leader_refuses_to_add_a_node_it_cannot_ask() {
     let added = leader.raft.add_voter(2, addr.clone()).await;
     let why = refused(&leader, added);
     assert!(
-        why.contains(&addr)
-            && why.contains("advertised address")
-            && why.contains("empty its data directory"),
+        why.contains(&addr) && why.contains("advertised address") && why.contains("restart it"),
         "{why}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_asking_to_join_at_another_address_is_refused_and_again_at_its_own_is_not() {
+    let [leader, follower] = two_nodes(true, true).await;
+    let elsewhere = "127.0.0.1:1".to_string();
+    let added = leader.raft.add_voter(2, elsewhere.clone()).await;
+    let Err(keel_raft::Error::Membership(why)) = added else {
+        panic!("node 2 was added again, or refused for another reason: {added:?}");
+    };
+    assert!(
+        why.contains(&format!("a member at {}", follower.addr)) && why.contains(&elsewhere),
+        "{why}"
+    );
+    // Asked again where it is (a joiner whose answer was lost): nothing changes.
+    leader
+        .raft
+        .add_voter(2, follower.addr.clone())
+        .await
+        .unwrap();
+    propose(&follower, 10).await;
 }

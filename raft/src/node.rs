@@ -212,7 +212,9 @@ impl AutoRequestIds {
 // put (64), three nodes on two cores, alternating runs of a fresh cluster each (300 000
 // writes): three against two, 7 of 7 pairs better, +3.4 % summed, 63-68 against 67-69 µs of
 // the nodes' CPU per write; four against three level (+1.3 % over 2 pairs), and four measured
-// -2.9 % against two on an earlier day's host.
+// -2.9 % against two on an earlier day's host; five against three level too (42 200 against
+// 42 300 op/s summed over 3 alternating pairs, 2026-12-07, when put (64) left 8-10 % of the CPUs
+// idle).
 const BATCHES_IN_FLIGHT: usize = 3;
 
 /// Most proposals in one log entry.

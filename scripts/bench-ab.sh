@@ -39,6 +39,10 @@ cluster() {
     scripts/cluster.sh "$1" >"$OUT/$5.log" 2>&1; then
     echo "bench-ab: scripts/cluster.sh $1 failed for $5 ($2); the end of its output ($OUT/$5.log):" >&2
     tail -n 20 "$OUT/$5.log" >&2
+    # Shown here: the exit trap removes the cluster's directory with its node logs.
+    for log in "$OUT/$5"/node*.log; do
+      [[ -f $log ]] && { echo "--- $log" >&2; tail -n 5 "$log" >&2; }
+    done
     exit 1
   fi
 }

@@ -87,11 +87,14 @@ declare -A requests_made=([keel]=0 [etcd]=0)
 bench() {
   local target=$1
   shift
-  local result ops warmup_ops
+  local result count sent=0
   result=$("$KEEL" bench --target "$target" --first-key "${requests_made[$target]}" "$@")
-  ops=$(grep -o '"ops":[0-9]*' <<<"$result" | cut -d: -f2)
-  warmup_ops=$(grep -o '"warmup_ops":[0-9]*' <<<"$result" | cut -d: -f2)
-  requests_made[$target]=$(( ${requests_made[$target]} + ${ops:-0} + ${warmup_ops:-0} ))
+  # A failed put took its key too.
+  for field in ops warmup_ops errors; do
+    count=$(grep -o "\"$field\":[0-9]*" <<<"$result" | cut -d: -f2)
+    sent=$(( sent + ${count:-0} ))
+  done
+  requests_made[$target]=$(( ${requests_made[$target]} + sent ))
   echo "$result"
 }
 

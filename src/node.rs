@@ -70,13 +70,10 @@ pub struct PendingJoin {
 
 /// How long a join keeps asking members that cannot be reached, have no leader or are busy
 /// with another membership change.
-pub const JOIN_PATIENCE: Duration = Duration::from_secs(120);
+const JOIN_PATIENCE: Duration = Duration::from_secs(120);
 
 /// The pause between rounds of asking every member for a uid.
 const JOIN_RETRY_PAUSE: Duration = Duration::from_millis(500);
-
-/// The longest one member may take to answer for a uid (one write through the log).
-const JOIN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What `create_cluster` still has to commit.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -451,30 +448,45 @@ impl Node {
         password: &str,
     ) -> Result<(), BootstrapError> {
         self.set_state(BootstrapState::JoiningCluster);
-        let grant = self.reserve_uid(members, username, password).await?;
+        let advertised = &self.settings.advertise;
+        if advertised
+            .parse::<std::net::SocketAddr>()
+            .is_ok_and(|addr| addr.ip().is_unspecified())
+        {
+            return Err(BootstrapError::new(
+                "config_error",
+                format!(
+                    "this node advertises {advertised}, which other nodes cannot reach it at; \
+                     start it with --advertise HOST:PORT, an address they can"
+                ),
+            ));
+        }
+        let (grant, granted_by) = self.reserve_uid(members, username, password).await?;
+        // The member that granted the uid is asked first: it surely knows the secret.
+        let mut members = members.to_vec();
+        members.sort_by_key(|member| *member != granted_by);
         let identity = Identity {
             uid: grant.uid,
             cluster_name: grant.cluster_name,
             secret: grant.secret,
             pending_init: None,
-            pending_join: Some(PendingJoin {
-                members: members.to_vec(),
-            }),
+            pending_join: Some(PendingJoin { members }),
         };
         self.write_identity(&identity)?;
         self.start_raft(&identity).await?;
         self.finish_join(identity).await
     }
 
-    /// The first step of a join: a uid and the peer secret from any of `members`, asking each
-    /// in turn, round after round, while any of them may yet answer (see [`call_member`]) and
-    /// [`JOIN_PATIENCE`] lasts. Wrong credentials end the join at once.
+    /// The first step of a join: a uid and the peer secret from any of `members` (returned
+    /// with the member that granted them), asking each in turn, round after round, while any
+    /// of them may yet answer (see [`call_member`]) and [`JOIN_PATIENCE`] lasts. Wrong
+    /// credentials end the join at once.
     async fn reserve_uid(
         &self,
         members: &[String],
         username: &str,
         password: &str,
-    ) -> Result<JoinGrant, BootstrapError> {
+    ) -> Result<(JoinGrant, String), BootstrapError> {
         let client = keel_raft::network::node_to_node_client(self.settings.raft.peer_source_ip)
             .build()
             .map_err(|e| BootstrapError::new("internal_error", e.to_string()))?;
@@ -482,29 +494,46 @@ impl Node {
         let body = serde_json::json!({ "addr": self.settings.advertise });
         let deadline = Instant::now() + JOIN_PATIENCE;
         let mut last_error = BootstrapError::new("config_error", "no cluster nodes were given");
+        let mut round = 0u64;
         loop {
             let mut may_answer = false;
             for member in members {
                 let remaining = deadline.saturating_duration_since(Instant::now());
+                if remaining.is_zero() {
+                    break;
+                }
                 let call = client
                     .post(format!("http://{member}/v1/cluster/join"))
-                    .timeout(remaining.min(JOIN_CALL_TIMEOUT))
+                    .timeout(remaining.min(keel_raft::node::JOIN_CALL))
                     .header("authorization", &auth)
                     .json(&body);
                 match call_member(call, member).await {
-                    Ok(grant) => return Ok(grant),
+                    Ok(grant) => return Ok((grant, member.clone())),
                     Err(err) if err.code == "access_denied" => return Err(err),
                     Err(err) => {
-                        tracing::warn!(%member, error = %err.message, "cannot join through this member yet");
+                        // Once when it starts, then every ~5 s: a joiner may wait minutes.
+                        if round % 10 == 0 {
+                            tracing::warn!(%member, error = %err.message, "cannot join through this member yet");
+                        }
                         may_answer |= err.code == "connect_error";
                         last_error = err;
                     }
                 }
             }
-            if !may_answer || Instant::now() + JOIN_RETRY_PAUSE >= deadline {
+            if !may_answer {
+                return Err(last_error);
+            }
+            if Instant::now() + JOIN_RETRY_PAUSE >= deadline {
+                last_error.message = format!(
+                    "no member granted a uid within {JOIN_PATIENCE:?}; the last answer: {}. Check \
+                     that the addresses to join are members of a running cluster and reachable \
+                     from this node, then ask again",
+                    last_error.message
+                );
                 return Err(last_error);
             }
             tokio::time::sleep(JOIN_RETRY_PAUSE).await;
+            round += 1;
         }
     }
 
@@ -593,6 +622,27 @@ impl Node {
     pub fn remote_leader_addr(&self) -> Option<String> {
         let (_, leader) = self.raft().ok()?.remote_leader()?;
         Some(leader.addr)
+    }
+
+    /// Why a member serves nothing yet: it has not applied its cluster's creation, because
+    /// that is still under way or, for a node whose bootstrap failed after it got its uid,
+    /// until it is restarted.
+    pub fn not_ready(&self) -> Error {
+        let status = self.status();
+        match (status.state, self.raft()) {
+            (BootstrapState::Error, Ok(raft)) => Error::Unavailable {
+                code: "not_bootstrapped",
+                message: format!(
+                    "this node holds uid {} of a cluster but its bootstrap did not finish ({}; \
+                     see GET /v1/bootstrap): restart it to finish, or empty its data directory \
+                     to start over",
+                    raft.id(),
+                    status.error_code.as_deref().unwrap_or("error"),
+                ),
+                retry_after: Duration::from_secs(5),
+            },
+            _ => keel_raft::Error::NotInitialized.into(),
+        }
     }
 
     /// The cluster's credentials (`Some(None)` for the loopback-only default), or `None` while

@@ -397,6 +397,17 @@ async fn wait_for_voters(cluster: &Cluster, i: usize, count: usize) {
     .await;
 }
 
+/// Waits until node `i`'s bootstrap has failed and returns its status.
+async fn failed_bootstrap(cluster: &Cluster, i: usize) -> serde_json::Value {
+    let url = cluster.nodes[i].url("/v1/bootstrap");
+    common::wait_until("the bootstrap to fail", Duration::from_secs(30), || async {
+        let status = send_json(cluster.client.get(&url)).await.1;
+        status["bootstrap_status"]["state"] == "error"
+    })
+    .await;
+    send_json(cluster.client.get(&url)).await.1["bootstrap_status"].clone()
+}
+
 /// Asks node `i` to join through `member` and returns at once.
 async fn start_join(cluster: &Cluster, i: usize, member: String) {
     let join = json!({
@@ -523,19 +534,31 @@ async fn a_join_cut_short_is_finished_on_restart() {
 async fn a_joiner_the_leader_cannot_reach_is_told_why_and_joins_once_restarted_right() {
     let mut cluster = Cluster::start(1, &[]).await;
     let dir = cluster.nodes[0].dir.parent().unwrap().join("node2");
+
+    // An address no other node can reach it at: refused before anything is asked of the
+    // cluster.
+    let unspecified = format!("0.0.0.0:{}", common::unused_port());
+    let mut node = common::KeelProcess::new(dir.clone(), &["--advertise", &unspecified]);
+    node.start();
+    cluster.nodes.push(node);
+    cluster.wait_http(1).await;
+    start_join(&cluster, 1, cluster.nodes[0].addr()).await;
+    let status = failed_bootstrap(&cluster, 1).await;
+    assert_eq!(status["error_code"], "config_error", "{status}");
+    let message = status["error_details"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(message.contains("--advertise"), "{status}");
+    assert_eq!(voters(&cluster, 0).await, vec![1]);
+    cluster.nodes.pop();
+
     let nowhere = format!("127.0.0.1:{}", common::unused_port());
     let mut node = common::KeelProcess::new(dir, &["--advertise", &nowhere]);
     node.start();
     cluster.nodes.push(node);
     cluster.wait_http(1).await;
     start_join(&cluster, 1, cluster.nodes[0].addr()).await;
-    let status_url = cluster.nodes[1].url("/v1/bootstrap");
-    common::wait_until("the join to fail", Duration::from_secs(30), || async {
-        let status = send_json(cluster.client.get(&status_url)).await.1;
-        status["bootstrap_status"]["state"] == "error"
-    })
-    .await;
-    let status = send_json(cluster.client.get(&status_url)).await.1["bootstrap_status"].clone();
+    let status = failed_bootstrap(&cluster, 1).await;
     let message = status["error_details"]["message"]
         .as_str()
         .unwrap_or_default();
@@ -545,6 +568,20 @@ async fn a_joiner_the_leader_cannot_reach_is_told_why_and_joins_once_restarted_r
         "{status}"
     );
     assert_eq!(voters(&cluster, 0).await, vec![1]);
+    // Asked to join again (or anything else), it says what it holds and how to go on.
+    let again = json!({
+        "cluster": { "nodes": [cluster.nodes[0].addr()] },
+        "credentials": { "username": USER, "password": PASSWORD }
+    });
+    let request = cluster
+        .client
+        .post(cluster.nodes[1].url("/v1/bootstrap/join_cluster"));
+    let (code, refusal) = send_json(request.json(&again)).await;
+    assert_eq!(code, 503, "{refusal}");
+    assert!(
+        refusal["message"].as_str().unwrap().contains("restart it"),
+        "{refusal}"
+    );
 
     // Restarted with the right address, it finishes its join.
     restart_with(&mut cluster, 1, &[]);
@@ -836,6 +873,10 @@ async fn the_load_generator_counts_what_it_did() {
     .await;
     let (ops, warmup_ops) = (warmed["ops"].as_u64(), warmed["warmup_ops"].as_u64());
     assert!(ops > Some(0) && warmup_ops > Some(0), "{warmed}");
+    assert_eq!(warmed["errors"], 0, "{warmed}");
+    // The measured time leaves the warm-up out.
+    let measured = warmed["seconds"].as_f64().unwrap();
+    assert!((1.0..1.9).contains(&measured), "{warmed}");
     let next_key = 200 + ops.unwrap() + warmup_ops.unwrap();
     let key = |n: u64| format!("bench/{n:08x}");
     let last = cluster.get_kv(2, &key(next_key - 1), "linearizable").await;

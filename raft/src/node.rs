@@ -175,8 +175,9 @@ pub struct RaftNode {
     auto_ids: AutoRequestIds,
     append_streams_opened: Arc<AtomicU64>,
     peer_formats: PeerFormats,
-    /// Held by the leader through each membership change, so that nodes joining at the same
-    /// time are added one after the other instead of refused for a change in progress.
+    /// Held by the leader while it writes a membership change to the log, so that nodes
+    /// joining at the same time are added one after the other instead of refused for a change
+    /// in progress.
     membership_changes: tokio::sync::Mutex<()>,
 }
 
@@ -544,8 +545,10 @@ impl RaftNode {
     /// without the operator's credentials). A member that does not lead names the leader,
     /// which is asked next. Members that cannot be reached, know no leader or are busy with
     /// another membership change are asked in turn, each call bounded by [`JOIN_CALL`], until
-    /// `timeout`. Adding a node that is already a voter at the same address changes nothing,
-    /// so asking again after an answer was lost is safe.
+    /// `timeout`, or for longer while this node, a learner already, is still catching up (a
+    /// large snapshot can take minutes, and giving up would abandon its transfer). Adding a
+    /// node that is already a voter at the same address changes nothing, so asking again
+    /// after an answer was lost is safe.
     pub async fn join_through(
         &self,
         members: &[String],
@@ -556,7 +559,8 @@ impl RaftNode {
             id: self.id,
             node: KeelNode { addr },
         };
-        let deadline = Instant::now() + timeout;
+        let mut deadline = Instant::now() + timeout;
+        let mut applied_at_deadline = self.applied_index();
         let mut members = members.iter().cycle();
         let mut leader: Option<String> = None;
         let mut last_problem = String::from("no member answered");
@@ -596,6 +600,14 @@ impl RaftNode {
                 Err(err) => last_problem = err.to_string(),
             }
             tracing::debug!(%target, problem = %last_problem, "asking to join again");
+            if Instant::now() + pause >= deadline && self.is_learner() {
+                let applied = self.applied_index();
+                if applied > applied_at_deadline {
+                    tracing::info!(applied, "still catching up as a learner; asking to join on");
+                    applied_at_deadline = applied;
+                    deadline = Instant::now() + timeout;
+                }
+            }
             if Instant::now() + pause >= deadline {
                 return Err(Error::Timeout(format!(
                     "no member added this node within {timeout:?}; the last answer: {last_problem}"
@@ -603,6 +615,21 @@ impl RaftNode {
             }
             tokio::time::sleep(pause).await;
         }
+    }
+
+    /// The index of the last log entry this node applied.
+    fn applied_index(&self) -> u64 {
+        let metrics = self.raft.metrics();
+        let applied = metrics.borrow_watched().last_applied;
+        applied.map_or(0, |log_id| log_id.index)
+    }
+
+    /// Whether this node is a learner in the membership it knows of.
+    fn is_learner(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        let membership = metrics.membership_config.membership();
+        membership.get_node(&self.id).is_some() && !membership.voter_ids().any(|id| id == self.id)
     }
 
     /// Removes a node from the cluster (voter or learner).
@@ -844,10 +871,10 @@ impl RaftNode {
         match metrics.membership_config.membership().get_node(&id) {
             Some(member) if member.addr != node.addr => {
                 Err(NotDone::Failed(Error::Membership(format!(
-                    "node {id} is a member at {} and now asks to join at {}. Remove it \
-                     (POST /v1/nodes/{id}/actions/remove), empty its data directory and join it \
-                     again",
-                    member.addr, node.addr
+                    "node {id} is a member at {} and now asks to join at {}. Restart it with \
+                     --advertise {}; or remove it (POST /v1/nodes/{id}/actions/remove), empty \
+                     its data directory and join it again",
+                    member.addr, node.addr, member.addr
                 ))))
             }
             _ => Ok(()),
@@ -900,9 +927,9 @@ impl RaftNode {
     }
 }
 
-/// The longest one call of [`RaftNode::join_through`] may take: a member that accepts the
+/// The longest one call of a join to a member may take: a member that accepts the
 /// connection and then stalls must not use up the whole join.
-const JOIN_CALL: Duration = Duration::from_secs(30);
+pub const JOIN_CALL: Duration = Duration::from_secs(30);
 
 /// Whether `err` is openraft refusing a membership change because another is in progress, as
 /// a leader of an earlier build (without [`when_membership_settles`]) answers. Matched by

@@ -93,7 +93,7 @@ async fn authorize(node: &Node, family: &str, header: Option<&str>) -> Result<()
     let Some(credentials) = node.credentials()? else {
         // A member whose cluster's first command is not applied yet has nothing to check
         // credentials against, so it serves nothing.
-        return Err(keel_raft::Error::NotInitialized.into());
+        return Err(node.not_ready());
     };
     let Some(credentials) = credentials else {
         // The loopback-only embedded default.

@@ -57,6 +57,23 @@ impl Error {
         }
     }
 
+    /// Names what a conflict concerns (fields merged into the answer's body), unless it
+    /// already does; other errors are returned as they are.
+    pub fn concerning(self, subject: Value) -> Self {
+        match self {
+            Error::Conflict {
+                code,
+                message,
+                details: Value::Null,
+            } => Error::Conflict {
+                code,
+                message,
+                details: subject,
+            },
+            other => other,
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             Error::BadRequest { .. } => StatusCode::BAD_REQUEST,

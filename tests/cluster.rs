@@ -359,11 +359,12 @@ async fn a_fourth_node_joins_and_is_removed_online() {
     assert!(members.iter().all(|m| m["uid"] != uid));
     cluster.put_kv(2, "after-remove", "1").await;
 
+    let (status, refusal) = send_json(cluster.post(0, "/v1/nodes/999/actions/remove")).await;
+    assert_eq!(status, 409, "{refusal}");
     assert_eq!(
-        send_json(cluster.post(0, "/v1/nodes/999/actions/remove"))
-            .await
-            .0,
-        409
+        (&refusal["error_code"], &refusal["uid"]),
+        (&json!("membership_change_refused"), &json!(999)),
+        "{refusal}"
     );
     assert_eq!(
         send_json(cluster.post(0, "/v1/nodes/abc/actions/remove"))

@@ -111,7 +111,10 @@ async fn add_member(State(node): State<Arc<Node>>, body: Bytes) -> Result<Json<V
     let request: MemberRequest = parse_json(&body)?;
     node.raft()?
         .add_voter(request.uid, request.addr.clone())
-        .await?;
+        .await
+        .map_err(|err| {
+            Error::from(err).concerning(json!({ "uid": request.uid, "addr": request.addr }))
+        })?;
     tracing::info!(uid = request.uid, addr = %request.addr, "added a voter");
     Ok(Json(
         json!({ "uid": request.uid, "addr": request.addr, "role": "voter" }),
@@ -125,7 +128,10 @@ async fn remove(
     let uid: u64 = uid
         .parse()
         .map_err(|_| Error::bad_request("invalid_uid", format!("{uid:?} is not a node uid")))?;
-    node.raft()?.remove(uid).await?;
+    node.raft()?
+        .remove(uid)
+        .await
+        .map_err(|err| Error::from(err).concerning(json!({ "uid": uid })))?;
     tracing::info!(uid, "removed a control node");
     Ok(Json(json!({ "uid": uid, "removed": true })))
 }

@@ -379,12 +379,29 @@ impl Node {
         Ok(())
     }
 
+    /// Whether the address this node advertises is an unspecified one (`0.0.0.0`, `[::]`),
+    /// as it is when it listens on one without `--advertise`: no other node reaches it there.
+    fn advertises_no_address(&self) -> bool {
+        self.settings
+            .advertise
+            .parse::<std::net::SocketAddr>()
+            .is_ok_and(|addr| addr.ip().is_unspecified())
+    }
+
     async fn create_cluster(
         &self,
         name: String,
         credentials: Option<(String, String)>,
     ) -> Result<(), BootstrapError> {
         self.set_state(BootstrapState::CreatingCluster);
+        if self.advertises_no_address() {
+            tracing::warn!(
+                advertise = %self.settings.advertise,
+                "this address goes into the cluster's membership, where no other node can \
+                 reach it: to join other nodes later, create the cluster from an empty data \
+                 directory with --advertise HOST:PORT"
+            );
+        }
         let credentials = match credentials {
             Some((username, password)) => Some(Credentials {
                 username,
@@ -449,10 +466,7 @@ impl Node {
     ) -> Result<(), BootstrapError> {
         self.set_state(BootstrapState::JoiningCluster);
         let advertised = &self.settings.advertise;
-        if advertised
-            .parse::<std::net::SocketAddr>()
-            .is_ok_and(|addr| addr.ip().is_unspecified())
-        {
+        if self.advertises_no_address() {
             return Err(BootstrapError::new(
                 "config_error",
                 format!(
@@ -520,9 +534,6 @@ impl Node {
                     }
                 }
             }
-            if !may_answer {
-                return Err(last_error);
-            }
             if Instant::now() + JOIN_RETRY_PAUSE >= deadline {
                 last_error.message = format!(
                     "no member granted a uid within {JOIN_PATIENCE:?}; the last answer: {}. Check \
@@ -530,6 +541,9 @@ impl Node {
                      from this node, then ask again",
                     last_error.message
                 );
+                return Err(last_error);
+            }
+            if !may_answer {
                 return Err(last_error);
             }
             tokio::time::sleep(JOIN_RETRY_PAUSE).await;

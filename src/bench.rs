@@ -460,6 +460,14 @@ impl Recorder {
         }
     }
 
+    /// Takes in another client's measurements.
+    fn add(&mut self, other: Recorder) -> Result<(), String> {
+        self.warmup_ops += other.warmup_ops;
+        self.histogram
+            .add(other.histogram)
+            .map_err(|e| e.to_string())
+    }
+
     /// Records a request sent at `sent` that has just finished.
     fn record(&mut self, sent: Instant) {
         let done = Instant::now();
@@ -688,12 +696,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         .collect();
     let mut total = Recorder::new(measure_from);
     for task in tasks {
-        let recorder = task.await.map_err(|e| e.to_string())?;
-        total.warmup_ops += recorder.warmup_ops;
-        total
-            .histogram
-            .add(recorder.histogram)
-            .map_err(|e| e.to_string())?;
+        total.add(task.await.map_err(|e| e.to_string())?)?;
     }
     let elapsed = measure_from.elapsed().as_secs_f64();
     let Recorder {

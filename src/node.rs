@@ -146,7 +146,7 @@ pub struct JoinGrant {
 }
 
 /// The body of `POST /v1/cluster/members`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Deserialize)]
 pub struct MemberRequest {
     pub uid: u64,
     pub addr: String,
@@ -493,7 +493,7 @@ impl Node {
 
     /// The first step of a join: a uid and the peer secret from any of `members` (returned
     /// with the member that granted them), asking each in turn, round after round, while any
-    /// of them may yet answer (see [`call_member`]) and [`JOIN_PATIENCE`] lasts. Wrong
+    /// of them may yet answer (see [`request_uid`]) and [`JOIN_PATIENCE`] lasts. Wrong
     /// credentials end the join at once.
     async fn reserve_uid(
         &self,
@@ -521,7 +521,7 @@ impl Node {
                     .timeout(remaining.min(keel_raft::node::JOIN_CALL))
                     .header("authorization", &auth)
                     .json(&body);
-                match call_member(call, member).await {
+                match request_uid(call, member).await {
                     Ok(grant) => return Ok((grant, member.clone())),
                     Err(err) if err.code == "access_denied" => return Err(err),
                     Err(err) => {
@@ -679,14 +679,14 @@ impl Node {
     }
 }
 
-/// Sends a join's call to `member`, mapping failures to the seed's error codes:
+/// Sends `call`, a request for a uid, to `member`, mapping failures to the seed's error codes:
 /// `connect_error` for what may pass (no answer, a member with no cluster or leader yet, a
 /// server error), which the caller asks again about; `access_denied` for wrong credentials;
 /// `config_error` for any other refusal (such as a `--join` address that is not keel's).
-async fn call_member<R: for<'de> Deserialize<'de>>(
+async fn request_uid(
     call: reqwest::RequestBuilder,
     member: &str,
-) -> Result<R, BootstrapError> {
+) -> Result<JoinGrant, BootstrapError> {
     let response = call
         .send()
         .await

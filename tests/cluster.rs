@@ -411,15 +411,16 @@ async fn failed_bootstrap(cluster: &Cluster, i: usize) -> serde_json::Value {
 
 /// Asks node `i` to join through `member` and returns at once.
 async fn start_join(cluster: &Cluster, i: usize, member: String) {
-    let join = json!({
-        "cluster": { "nodes": [member] },
-        "credentials": { "username": USER, "password": PASSWORD }
-    });
+    let (status, answer) = send_join(cluster, i, member).await;
+    assert_eq!(status, 200, "{answer}");
+}
+
+/// Sends node `i` a `join_cluster` through `member`; returns the status and the answer.
+async fn send_join(cluster: &Cluster, i: usize, member: String) -> (u16, serde_json::Value) {
     let request = cluster
         .client
         .post(cluster.nodes[i].url("/v1/bootstrap/join_cluster"));
-    let (status, answer) = send_json(request.json(&join)).await;
-    assert_eq!(status, 200, "{answer}");
+    send_json(request.json(&common::join_body(&[member]))).await
 }
 
 /// Starts node `i` of `cluster` anew with `extra_args` (its port and directory kept).
@@ -570,14 +571,7 @@ async fn a_joiner_the_leader_cannot_reach_is_told_why_and_joins_once_restarted_r
     );
     assert_eq!(voters(&cluster, 0).await, vec![1]);
     // Asked to join again (or anything else), it says what it holds and how to go on.
-    let again = json!({
-        "cluster": { "nodes": [cluster.nodes[0].addr()] },
-        "credentials": { "username": USER, "password": PASSWORD }
-    });
-    let request = cluster
-        .client
-        .post(cluster.nodes[1].url("/v1/bootstrap/join_cluster"));
-    let (code, refusal) = send_json(request.json(&again)).await;
+    let (code, refusal) = send_join(&cluster, 1, cluster.nodes[0].addr()).await;
     assert_eq!(code, 503, "{refusal}");
     assert!(
         refusal["message"].as_str().unwrap().contains("restart it"),

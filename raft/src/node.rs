@@ -600,18 +600,17 @@ impl RaftNode {
                 Err(err) => last_problem = err.to_string(),
             }
             tracing::debug!(%target, problem = %last_problem, "asking to join again");
-            if Instant::now() + pause >= deadline && self.is_learner() {
-                let applied = self.applied_index();
-                if applied > applied_at_deadline {
-                    tracing::info!(applied, "still catching up as a learner; asking to join on");
-                    applied_at_deadline = applied;
-                    deadline = Instant::now() + timeout;
-                }
-            }
             if Instant::now() + pause >= deadline {
-                return Err(Error::Timeout(format!(
-                    "no member added this node within {timeout:?}; the last answer: {last_problem}"
-                )));
+                let applied = self.applied_index();
+                if !(self.is_learner() && applied > applied_at_deadline) {
+                    return Err(Error::Timeout(format!(
+                        "no member added this node within {timeout:?}; the last answer: \
+                         {last_problem}"
+                    )));
+                }
+                tracing::info!(applied, "still catching up as a learner; asking to join on");
+                applied_at_deadline = applied;
+                deadline = Instant::now() + timeout;
             }
             tokio::time::sleep(pause).await;
         }
@@ -629,7 +628,8 @@ impl RaftNode {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow_watched();
         let membership = metrics.membership_config.membership();
-        membership.get_node(&self.id).is_some() && !membership.voter_ids().any(|id| id == self.id)
+        let is_learner = membership.learner_ids().any(|id| id == self.id);
+        is_learner
     }
 
     /// Removes a node from the cluster (voter or learner).

@@ -125,6 +125,15 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// The body of a `join_cluster` bootstrap through `members`, with the test credentials.
+pub fn join_body(members: &[String]) -> Value {
+    json!({
+        "action": "join_cluster",
+        "cluster": { "nodes": members },
+        "credentials": { "username": USER, "password": PASSWORD }
+    })
+}
+
 /// Sends `request` and returns the status and the JSON body.
 pub async fn send_json(request: reqwest::RequestBuilder) -> (u16, Value) {
     let response = request.send().await.expect("request failed");
@@ -232,12 +241,7 @@ impl Cluster {
             .filter(|(j, n)| *j != i && n.is_running())
             .map(|(_, n)| n.addr())
             .collect();
-        let join = json!({
-            "action": "join_cluster",
-            "cluster": { "nodes": members },
-            "credentials": { "username": USER, "password": PASSWORD }
-        });
-        self.bootstrap(i, "join_cluster", join).await;
+        self.bootstrap(i, "join_cluster", join_body(&members)).await;
     }
 
     pub fn get(&self, i: usize, path: &str) -> reqwest::RequestBuilder {

@@ -35,11 +35,16 @@ use tracing_subscriber::EnvFilter;
 pub use error::Error;
 pub use keel_raft::service::constant_time_eq;
 
+/// The log filter unless `KEEL_LOG` sets one. openraft warns at every failed replication
+/// attempt, several times a second for a peer that is down; keel's peer network logs when an
+/// outage starts, lasts and ends instead, so those two sources only show errors.
+const DEFAULT_LOG: &str = "info,openraft=warn,openraft::replication=error,\
+                           openraft::engine::handler::replication_handler=error";
+
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_env("KEEL_LOG")
-                .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn")),
+            EnvFilter::try_from_env("KEEL_LOG").unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG)),
         )
         .with_writer(std::io::stderr)
         // Colour codes only for a terminal: logs that go to a file or a collector stay plain

@@ -245,6 +245,8 @@ where
 
     fn overdue(&mut self) -> RPCError<TypeConfig> {
         self.channel = None;
+        tracing::warn!(target = self.target, addr = %self.addr, timeout = ?self.timeout,
+            "replication stream broken: the follower owes an answer past the deadline");
         to_rpc_error(
             self.target,
             CallError::Timeout {
@@ -256,6 +258,7 @@ where
 
     fn broken(&mut self, reason: String) -> RPCError<TypeConfig> {
         self.channel = None;
+        tracing::warn!(target = self.target, addr = %self.addr, %reason, "replication stream broken");
         to_rpc_error(
             self.target,
             CallError::Unreachable {

@@ -327,6 +327,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             streamless: self.streamless.clone(),
             streams_opened: self.streams_opened.clone(),
             formats: self.formats.clone(),
+            outage: Outage::default(),
         }
     }
 }
@@ -343,6 +344,59 @@ pub struct Peer {
     streamless: Refusals,
     streams_opened: Arc<AtomicU64>,
     formats: PeerFormats,
+    outage: Outage,
+}
+
+/// How long a peer has been unreachable, so that an outage is logged when it starts, now and
+/// then while it lasts and when it ends, rather than at every retry.
+#[derive(Default)]
+struct Outage {
+    /// When the outage started, when it was last logged and how many connections failed.
+    current: Option<(Instant, Instant, u64)>,
+}
+
+/// How often a lasting outage is logged again.
+const OUTAGE_REMINDER: Duration = Duration::from_secs(60);
+
+impl Outage {
+    fn failed(&mut self, target: NodeId, err: &CallError) {
+        let now = Instant::now();
+        match &mut self.current {
+            None => {
+                tracing::warn!(
+                    target,
+                    %err,
+                    "cannot replicate to peer; retrying with backoff (is it down, or its address wrong?)"
+                );
+                self.current = Some((now, now, 1));
+            }
+            Some((since, told, failures)) => {
+                *failures += 1;
+                if now.duration_since(*told) >= OUTAGE_REMINDER {
+                    tracing::warn!(
+                        target,
+                        %err,
+                        failures = *failures,
+                        "peer still unreachable after {:.0?}",
+                        now.duration_since(*since)
+                    );
+                    *told = now;
+                }
+            }
+        }
+    }
+
+    fn ended(&mut self, target: NodeId, addr: &str) {
+        if let Some((since, _, failures)) = self.current.take() {
+            tracing::info!(
+                target,
+                addr,
+                failures,
+                "peer reachable again after {:.1?}",
+                since.elapsed()
+            );
+        }
+    }
 }
 
 impl Peer {
@@ -414,9 +468,20 @@ impl RaftNetworkV2<TypeConfig> for Peer {
                         self.formats.announced(self.target, None);
                         return stream_append_sequential(self, input, option).await;
                     }
-                    Err(err) => return Err(to_rpc_error(self.target, err)),
+                    Err(err) => {
+                        self.outage.failed(self.target, &err);
+                        // openraft backs off after failed RPCs in its request stream, before
+                        // it yields each request. A connection refused before that stream is
+                        // polled would skip the backoff, and replication would retry at once,
+                        // in a loop: 100 000 attempts and warnings in 3 s for a peer that is
+                        // down. Waiting for the first request lets the backoff elapse.
+                        let mut input = input;
+                        let _ = input.next().await;
+                        return Err(to_rpc_error(self.target, err));
+                    }
                 },
             };
+            self.outage.ended(self.target, &self.addr);
             Ok(append_stream::session(
                 self.channel.get_mut().expect("append stream slot"),
                 channel,

@@ -347,3 +347,45 @@ async fn a_member_asking_to_join_at_another_address_is_refused_and_again_at_its_
         .unwrap();
     propose(&follower, 10).await;
 }
+
+/// A peer that is down is retried with openraft's backoff, not in a loop: a connection that
+/// failed before the request stream was polled used to skip the backoff, and a leader tried
+/// again at once, tens of thousands of times a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_is_down_is_retried_with_backoff() {
+    let leader = leader(true).await;
+    // Accepts each connection and closes it at once, counting them.
+    let down = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = down.local_addr().unwrap().to_string();
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let counted = attempts.clone();
+    tokio::spawn(async move {
+        while let Ok((connection, _)) = down.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            drop(connection);
+        }
+    });
+    let node = KeelNode { addr };
+    leader
+        .raft
+        .raft()
+        .add_learner(2, node, false)
+        .await
+        .unwrap();
+    let watched = Duration::from_secs(2);
+    let before = attempts.load(Ordering::SeqCst);
+    // Writes go on meanwhile: each is more to replicate, and must not be a retry too.
+    let writing = async {
+        let start = std::time::Instant::now();
+        while start.elapsed() < watched {
+            propose(&leader, 5).await;
+        }
+    };
+    writing.await;
+    let tried = attempts.load(Ordering::SeqCst) - before;
+    // A retry at most every heartbeat (50 ms) or so: about 40 attempts in 2 s.
+    assert!(
+        (1..=60).contains(&tried),
+        "{tried} connection attempts in {watched:?}"
+    );
+}

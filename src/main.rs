@@ -117,15 +117,33 @@ async fn serve(settings: config::Settings) -> Result<(), String> {
         "keel is serving"
     );
     let app = api::router(node.clone());
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|e| format!("HTTP server failed: {e}"))?;
+    let stopping = node.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        stopping.stop();
+    });
+    let server = axum::serve(listener, app).with_graceful_shutdown(node.stopped());
+    // Requests in flight get a moment to finish once the node stops; watches and long polls
+    // end at once (see `Node::stop`). A request that outlasts the moment must not keep a
+    // stopping leader leading while it no longer takes new connections.
+    let drained = async {
+        node.stopped().await;
+        tokio::time::sleep(DRAIN).await;
+    };
+    tokio::select! {
+        served = server => served.map_err(|e| format!("HTTP server failed: {e}"))?,
+        () = drained => tracing::warn!(
+            "requests still open {DRAIN:?} after the signal to stop; stopping without them"
+        ),
+    }
     if let Ok(raft) = node.raft() {
         raft.shutdown().await;
     }
     Ok(())
 }
+
+/// How long a stopping node waits for the requests in flight.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 async fn shutdown_signal() {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

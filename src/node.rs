@@ -166,6 +166,8 @@ pub struct Node {
     pub domain: Arc<domain::Domain>,
     /// The cluster's credentials, fixed by its creation: read once, not on every request.
     credentials: std::sync::OnceLock<Option<Credentials>>,
+    /// Set once the node is told to stop: requests that wait for changes end then.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 fn now_rfc3339() -> String {
@@ -197,6 +199,21 @@ fn rfc3339(time: SystemTime) -> String {
 }
 
 impl Node {
+    /// Tells the requests that wait for changes (watches, long polls) to end: the node is
+    /// stopping, and they would otherwise hold it up for as long as they wait.
+    pub fn stop(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Resolves once [`Node::stop`] was called.
+    pub fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut stopping = self.stopping.subscribe();
+        async move {
+            // An error means the node is gone, which is stopped too.
+            let _ = stopping.wait_for(|stopping| *stopping).await;
+        }
+    }
+
     /// Opens the node's store and, if it already belongs to a cluster, starts its Raft.
     pub async fn open(settings: Settings) -> Result<Arc<Self>, String> {
         let http = keel_raft::network::node_to_node_client(settings.raft.peer_source_ip)
@@ -225,6 +242,7 @@ impl Node {
             started: Instant::now(),
             domain: Arc::default(),
             credentials: std::sync::OnceLock::new(),
+            stopping: tokio::sync::watch::Sender::new(false),
         });
         if let Some(identity) = node.read_identity()? {
             node.set_state(BootstrapState::RecoveringCluster);

@@ -884,3 +884,41 @@ async fn the_load_generator_counts_what_it_did() {
         (Some(0), Some(10))
     );
 }
+
+/// A node told to stop (SIGTERM) ends its watches and long polls at once, telling each client
+/// to ask another node, and exits: before, it waited for them (30 s for a ClusterFlux poll by
+/// default, for ever for a watch stream) and meanwhile, no longer taking connections, stayed
+/// the leader, so that the leases it could not hear refreshed expired.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_told_to_stop_ends_its_watches_and_exits() {
+    let mut cluster = Cluster::start(1, &[]).await;
+    let revision = cluster.put_kv(0, "watched/a", "1").await;
+    let watch = cluster
+        .get(
+            0,
+            &format!("/v1/kv?prefix=watched/&watch=true&revision={revision}"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(watch.status(), 200);
+    let poll = tokio::spawn(send_json(
+        cluster.get(0, "/clusters/polled/versions/0?timeout=120"),
+    ));
+    // The poll is waiting (no metadata was written) when the signal comes.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!poll.is_finished(), "{:?}", poll.await);
+    let node = &mut cluster.nodes[0];
+    let exited = tokio::task::block_in_place(|| node.terminate(Duration::from_secs(20)));
+    let (status, answer) = poll.await.unwrap();
+    assert_eq!(
+        (status, answer["error_code"].as_str()),
+        (503, Some("shutting_down")),
+        "{answer}"
+    );
+    let lines = watch.text().await.unwrap();
+    let last: serde_json::Value = serde_json::from_str(lines.lines().last().unwrap()).unwrap();
+    assert_eq!(last["error_code"], "shutting_down", "{lines}");
+    let exited = exited.expect("the node was still running 20 s after SIGTERM");
+    assert!(exited < Duration::from_secs(10), "{exited:?}");
+}

@@ -169,17 +169,23 @@ impl WatchStream {
         Ok(())
     }
 
-    async fn next_line(mut self) -> Option<(Result<Bytes, Error>, Self)> {
+    async fn next_line(mut self) -> Option<(Bytes, Self)> {
         loop {
             if let Some(line) = self.pending.pop_front() {
-                return Some((Ok(line), self));
+                return Some((line, self));
             }
             if self.ended {
                 return None;
             }
+            // A stream that cannot go on (the node is stopping, say) ends with a line that
+            // says why, so the client reconnects, elsewhere if need be, with the last
+            // revision it saw.
             if let Err(err) = self.fill().await {
                 self.ended = true;
-                return Some((Err(err), self));
+                self.pending.push_back(Self::line(json!({
+                    "error_code": err.code(),
+                    "message": err.to_string(),
+                })));
             }
         }
     }
@@ -224,7 +230,7 @@ async fn watch(
         ended: false,
     };
     let lines = futures::stream::unfold(stream, WatchStream::next_line)
-        .map(|line| line.map_err(|e| std::io::Error::other(e.to_string())));
+        .map(Ok::<_, std::convert::Infallible>);
     let headers = [
         (
             header::CONTENT_TYPE,

@@ -249,24 +249,36 @@ pub(crate) struct ChangeWatch {
         keel_raft::types::TypeConfig,
         keel_raft::types::RaftMetrics,
     >,
+    stopped: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
 }
 
 impl ChangeWatch {
     pub(crate) fn new(node: &Node) -> Result<Self, Error> {
         Ok(Self {
             metrics: node.raft()?.raft().metrics(),
+            stopped: Box::pin(node.stopped()),
         })
     }
 
-    /// Waits for the next change; false when `deadline` passes first.
+    /// Waits for the next change; false when `deadline` passes first. A node that is
+    /// stopping answers at once that the caller should ask another node.
     pub(crate) async fn next(&mut self, deadline: Instant) -> Result<bool, Error> {
         use openraft::async_runtime::WatchReceiver;
         tokio::select! {
             changed = self.metrics.changed() => match changed {
                 Ok(()) => Ok(true),
-                Err(_) => Err(Error::Internal("Raft has stopped on this node".into())),
+                Err(_) => Err(stopping()),
             },
+            () = &mut self.stopped => Err(stopping()),
             _ = tokio::time::sleep_until(deadline.into()) => Ok(false),
         }
+    }
+}
+
+fn stopping() -> Error {
+    Error::Unavailable {
+        code: "shutting_down",
+        message: "this node is shutting down; ask another node of the cluster".into(),
+        retry_after: Duration::from_secs(1),
     }
 }

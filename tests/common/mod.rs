@@ -97,6 +97,28 @@ impl KeelProcess {
         }
     }
 
+    /// SIGTERM, as a service manager stops a node; waits for the process to exit (at most
+    /// `patience`) and answers how long that took, or None if it was still running then (it
+    /// is killed).
+    pub fn terminate(&mut self, patience: Duration) -> Option<Duration> {
+        let mut child = self.child.take()?;
+        let sent = Instant::now();
+        let signalled = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(signalled.success());
+        while sent.elapsed() < patience {
+            if child.try_wait().unwrap().is_some() {
+                return Some(sent.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        None
+    }
+
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }

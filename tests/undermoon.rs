@@ -367,6 +367,22 @@ async fn broker_errors_are_in_undermoons_format_and_change_nothing() {
             409,
             "ALREADY_EXISTED",
         ),
+        // An address too long to be a host name could be registered but never removed (its
+        // DELETE path would be too long for the server).
+        (
+            Method::POST,
+            "/proxies/meta",
+            json!({"proxy_address": format!("{}:7001", "a".repeat(254)), "nodes": ["10.8.0.5:6001", "10.8.0.5:6101"]}),
+            400,
+            "INVALID_PROXY_ADDRESS",
+        ),
+        (
+            Method::POST,
+            "/proxies/meta",
+            json!({"proxy_address": "10.8.0.5:7001", "nodes": ["10.8.0.5:6001", "10.8.0.5:6001"]}),
+            400,
+            "INVALID_PROXY_ADDRESS",
+        ),
         (
             Method::POST,
             "/proxies/meta",
@@ -439,6 +455,13 @@ async fn broker_errors_are_in_undermoons_format_and_change_nothing() {
         ),
         (
             Method::PUT,
+            "/config",
+            json!({"failure_ttl": 18446744073709551615u64}),
+            400,
+            "INVALID_REQUEST",
+        ),
+        (
+            Method::PUT,
             "/epoch/soon",
             Value::Null,
             400,
@@ -464,6 +487,16 @@ async fn broker_errors_are_in_undermoons_format_and_change_nothing() {
             json!({"version": "mem-broker-0.1", "global_epoch": 1000, "clusters": {}, "all_proxies": {}, "failed_proxies": [], "failures": {}}),
             409,
             "INVALID_META_VERSION",
+        ),
+        (
+            Method::PUT,
+            "/metadata",
+            json!({"version": "mem-broker-0.2", "global_epoch": 1000, "clusters": {}, "all_proxies": {
+                "10.9.0.1:7001": {"proxy_address": "10.9.0.1:7001", "node_addresses": ["10.9.0.1:6001", "10.9.0.1:6002"], "host": "10.9.0.1", "cluster": null},
+                "10.9.0.1:7002": {"proxy_address": "10.9.0.1:7002", "node_addresses": ["10.9.0.1:6002", "10.9.0.1:6003"], "host": "10.9.0.1", "cluster": null}},
+                "failed_proxies": [], "failures": {}}),
+            400,
+            "INVALID_METADATA",
         ),
         (
             Method::PUT,

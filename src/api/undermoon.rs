@@ -40,10 +40,11 @@ use super::on_leader;
 use super::ChangeWatch;
 use super::LeaderOnly;
 use super::Relayable;
+use crate::domain::broker::consistency::check_dump;
 use crate::domain::broker::slots::SlotRange;
 use crate::domain::broker::state::chunk_count;
-use crate::domain::broker::state::valid_address;
 use crate::domain::broker::state::valid_cluster_name;
+use crate::domain::broker::state::valid_registration;
 use crate::domain::broker::view;
 use crate::domain::broker::Answer;
 use crate::domain::broker::Broker;
@@ -338,6 +339,7 @@ async fn dump(State(api): State<Arc<Api>>) -> Answered {
 
 async fn restore(State(api): State<Arc<Api>>, body: Bytes) -> Answered {
     let store: MetaStore = parse_body(&body)?;
+    check_dump(&store).map_err(BrokerError::InvalidMetadata)?;
     api.propose(Op::Restore {
         store: Box::new(store),
     })
@@ -658,8 +660,12 @@ struct ProxyRegistration {
 
 async fn add_proxy(State(api): State<Arc<Api>>, body: Bytes) -> Answered {
     let registration: ProxyRegistration = parse_body(&body)?;
-    let addresses = std::iter::once(&registration.proxy_address).chain(&registration.nodes);
-    if !addresses.into_iter().all(|a| valid_address(a)) {
+    let ProxyRegistration {
+        proxy_address,
+        nodes,
+        host,
+    } = &registration;
+    if !valid_registration(proxy_address, nodes, host.as_deref()) {
         return Err(BrokerError::InvalidProxyAddress.into());
     }
     api.propose(Op::AddProxy {
@@ -763,6 +769,10 @@ async fn broker_config(State(api): State<Arc<Api>>) -> Answered {
     Ok(Json(&api.read().await?.settings).into_response())
 }
 
+/// The longest a failure report may be kept, in seconds. Far beyond any real use; larger
+/// values once wrapped round when reports were aged, and every report was dropped at once.
+const MAX_FAILURE_TTL: u64 = 365 * 24 * 3600;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SettingsChange {
@@ -777,6 +787,11 @@ async fn configure(State(api): State<Arc<Api>>, body: Bytes) -> Answered {
         return Err(UndermoonError::InvalidRequest(
             "failure_ttl and failure_quorum must be at least 1".into(),
         ));
+    }
+    if change.failure_ttl > Some(MAX_FAILURE_TTL) {
+        return Err(UndermoonError::InvalidRequest(format!(
+            "failure_ttl may be at most {MAX_FAILURE_TTL} seconds (a year); reports older than it are forgotten"
+        )));
     }
     api.propose(Op::Configure {
         replica_addresses: change.replica_addresses,

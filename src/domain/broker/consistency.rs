@@ -8,10 +8,45 @@ use super::model::MigrationMetaStore;
 use super::model::Part;
 use super::slots;
 use super::slots::RangeList;
+use super::slots::SlotRangeTag;
 use super::state::valid_cluster_name;
+use super::state::valid_registration;
+
+/// Checks what a dump from a client must hold beyond [`check_consistency`]: the rules the
+/// API applies to new proxies hold for the dump's (see [`valid_registration`]), stable slots
+/// carry no migration, and no Redis node belongs to two proxies. These are checked before the
+/// dump is proposed, not when it is applied, so that a restore an earlier build applied
+/// applies alike.
+pub fn check_dump(store: &MetaStore) -> Result<(), String> {
+    let mut nodes = BTreeSet::new();
+    for (address, proxy) in &store.all_proxies {
+        if !valid_registration(address, &proxy.node_addresses, Some(&proxy.host)) {
+            return Err(format!(
+                "proxy {address:?} has an invalid address, host or Redis nodes"
+            ));
+        }
+        if let Some(node) = proxy.node_addresses.iter().find(|n| !nodes.insert(*n)) {
+            return Err(format!("Redis node {node} belongs to two proxies"));
+        }
+    }
+    for (name, cluster) in &store.clusters {
+        let tagged = cluster
+            .chunks
+            .iter()
+            .flat_map(|chunk| chunk.stable_slots.iter().flatten())
+            .any(|slots| slots.tag != SlotRangeTag::None);
+        if tagged {
+            return Err(format!(
+                "cluster {name} has stable slots tagged as migrating or importing; tasks belong in migrating_slots"
+            ));
+        }
+    }
+    Ok(())
+}
 
 /// Checks that a store is internally consistent: every cluster's proxies exist and belong to
-/// it, each proxy is in at most one chunk, failed proxies are free, and every cluster's slots
+/// it, each proxy is in at most one chunk, failed and reported proxies are registered and free,
+/// and every cluster's slots
 /// (owned and in flight) cover the slot space exactly once with well-formed migrations.
 pub fn check_consistency(store: &MetaStore) -> Result<(), String> {
     let mut seen = BTreeSet::new();
@@ -111,6 +146,18 @@ pub fn check_consistency(store: &MetaStore) -> Result<(), String> {
     }
     if let Some(failed) = store.failed_proxies.iter().find(|a| seen.contains(*a)) {
         return Err(format!("failed proxy {failed} is still in a cluster"));
+    }
+    // Failures are stored with the proxy's record: one without a record would not survive a
+    // restart, and the nodes would disagree.
+    let unregistered = store
+        .failed_proxies
+        .iter()
+        .chain(store.failures.keys())
+        .find(|a| !store.all_proxies.contains_key(*a));
+    if let Some(address) = unregistered {
+        return Err(format!(
+            "proxy {address} is failed or reported, but not registered"
+        ));
     }
     Ok(())
 }

@@ -202,6 +202,24 @@ pub fn valid_address(address: &str) -> bool {
     }
 }
 
+/// The longest host name an address may carry (DNS's limit).
+const MAX_HOST_LEN: usize = 253;
+
+/// Whether a proxy registration is well formed, as the API checks it before proposing it:
+/// every address is `host:port` ([`valid_address`]) with a host of at most 253 characters,
+/// a host given apart is a valid host name, and the proxy's two Redis nodes differ. Applying
+/// a registration checks only [`valid_address`], the rule of earlier builds, so that entries
+/// they accepted apply alike on every build.
+pub fn valid_registration(address: &str, nodes: &[String; 2], host: Option<&str>) -> bool {
+    let short = |a: &str| a.split(':').next().is_some_and(|h| h.len() <= MAX_HOST_LEN);
+    let addresses_valid = std::iter::once(address)
+        .chain(nodes.iter().map(String::as_str))
+        .all(|a| valid_address(a) && short(a));
+    let host_valid =
+        host.is_none_or(|h| h.is_empty() || valid_address(&format!("{h}:0")) && short(h));
+    addresses_valid && host_valid && nodes[0] != nodes[1]
+}
+
 /// The most chunks a cluster can have: each of its two masters needs a slot.
 pub const MAX_CHUNKS: usize = slots::SLOT_COUNT as usize / 2;
 
@@ -603,11 +621,12 @@ impl Broker {
         Ok(Answer::Done)
     }
 
-    fn restore(&mut self, store: MetaStore) -> Result<Answer, BrokerError> {
+    fn restore(&mut self, mut store: MetaStore) -> Result<Answer, BrokerError> {
         if store.version != DUMP_VERSION {
             return Err(BrokerError::InvalidMetaVersion);
         }
-        if store.global_epoch > MAX_EPOCH {
+        // Past the cap only if the store already is: a dump of it restores.
+        if store.global_epoch > MAX_EPOCH.max(self.store.global_epoch) {
             return Err(BrokerError::InvalidEpoch);
         }
         if store.global_epoch < self.store.global_epoch {
@@ -620,6 +639,12 @@ impl Broker {
         {
             return Err(BrokerError::InvalidEpoch);
         }
+        // undermoon records failure reports for any address, so its dumps can name proxies
+        // that are not registered; keel ignores reports of those, and keeps no failure
+        // without the proxy's record (see `check_consistency`).
+        let registered = &store.all_proxies;
+        store.failed_proxies.retain(|a| registered.contains_key(a));
+        store.failures.retain(|a, _| registered.contains_key(a));
         check_consistency(&store).map_err(BrokerError::InvalidMetadata)?;
         // Restored clusters must reach proxies that may hold any epoch handed out so far,
         // and proxies only take metadata with a greater epoch: stamp everything past both.

@@ -11,8 +11,10 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use super::consistency::check_consistency;
+use super::consistency::check_dump;
 use super::model::MetaStore;
 use super::model::DUMP_VERSION;
+use super::slots::MigrationMeta;
 use super::slots::SlotRange;
 use super::slots::SlotRangeTag;
 use super::state::Answer;
@@ -304,6 +306,7 @@ impl Runner {
                 if let Some(epoch) = option(args, "epoch") {
                     store.global_epoch = number(epoch);
                 }
+                check_dump(&store).unwrap_or_else(|e| panic!("keel's own dump refused: {e}"));
                 self.op(Op::Restore {
                     store: Box::new(store),
                 })
@@ -443,10 +446,9 @@ fn dump_has_undermoon_shape() {
     assert_eq!(dump["failed_proxies"], serde_json::json!([]));
 }
 
-/// A dump as undermoon's memory broker writes it (field for field from its `MetaStore`).
-#[test]
-fn an_undermoon_dump_restores() {
-    let dump = r#"{
+/// A dump as undermoon's memory broker writes it (field for field from its `MetaStore`), with
+/// a failed proxy and a report of one that are not registered, as undermoon keeps them.
+const UNDERMOON_DUMP: &str = r#"{
         "version": "mem-broker-0.2",
         "global_epoch": 9,
         "clusters": {"c1": {"epoch": 9, "name": "c1", "config": {"compression_strategy": "disabled",
@@ -461,11 +463,15 @@ fn an_undermoon_dump_restores() {
             "127.0.0.1:7001": {"proxy_address": "127.0.0.1:7001", "node_addresses": ["127.0.0.1:6001", "127.0.0.1:6002"], "host": "127.0.0.1", "index": 0, "cluster": "c1"},
             "127.0.0.2:7001": {"proxy_address": "127.0.0.2:7001", "node_addresses": ["127.0.0.2:6001", "127.0.0.2:6002"], "host": "127.0.0.2", "index": 0, "cluster": "c1"},
             "127.0.0.3:7001": {"proxy_address": "127.0.0.3:7001", "node_addresses": ["127.0.0.3:6001", "127.0.0.3:6002"], "host": "127.0.0.3", "index": 0, "cluster": null}},
-        "failed_proxies": ["127.0.0.3:7001"],
-        "failures": {"127.0.0.3:7001": {"coordinator": 1700000000}},
+        "failed_proxies": ["127.0.0.3:7001", "10.9.9.9:7001"],
+        "failures": {"127.0.0.3:7001": {"coordinator": 1700000000}, "10.8.8.8:7001": {"coordinator": 1700000000}},
         "enable_ordered_proxy": false
     }"#;
-    let store: MetaStore = serde_json::from_str(dump).unwrap();
+
+/// undermoon's dump restores.
+#[test]
+fn an_undermoon_dump_restores() {
+    let store: MetaStore = serde_json::from_str(UNDERMOON_DUMP).unwrap();
     let mut broker = Broker::default();
     broker
         .execute(
@@ -481,4 +487,49 @@ fn an_undermoon_dump_restores() {
     assert_eq!(cluster.nodes[2].address, "127.0.0.2:6001");
     assert_eq!(cluster.nodes[2].repl.role, Role::Master);
     assert!(broker.store.failed_proxies.contains("127.0.0.3:7001"));
+    // Reports of proxies that are not registered are dropped, as keel drops such reports.
+    assert_eq!(
+        broker.store.failed_proxies,
+        ["127.0.0.3:7001".to_string()].into()
+    );
+    assert_eq!(
+        broker.store.failures.keys().collect::<Vec<_>>(),
+        ["127.0.0.3:7001"]
+    );
+}
+
+/// What a client's dump must hold beyond the store's invariants is checked before it is
+/// proposed: undermoon's own dump passes, and each rule refuses a dump that breaks it.
+#[test]
+fn a_dump_is_checked_before_it_is_proposed() {
+    let undermoon: MetaStore = serde_json::from_str(UNDERMOON_DUMP).unwrap();
+    check_dump(&undermoon).unwrap();
+    let broken = |change: fn(&mut MetaStore)| {
+        let mut store = undermoon.clone();
+        change(&mut store);
+        check_dump(&store).unwrap_err()
+    };
+    let why = broken(|s| {
+        let chunk = &mut s.clusters.get_mut("c1").unwrap().chunks[0];
+        chunk.stable_slots[0].as_mut().unwrap().tag = SlotRangeTag::Migrating(MigrationMeta {
+            epoch: 1,
+            src_proxy_address: "127.0.0.1:7001".into(),
+            src_node_address: "127.0.0.1:6001".into(),
+            dst_proxy_address: "127.0.0.2:7001".into(),
+            dst_node_address: "127.0.0.2:6001".into(),
+        });
+    });
+    assert!(why.contains("stable slots tagged"), "{why}");
+    let why = broken(|s| {
+        s.all_proxies
+            .get_mut("127.0.0.3:7001")
+            .unwrap()
+            .node_addresses[1] = "127.0.0.2:6001".into();
+    });
+    assert!(
+        why.contains("Redis node 127.0.0.2:6001 belongs to two proxies"),
+        "{why}"
+    );
+    let why = broken(|s| s.all_proxies.get_mut("127.0.0.3:7001").unwrap().host = "no host".into());
+    assert!(why.contains("127.0.0.3:7001"), "{why}");
 }

@@ -631,18 +631,25 @@ async fn credentials_are_required_and_bad_requests_get_clear_errors() {
     // client can lose the race and see a reset while still sending: retry for the answer.
     // Its own client, so the closed connection never goes back to the shared pool.
     let huge = "x".repeat(3 << 20);
-    let mut status = None;
-    for _ in 0..5 {
-        let request = common::client()
-            .put(cluster.nodes[0].url("/v1/kv/k"))
-            .basic_auth(USER, Some(PASSWORD))
-            .json(&json!({ "value": huge }));
-        if let Ok(response) = request.send().await {
-            status = Some(response.status().as_u16());
-            break;
+    for (method, path) in [
+        (reqwest::Method::PUT, "/v1/kv/k"),
+        (reqwest::Method::POST, "/clusters/big/versions/0"),
+    ] {
+        let mut answer = None;
+        for _ in 0..5 {
+            let request = common::client()
+                .request(method.clone(), cluster.nodes[0].url(path))
+                .basic_auth(USER, Some(PASSWORD))
+                .json(&json!({ "value": huge }));
+            if let Ok(response) = request.send().await {
+                let status = response.status().as_u16();
+                let error: serde_json::Value = response.json().await.unwrap_or_default();
+                answer = Some((status, error["error_code"].clone()));
+                break;
+            }
         }
+        assert_eq!(answer, Some((413, json!("payload_too_large"))), "{path}");
     }
-    assert_eq!(status, Some(413));
     let long_key = "k".repeat(2000);
     let request = cluster
         .put(0, &format!("/v1/kv/{long_key}"))
@@ -667,6 +674,22 @@ async fn credentials_are_required_and_bad_requests_get_clear_errors() {
     assert_eq!(
         (status, error["error_code"].as_str()),
         (404, Some("key_not_found"))
+    );
+    // What the HTTP layer answers by itself is in the same format.
+    let (status, error) = send_json(cluster.get(0, "/v1/nowhere")).await;
+    assert_eq!(
+        (status, error["error_code"].as_str()),
+        (404, Some("not_found"))
+    );
+    let (status, error) = send_json(cluster.post(0, "/v1/kv/k")).await;
+    assert_eq!(
+        (status, error["error_code"].as_str()),
+        (405, Some("method_not_allowed")),
+        "{error}"
+    );
+    assert!(
+        error["message"].as_str().unwrap().contains("POST"),
+        "{error}"
     );
 }
 

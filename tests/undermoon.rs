@@ -525,6 +525,16 @@ async fn broker_errors_are_in_undermoons_format_and_change_nothing() {
         "errors changed the epoch"
     );
 
+    // What the HTTP layer answers by itself is in the dialect's format too.
+    let (status, answer) = send_json(api(0, Method::GET, "/epoch/")).await;
+    assert_eq!((status, answer["error"].as_str()), (404, Some("NOT_FOUND")));
+    let (status, answer) = send_json(api(0, Method::DELETE, "/epoch")).await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (405, Some("INVALID_REQUEST")),
+        "{answer}"
+    );
+
     // Absent things read as null, as the coordinator expects.
     let (status, answer) = send_json(api(2, Method::GET, "/clusters/meta/c9")).await;
     assert_eq!((status, answer), (200, json!({ "cluster": null })));

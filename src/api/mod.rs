@@ -27,6 +27,7 @@ use axum::body::Bytes;
 use axum::extract::Request;
 use axum::extract::State;
 use axum::http::header;
+use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::IntoResponse;
 use axum::response::Response;
@@ -58,12 +59,52 @@ pub fn router(node: Arc<Node>) -> Router {
         )));
     }
     app.merge(keel_raft::service::router(node.raft_slot()))
-        .fallback(|| async {
-            Error::NotFound {
-                code: "not_found",
-                message: "no such endpoint; see the README for the API".into(),
-            }
-        })
+        .fallback(|| async { StatusCode::NOT_FOUND })
+        .layer(axum::middleware::from_fn(in_dialect))
+}
+
+/// Answers axum writes by itself, with no handler run, in the error format of the dialect
+/// the path belongs to: an unknown path (404), a method the route does not take (405, with no
+/// body) and a body over the limit (413, plain text). A client then reads every error alike.
+async fn in_dialect(request: Request, next: Next) -> Response {
+    let path = request.uri().path().to_string();
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|kind| kind.as_bytes().starts_with(b"application/json"));
+    let message = match status {
+        _ if is_json => return response,
+        StatusCode::METHOD_NOT_ALLOWED => {
+            format!("{path} does not take {method}; the Allow header lists what it takes")
+        }
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            "the request body is larger than the limit of 2 MiB".to_string()
+        }
+        StatusCode::NOT_FOUND => "no such endpoint; see the README for the API".to_string(),
+        _ => return response,
+    };
+    if path == undermoon::PREFIX || path.starts_with(&format!("{}/", undermoon::PREFIX)) {
+        undermoon::plain_error(status, message)
+    } else {
+        plain_error(status, message)
+    }
+}
+
+/// An error of keel's own dialects for an answer axum writes by itself (see `in_dialect`).
+fn plain_error(status: StatusCode, message: String) -> Response {
+    let code = match status {
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        _ => "payload_too_large",
+    };
+    (
+        status,
+        axum::Json(serde_json::json!({ "error_code": code, "message": message })),
+    )
+        .into_response()
 }
 
 async fn require_credentials(

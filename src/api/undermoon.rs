@@ -239,7 +239,21 @@ pub fn routes(node: Arc<Node>) -> Router {
         .route("/resources/failures/check", post(check_failure_tolerance))
         .route("/config", get(broker_config).put(configure))
         .with_state(api);
-    Router::new().nest("/api/v3", routes)
+    Router::new().nest(PREFIX, routes)
+}
+
+/// Where the dialect's routes live.
+pub(crate) const PREFIX: &str = "/api/v3";
+
+/// An error axum answers by itself on these routes (an unknown path, a method a route does not
+/// take, a body over the limit), in the dialect's shape.
+pub(crate) fn plain_error(status: StatusCode, message: String) -> Response {
+    let error = match status {
+        StatusCode::NOT_FOUND => "NOT_FOUND",
+        StatusCode::PAYLOAD_TOO_LARGE => "PAYLOAD_TOO_LARGE",
+        _ => "INVALID_REQUEST",
+    };
+    (status, Json(json!({ "error": error, "message": message }))).into_response()
 }
 
 fn now() -> i64 {

@@ -339,3 +339,28 @@ async fn watchers_see_every_change_once_in_order_across_a_node_restart() {
     let replay = watch_events(&cluster, 1, start, expected.len()).await;
     assert_eq!(replay, seen, "the restarted node replays the same history");
 }
+
+/// A watch with nothing to report says how far it has seen every few seconds, on a follower
+/// too: Raft's heartbeats used to wake it so often that its progress deadline never came.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_watch_reports_its_progress() {
+    let cluster = Cluster::start(3, &[]).await;
+    let revision = cluster.put_kv(0, "idle/a", "1").await;
+    let follower = (cluster.leader().await + 1) % 3;
+    let response = cluster
+        .get(
+            follower,
+            &format!("/v1/kv?prefix=idle/&watch=true&revision={revision}"),
+        )
+        .send()
+        .await
+        .unwrap();
+    let mut body = response.bytes_stream();
+    let first = tokio::time::timeout(Duration::from_secs(15), body.next())
+        .await
+        .expect("no line in 15 s on an idle watch")
+        .unwrap()
+        .unwrap();
+    let line: Value = serde_json::from_slice(&first).unwrap();
+    assert_eq!(line, json!({ "progress_revision": revision }));
+}

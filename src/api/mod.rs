@@ -282,38 +282,63 @@ pub(crate) async fn on_leader<T>(
     }
 }
 
-/// Wakes a waiting reader when this node's Raft state changes (an entry applied, a leader
-/// elected). Created before the first read, it cannot miss a change that happens between a
-/// read and the wait; a wake-up with nothing new for the reader just means reading again.
+/// Wakes a waiting reader when this node applies an entry (or installs a snapshot): when
+/// what it reads may have changed. Other Raft news (heartbeats, replication progress) changes
+/// openraft's metrics many times a second; waking on those kept idle watch streams from ever
+/// reaching their progress deadline and cost CPU per waiting reader. Created before the first
+/// read, it cannot miss a change that happens between a read and the wait; a wake-up with
+/// nothing new for the reader just means reading again.
 pub(crate) struct ChangeWatch {
     metrics: openraft::type_config::alias::WatchReceiverOf<
         keel_raft::types::TypeConfig,
         keel_raft::types::RaftMetrics,
     >,
+    /// The applied index the reader has been woken for.
+    applied: Option<u64>,
     stopped: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
 }
 
 impl ChangeWatch {
     pub(crate) fn new(node: &Node) -> Result<Self, Error> {
+        use openraft::async_runtime::WatchReceiver;
+        let metrics = node.raft()?.raft().metrics();
+        let applied = applied_index(&metrics.borrow_watched());
         Ok(Self {
-            metrics: node.raft()?.raft().metrics(),
+            metrics,
+            applied,
             stopped: Box::pin(node.stopped()),
         })
     }
 
-    /// Waits for the next change; false when `deadline` passes first. A node that is
+    /// Waits for the next applied entry; false when `deadline` passes first. A node that is
     /// stopping answers at once that the caller should ask another node.
     pub(crate) async fn next(&mut self, deadline: Instant) -> Result<bool, Error> {
         use openraft::async_runtime::WatchReceiver;
+        let Self {
+            metrics,
+            applied,
+            stopped,
+        } = self;
+        let applied_since = async {
+            loop {
+                metrics.changed().await.map_err(|_| stopping())?;
+                let now = applied_index(&metrics.borrow_watched());
+                if now != *applied {
+                    *applied = now;
+                    return Ok(true);
+                }
+            }
+        };
         tokio::select! {
-            changed = self.metrics.changed() => match changed {
-                Ok(()) => Ok(true),
-                Err(_) => Err(stopping()),
-            },
-            () = &mut self.stopped => Err(stopping()),
+            woken = applied_since => woken,
+            () = stopped => Err(stopping()),
             _ = tokio::time::sleep_until(deadline.into()) => Ok(false),
         }
     }
+}
+
+fn applied_index(metrics: &keel_raft::types::RaftMetrics) -> Option<u64> {
+    metrics.last_applied.as_ref().map(|log_id| log_id.index)
 }
 
 fn stopping() -> Error {

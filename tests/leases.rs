@@ -96,7 +96,11 @@ async fn refreshes_keep_a_node_alive_across_a_leader_kill() {
     let follower = (leader + 1) % 3;
     let (status, body) = send_json(refresh(&cluster, follower)).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["ttl"], 3);
+    assert_eq!(
+        body,
+        json!({ "id": id, "ttl": 3 }),
+        "the node's id, not its lease's"
+    );
 
     cluster.nodes[leader].kill();
     let survivors: Vec<usize> = (0..3).filter(|i| *i != leader).collect();

@@ -181,7 +181,12 @@ async fn refresh(
     raft.read_barrier(Consistency::Linearizable).await?;
     let registered = registry::node(&raft.reader(), &cluster, id)?
         .ok_or_else(|| node_not_found(&cluster, id))?;
-    leases::refresh(&node, registered.lease, &Relayable::new(&parts, body)).await
+    // A node whose lease ran out since the read above is as gone as one not found.
+    let request = Relayable::new(&parts, body);
+    leases::refresh(&node, registered.lease, &request, id, || {
+        node_not_found(&cluster, id)
+    })
+    .await
 }
 
 async fn deregister(

@@ -141,16 +141,25 @@ async fn list(State(node): State<Arc<Node>>) -> Result<Json<Value>, Error> {
 }
 
 /// Refreshes lease `id` on the leader, relaying `request` there if needed.
-pub(crate) async fn refresh(node: &Node, id: u64, request: &Relayable) -> Result<Response, Error> {
+/// Restarts lease `id`'s TTL and answers `{"id": answered_id, "ttl"}`: served by the leader,
+/// which holds the deadlines, and relayed there from a follower. `not_found` is the error for
+/// a lease that expired or never was, in the caller's terms.
+pub(crate) async fn refresh(
+    node: &Node,
+    id: u64,
+    request: &Relayable,
+    answered_id: u64,
+    not_found: impl Fn() -> Error,
+) -> Result<Response, Error> {
     let attempt = || match node.lessor.refresh(node, id) {
         Ok(ttl) => Ok(Some(ttl)),
         Err(RefreshError::NotLeader) => Ok(None),
-        Err(RefreshError::NotFound) => Err(lease_not_found(id)),
+        Err(RefreshError::NotFound) => Err(not_found()),
         Err(RefreshError::Failed(err)) => Err(err),
     };
     match on_leader(node, request, attempt).await? {
         LeaderOnly::Here(ttl) => {
-            Ok(Json(json!({ "id": id, "ttl": ttl.as_secs() })).into_response())
+            Ok(Json(json!({ "id": answered_id, "ttl": ttl.as_secs() })).into_response())
         }
         LeaderOnly::Relayed(response) => Ok(response),
     }
@@ -163,5 +172,8 @@ async fn keepalive(
     body: Bytes,
 ) -> Result<Response, Error> {
     let id = parse_id(&id)?;
-    refresh(&node, id, &Relayable::new(&parts, body)).await
+    refresh(&node, id, &Relayable::new(&parts, body), id, || {
+        lease_not_found(id)
+    })
+    .await
 }

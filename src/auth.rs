@@ -40,7 +40,11 @@ pub fn hash_password(password: &str) -> Result<String, String> {
 
 /// Splits an `Authorization: Basic ...` header into user and password.
 pub fn parse_basic(header: &str) -> Option<(String, String)> {
-    let encoded = header.strip_prefix("Basic ")?;
+    // The scheme's name is case-insensitive (RFC 9110 11.1).
+    let (scheme, encoded) = header.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(encoded.trim())
         .ok()?;
@@ -180,6 +184,8 @@ mod tests {
         assert!(!check(Some(basic_header("admin", "wrong"))).await);
         assert!(!check(Some(basic_header("root", "s3cret"))).await);
         assert!(!check(Some("Bearer x".into())).await);
+        let lower_case_scheme = basic_header("admin", "s3cret").replacen("Basic", "basic", 1);
+        assert!(check(Some(lower_case_scheme)).await);
         assert!(!check(None).await);
         assert_eq!(verifier.refusals(), 4);
     }

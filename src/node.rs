@@ -107,6 +107,18 @@ pub struct BootstrapStatus {
     pub error_details: Option<serde_json::Value>,
 }
 
+impl BootstrapStatus {
+    fn enter(&mut self, state: BootstrapState) {
+        if self.start_time.is_none() || state == BootstrapState::Initiated {
+            self.start_time = Some(now_rfc3339());
+        }
+        self.state = state;
+        self.end_time = None;
+        self.error_code = None;
+        self.error_details = None;
+    }
+}
+
 /// A bootstrap that failed, with the seed's error code.
 #[derive(Debug)]
 pub struct BootstrapError {
@@ -338,14 +350,7 @@ impl Node {
     }
 
     fn set_state(&self, state: BootstrapState) {
-        let mut status = self.status.lock().expect("bootstrap status");
-        if status.start_time.is_none() || state == BootstrapState::Initiated {
-            status.start_time = Some(now_rfc3339());
-        }
-        status.state = state;
-        status.end_time = None;
-        status.error_code = None;
-        status.error_details = None;
+        self.status.lock().expect("bootstrap status").enter(state);
     }
 
     fn finish(&self, result: Result<(), BootstrapError>) {
@@ -362,24 +367,40 @@ impl Node {
         }
     }
 
+    /// Refuses a bootstrap call unless the node is idle or its last bootstrap failed; checked
+    /// before the call's body, whose errors would not matter.
+    pub fn bootstrap_refusal(&self) -> Result<(), Error> {
+        self.refuse_bootstrap(&self.status.lock().expect("bootstrap status"))
+    }
+
+    fn refuse_bootstrap(&self, status: &BootstrapStatus) -> Result<(), Error> {
+        let state = status.state;
+        let message = if self.is_member() || state == BootstrapState::Completed {
+            "this node already belongs to a cluster; to bootstrap it anew, stop it and empty its data directory".to_string()
+        } else if matches!(state, BootstrapState::Idle | BootstrapState::Error) {
+            return Ok(());
+        } else {
+            let state = serde_json::to_value(state).unwrap_or_default();
+            format!(
+                "a bootstrap is already running ({}); poll GET /v1/bootstrap until it is completed or error",
+                state.as_str().unwrap_or_default()
+            )
+        };
+        Err(Error::Conflict {
+            code: "bootstrap_in_progress",
+            message,
+            details: serde_json::json!({ "state": state }),
+        })
+    }
+
     /// Starts a bootstrap in the background; refused unless the node is idle or failed.
     pub fn begin_bootstrap(self: &Arc<Self>, plan: BootstrapPlan) -> Result<(), Error> {
         {
-            let status = self.status.lock().expect("bootstrap status");
-            if !matches!(status.state, BootstrapState::Idle | BootstrapState::Error)
-                || self.is_member()
-            {
-                return Err(Error::Conflict {
-                    code: "bootstrap_in_progress",
-                    message: format!(
-                        "bootstrap is allowed only from the idle or error state; this node is {:?}",
-                        status.state
-                    ),
-                    details: serde_json::json!({ "state": status.state }),
-                });
-            }
+            let mut status = self.status.lock().expect("bootstrap status");
+            self.refuse_bootstrap(&status)?;
+            // Under the same lock: of two bootstrap calls at once, one is refused.
+            status.enter(BootstrapState::Initiated);
         }
-        self.set_state(BootstrapState::Initiated);
         let node = self.clone();
         tokio::spawn(async move {
             let result = match plan {

@@ -614,12 +614,18 @@ async fn credentials_are_required_and_bad_requests_get_clear_errors() {
     );
     let again =
         json!({"cluster": {"name": "x"}, "credentials": {"username": "a", "password": "b"}});
-    assert_eq!(
-        send_json(cluster.post(0, "/v1/bootstrap/create_cluster").json(&again))
-            .await
-            .0,
-        409
-    );
+    // Whatever the body: the node is a member, so that is the answer.
+    for body in [again, json!({})] {
+        let (status, refusal) =
+            send_json(cluster.post(0, "/v1/bootstrap/create_cluster").json(&body)).await;
+        assert_eq!(status, 409, "{refusal}");
+        assert_eq!(refusal["state"], "completed", "{refusal}");
+        let message = refusal["message"].as_str().unwrap();
+        assert!(
+            message.contains("already belongs to a cluster"),
+            "{refusal}"
+        );
+    }
 
     for body in ["not json", "{\"value\": 5}", "{\"other\": \"x\"}"] {
         let (status, error) = send_json(cluster.put(0, "/v1/kv/k").body(body)).await;
@@ -676,21 +682,25 @@ async fn credentials_are_required_and_bad_requests_get_clear_errors() {
         (404, Some("key_not_found"))
     );
     // What the HTTP layer answers by itself is in the same format.
-    let (status, error) = send_json(cluster.get(0, "/v1/nowhere")).await;
-    assert_eq!(
-        (status, error["error_code"].as_str()),
-        (404, Some("not_found"))
-    );
-    let (status, error) = send_json(cluster.post(0, "/v1/kv/k")).await;
-    assert_eq!(
-        (status, error["error_code"].as_str()),
-        (405, Some("method_not_allowed")),
-        "{error}"
-    );
-    assert!(
-        error["message"].as_str().unwrap().contains("POST"),
-        "{error}"
-    );
+    for (request, status, code, said) in [
+        (
+            cluster.get(0, "/v1/nowhere"),
+            404,
+            "not_found",
+            "no such endpoint",
+        ),
+        (cluster.get(0, "/v1/kv/%FF"), 400, "bad_request", "UTF-8"),
+        (
+            cluster.post(0, "/v1/kv/k"),
+            405,
+            "method_not_allowed",
+            "POST",
+        ),
+    ] {
+        let (got, error) = send_json(request).await;
+        assert_eq!((got, error["error_code"].as_str()), (status, Some(code)));
+        assert!(error["message"].as_str().unwrap().contains(said), "{error}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -736,6 +746,18 @@ async fn compare_and_set_and_idempotent_retries() {
         .header("Idempotency-Key", "req-42")
         .json(&json!({"value": "2"}));
     assert_eq!(send_json(other).await.1["kv"]["version"], 2);
+    for (key, status) in [
+        ("k".repeat(122), 400),
+        ("a b".into(), 400),
+        ("k".repeat(121), 200),
+    ] {
+        let put = cluster
+            .put(0, "/v1/kv/keyed")
+            .header("Idempotency-Key", key.as_str())
+            .json(&json!({"value": "v"}));
+        let (got, answer) = send_json(put).await;
+        assert_eq!(got, status, "{key:?}: {answer}");
+    }
 
     assert_eq!(send_json(cluster.delete(0, "/v1/kv/cas")).await.0, 200);
     assert_eq!(cluster.get_kv(1, "cas", "linearizable").await, None);

@@ -122,6 +122,7 @@ async fn start(
     Path(action): Path<String>,
     body: Bytes,
 ) -> Result<Json<Value>, Error> {
+    node.bootstrap_refusal()?;
     let request: BootstrapRequest = parse_json(&body)?;
     if request.action.as_deref().is_some_and(|a| a != action) {
         return Err(config_error(format!(

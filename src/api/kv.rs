@@ -288,15 +288,24 @@ fn request_id(headers: &HeaderMap) -> Result<Option<String>, Error> {
     let key = value
         .to_str()
         .ok()
-        .filter(|k| !k.is_empty() && k.len() <= keel_raft::machine::MAX_REQUEST_ID_LEN - 7)
+        .filter(|k| {
+            (1..=MAX_IDEMPOTENCY_KEY_LEN).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic())
+        })
         .ok_or_else(|| {
             Error::bad_request(
                 "invalid_idempotency_key",
-                "Idempotency-Key must be 1 to 120 visible ASCII characters",
+                format!(
+                    "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters (no spaces)"
+                ),
             )
         })?;
-    Ok(Some(format!("client:{key}")))
+    Ok(Some(format!("{CLIENT_REQUEST_ID}{key}")))
 }
+
+/// What a client's idempotency key is prefixed with to make its request id.
+const CLIENT_REQUEST_ID: &str = "client:";
+const MAX_IDEMPOTENCY_KEY_LEN: usize =
+    keel_raft::machine::MAX_REQUEST_ID_LEN - CLIENT_REQUEST_ID.len();
 
 /// Serves a read after making this node's state fresh enough for `consistency`.
 async fn fresh_read<T>(

@@ -65,7 +65,8 @@ pub fn router(node: Arc<Node>) -> Router {
 
 /// Answers axum writes by itself, with no handler run, in the error format of the dialect
 /// the path belongs to: an unknown path (404), a method the route does not take (405, with no
-/// body) and a body over the limit (413, plain text). A client then reads every error alike.
+/// body), a body over the limit (413, plain text), a path or query it cannot decode (400, plain
+/// text). A client then reads every error alike. The peer routes keep their own protocol.
 async fn in_dialect(request: Request, next: Next) -> Response {
     let path = request.uri().path().to_string();
     let method = request.method().clone();
@@ -75,8 +76,10 @@ async fn in_dialect(request: Request, next: Next) -> Response {
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|kind| kind.as_bytes().starts_with(b"application/json"));
+    if is_json || !status.is_client_error() || path.starts_with("/raft/") {
+        return response;
+    }
     let message = match status {
-        _ if is_json => return response,
         StatusCode::METHOD_NOT_ALLOWED => {
             format!("{path} does not take {method}; the Allow header lists what it takes")
         }
@@ -84,7 +87,12 @@ async fn in_dialect(request: Request, next: Next) -> Response {
             "the request body is larger than the limit of 2 MiB".to_string()
         }
         StatusCode::NOT_FOUND => "no such endpoint; see the README for the API".to_string(),
-        _ => return response,
+        _ => {
+            let text = axum::body::to_bytes(response.into_body(), 64 << 10)
+                .await
+                .unwrap_or_default();
+            String::from_utf8_lossy(&text).into_owned()
+        }
     };
     if path == undermoon::PREFIX || path.starts_with(&format!("{}/", undermoon::PREFIX)) {
         undermoon::plain_error(status, message)
@@ -98,7 +106,8 @@ fn plain_error(status: StatusCode, message: String) -> Response {
     let code = match status {
         StatusCode::NOT_FOUND => "not_found",
         StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
-        _ => "payload_too_large",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        _ => "bad_request",
     };
     (
         status,

@@ -82,7 +82,8 @@ pub struct ServeArgs {
     #[arg(long, env = "KEEL_PASSWORD", hide_env_values = true)]
     pub password: Option<String>,
 
-    /// Route families served without credentials, comma separated (kv, cluster, metrics, clusterflux).
+    /// Route families served without credentials, comma separated (kv, cluster, metrics,
+    /// clusterflux, undermoon).
     #[arg(long, env = "KEEL_OPEN_ROUTES", value_delimiter = ',')]
     pub open_routes: Option<Vec<String>>,
 

@@ -117,17 +117,32 @@ async fn serve(settings: config::Settings) -> Result<(), String> {
         "keel is serving"
     );
     let app = api::router(node.clone());
+    // Set once the node stops taking connections.
+    let (closing, closed) = tokio::sync::watch::channel(false);
     let stopping = node.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
         stopping.stop();
+        // Still taking connections meanwhile: the successor's vote must reach this node for it
+        // to see the handover.
+        if let Ok(raft) = stopping.raft() {
+            raft.hand_over_leadership().await;
+        }
+        closing.send_replace(true);
     });
-    let server = axum::serve(listener, app).with_graceful_shutdown(node.stopped());
-    // Requests in flight get a moment to finish once the node stops; watches and long polls
-    // end at once (see `Node::stop`). A request that outlasts the moment must not keep a
-    // stopping leader leading while it no longer takes new connections.
+    let when_closed = || {
+        let mut closed = closed.clone();
+        async move {
+            // An error means the sender is gone, which happens only once it sent.
+            let _ = closed.wait_for(|closed| *closed).await;
+        }
+    };
+    let server = axum::serve(listener, app).with_graceful_shutdown(when_closed());
+    // Requests in flight get a moment to finish once the node closes; watches and long polls
+    // ended when it began to stop (see `Node::stop`). A request that outlasts the moment must
+    // not keep the node running.
     let drained = async {
-        node.stopped().await;
+        when_closed().await;
         tokio::time::sleep(DRAIN).await;
     };
     tokio::select! {

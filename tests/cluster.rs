@@ -967,3 +967,26 @@ async fn a_node_told_to_stop_ends_its_watches_and_exits() {
     let exited = exited.expect("the node was still running 20 s after SIGTERM");
     assert!(exited < Duration::from_secs(10), "{exited:?}");
 }
+
+/// A leader told to stop hands leadership to a follower before it goes, so the cluster does
+/// not wait out an election timeout without a leader (a rolling restart's usual case).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_told_to_stop_hands_leadership_over() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    cluster.put_kv(0, "before", "1").await;
+    let leader = cluster.leader().await;
+    let node = &mut cluster.nodes[leader];
+    let exited = tokio::task::block_in_place(|| node.terminate(Duration::from_secs(20)));
+    assert!(exited.is_some(), "the leader did not exit");
+    let log = cluster.nodes[leader].log();
+    assert!(log.contains("handed leadership over"), "{log}");
+    let survivor = (leader + 1) % 3;
+    cluster.put_kv(survivor, "after", "2").await;
+    assert_eq!(
+        cluster
+            .get_kv(survivor, "before", "linearizable")
+            .await
+            .as_deref(),
+        Some("1")
+    );
+}

@@ -920,12 +920,65 @@ impl RaftNode {
         self.peer_formats.all_read_several(others)
     }
 
+    /// Hands leadership to the voter whose log is furthest along, if this node leads, and
+    /// waits (at most [`HANDOVER_WAIT`]) until another node leads. A leader that just stopped
+    /// would leave the cluster without one until an election timeout passed and an election
+    /// was held; handed over, the next leader starts at once.
+    pub async fn hand_over_leadership(&self) {
+        let metrics = self.metrics();
+        if metrics.current_leader != Some(self.id) {
+            return;
+        }
+        let matched = |id: &NodeId| {
+            let replication = metrics.replication.as_ref()?;
+            replication.get(id)?.as_ref().map(|log_id| log_id.index)
+        };
+        let Some(successor) = metrics
+            .membership_config
+            .membership()
+            .voter_ids()
+            .filter(|id| *id != self.id)
+            .max_by_key(matched)
+        else {
+            return;
+        };
+        let started = Instant::now();
+        if let Err(err) = self.raft.trigger().transfer_leader(successor).await {
+            tracing::warn!(%err, "cannot hand leadership over");
+            return;
+        }
+        let handed = self
+            .raft
+            .wait(Some(HANDOVER_WAIT))
+            .metrics(
+                |m| m.current_leader.is_some_and(|leader| leader != self.id),
+                "another node to lead",
+            )
+            .await;
+        match handed {
+            Ok(metrics) => tracing::info!(
+                successor,
+                leader = metrics.current_leader,
+                "handed leadership over in {:.0?}",
+                started.elapsed()
+            ),
+            Err(err) => tracing::warn!(
+                successor,
+                %err,
+                "leadership was not handed over; the others elect a leader once this one is gone"
+            ),
+        }
+    }
+
     pub async fn shutdown(&self) {
         if let Err(err) = self.raft.shutdown().await {
             tracing::warn!(%err, "Raft did not shut down cleanly");
         }
     }
 }
+
+/// How long a stopping leader waits for its successor to take over.
+const HANDOVER_WAIT: Duration = Duration::from_secs(2);
 
 /// The longest one call of a join to a member may take: a member that accepts the
 /// connection and then stalls must not use up the whole join.

@@ -26,7 +26,9 @@ use axum::Router;
 use futures::StreamExt;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use openraft::error::RaftError;
 use openraft::raft::AppendEntriesRequest;
+use openraft::raft::TransferLeaderRequest;
 use openraft::raft::VoteRequest;
 use openraft::type_config::alias::SnapshotMetaOf;
 use openraft::type_config::alias::SnapshotOf;
@@ -59,6 +61,7 @@ pub fn router(slot: RaftSlot) -> Router {
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
         .route("/raft/pre-vote", post(pre_vote))
+        .route(TRANSFER_LEADER_PATH, post(transfer_leader))
         .route("/raft/snapshot", post(snapshot))
         .route(forward_stream::SINGLE_PATH, post(forward))
         .route(append_stream::PATH, post(append_stream))
@@ -161,6 +164,28 @@ async fn pre_vote(State(slot): State<RaftSlot>, headers: HeaderMap, body: Bytes)
         &headers,
         &body,
         |node, request: VoteRequest<TypeConfig>| async move { node.raft().pre_vote(request).await },
+    )
+    .await
+}
+
+/// Where a leader that is stopping asks a follower to take over.
+pub const TRANSFER_LEADER_PATH: &str = "/raft/transfer-leader";
+
+async fn transfer_leader(
+    State(slot): State<RaftSlot>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    rpc(
+        &slot,
+        &headers,
+        &body,
+        |node, request: TransferLeaderRequest<TypeConfig>| async move {
+            node.raft()
+                .handle_transfer_leader(request)
+                .await
+                .map_err(RaftError::<TypeConfig>::Fatal)
+        },
     )
     .await
 }

@@ -38,7 +38,10 @@ use crate::Error;
 
 /// The whole HTTP surface of `node`.
 pub fn router(node: Arc<Node>) -> Router {
-    let mut app = Router::new().merge(bootstrap::public_routes(node.clone()));
+    let public = bootstrap::public_routes(node.clone()).route_layer(
+        axum::middleware::map_response(|response: Response| in_dialect("bootstrap", response)),
+    );
+    let mut app = Router::new().merge(public);
     for (family, routes) in [
         (
             "cluster",
@@ -53,55 +56,70 @@ pub fn router(node: Arc<Node>) -> Router {
         ("metrics", metrics::routes(node.clone())),
     ] {
         let guard = Arc::new((node.clone(), family));
+        let routes = routes.method_not_allowed_fallback(
+            move |method: axum::http::Method, uri: axum::extract::OriginalUri| async move {
+                let path = uri.0.path().to_string();
+                let message =
+                    format!("{path} does not take {method}; the Allow header lists what it takes");
+                dialect_error(family, StatusCode::METHOD_NOT_ALLOWED, message)
+            },
+        );
         app = app.merge(routes.route_layer(axum::middleware::from_fn_with_state(
             guard,
             require_credentials,
         )));
     }
     app.merge(keel_raft::service::router(node.raft_slot()))
-        .fallback(|| async { StatusCode::NOT_FOUND })
-        .layer(axum::middleware::from_fn(in_dialect))
+        .fallback(|uri: axum::http::Uri| async move {
+            let path = uri.path();
+            let family = if path == undermoon::PREFIX
+                || path.starts_with(&format!("{}/", undermoon::PREFIX))
+            {
+                "undermoon"
+            } else {
+                "keel"
+            };
+            let message = "no such endpoint; see the README for the API".to_string();
+            dialect_error(family, StatusCode::NOT_FOUND, message)
+        })
 }
 
-/// Answers axum writes by itself, with no handler run, in the error format of the dialect
-/// the path belongs to: an unknown path (404), a method the route does not take (405, with no
-/// body), a body over the limit (413, plain text), a path or query it cannot decode (400, plain
-/// text). A client then reads every error alike. The peer routes keep their own protocol.
-async fn in_dialect(request: Request, next: Next) -> Response {
-    let path = request.uri().path().to_string();
-    let method = request.method().clone();
-    let response = next.run(request).await;
-    let status = response.status();
-    let is_json = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|kind| kind.as_bytes().starts_with(b"application/json"));
-    if is_json || !status.is_client_error() || path.starts_with("/raft/") {
-        return response;
-    }
-    let message = match status {
-        StatusCode::METHOD_NOT_ALLOWED => {
-            format!("{path} does not take {method}; the Allow header lists what it takes")
-        }
-        StatusCode::PAYLOAD_TOO_LARGE => {
-            "the request body is larger than the limit of 2 MiB".to_string()
-        }
-        StatusCode::NOT_FOUND => "no such endpoint; see the README for the API".to_string(),
-        _ => {
-            let text = axum::body::to_bytes(response.into_body(), 64 << 10)
-                .await
-                .unwrap_or_default();
-            String::from_utf8_lossy(&text).into_owned()
-        }
-    };
-    if path == undermoon::PREFIX || path.starts_with(&format!("{}/", undermoon::PREFIX)) {
+/// The error format of a route family: undermoon's for its broker API, keel's for the rest.
+fn dialect_error(family: &str, status: StatusCode, message: String) -> Response {
+    if family == "undermoon" {
         undermoon::plain_error(status, message)
     } else {
         plain_error(status, message)
     }
 }
 
-/// An error of keel's own dialects for an answer axum writes by itself (see `in_dialect`).
+/// A client error axum wrote by itself before the handler ran (a body over the limit, a path
+/// it cannot decode: plain text) in the family's error format, so that a client reads every
+/// error alike. Handlers answer JSON, which passes untouched, as does every success.
+async fn in_dialect(family: &str, response: Response) -> Response {
+    let status = response.status();
+    if !status.is_client_error() {
+        return response;
+    }
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|kind| kind.as_bytes().starts_with(b"application/json"));
+    if is_json {
+        return response;
+    }
+    let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        "the request body is larger than the limit of 2 MiB".to_string()
+    } else {
+        let text = axum::body::to_bytes(response.into_body(), 64 << 10)
+            .await
+            .unwrap_or_default();
+        String::from_utf8_lossy(&text).into_owned()
+    };
+    dialect_error(family, status, message)
+}
+
+/// An error of keel's own dialects for an answer axum writes by itself.
 fn plain_error(status: StatusCode, message: String) -> Response {
     let code = match status {
         StatusCode::NOT_FOUND => "not_found",
@@ -129,7 +147,7 @@ async fn require_credentials(
     if let Err(denied) = authorize(node, family, header).await {
         return denied.into_response();
     }
-    next.run(request).await
+    in_dialect(family, next.run(request).await).await
 }
 
 async fn authorize(node: &Node, family: &str, header: Option<&str>) -> Result<(), Error> {

@@ -15,6 +15,7 @@ use axum::routing::get;
 use axum::routing::post;
 use axum::Json;
 use axum::Router;
+use keel_raft::Consistency;
 use openraft::ServerState;
 use serde::Deserialize;
 use serde_json::json;
@@ -128,8 +129,24 @@ async fn remove(
     let uid: u64 = uid
         .parse()
         .map_err(|_| Error::bad_request("invalid_uid", format!("{uid:?} is not a node uid")))?;
-    node.raft()?
-        .remove(uid)
+    let raft = node.raft()?;
+    // Up to date with the leader, so that a node just added is known here.
+    raft.read_barrier(Consistency::Linearizable).await?;
+    let metrics = raft.metrics();
+    if metrics
+        .membership_config
+        .membership()
+        .get_node(&uid)
+        .is_none()
+    {
+        return Err(Error::NotFound {
+            code: "node_not_found",
+            message: format!(
+                "the cluster has no control node with uid {uid}; GET /v1/cluster lists its members"
+            ),
+        });
+    }
+    raft.remove(uid)
         .await
         .map_err(|err| Error::from(err).concerning(json!({ "uid": uid })))?;
     tracing::info!(uid, "removed a control node");

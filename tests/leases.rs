@@ -256,8 +256,12 @@ async fn long_poll_readers_on_followers_wake_on_a_write_through_the_leader() {
     assert_eq!(answer["version"], 2);
     let (_, answer) = send_json(cluster.get(1, "/clusters/c2/versions/2?timeout=1")).await;
     assert_eq!(answer["version"], 2);
-    let (status, _) = send_json(write(1, json!({"stale": true}))).await;
-    assert_eq!(status, 409);
+    let (status, answer) = send_json(write(1, json!({"stale": true}))).await;
+    assert_eq!(
+        (status, &answer["version"], &answer["error_code"]),
+        (409, &json!(2), &json!("version_conflict")),
+        "{answer}"
+    );
 }
 
 /// Reads watch lines from `node` until `count` events arrived or the node dies; returns them.

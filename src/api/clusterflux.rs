@@ -304,7 +304,15 @@ async fn write_versioned(
             Ok(Json(versioned_json(&written)).into_response())
         }
         Reply::Registry(RegistryReply::Stale(current)) => {
-            Ok((StatusCode::CONFLICT, Json(versioned_json(&current))).into_response())
+            // The dialect's answer (the newer version and its metadata), and keel's error
+            // fields beside it, as every other error carries them.
+            let mut answer = versioned_json(&current);
+            answer["error_code"] = json!("version_conflict");
+            answer["message"] = json!(format!(
+                "version {based_on} is not the stored version {}; merge with the metadata answered and write again with version {}",
+                current.version, current.version
+            ));
+            Ok((StatusCode::CONFLICT, Json(answer)).into_response())
         }
         other => Err(Error::Internal(format!(
             "unexpected reply to a metadata write: {other:?}"

@@ -514,9 +514,23 @@ impl Node {
                 ),
             ));
         }
-        let (grant, granted_by) = self.reserve_uid(members, username, password).await?;
+        // Asked to join itself, a node would wait for itself for the whole join's patience.
+        let members: Vec<String> = members
+            .iter()
+            .filter(|member| *member != advertised)
+            .cloned()
+            .collect();
+        if members.is_empty() {
+            return Err(BootstrapError::new(
+                "config_error",
+                format!(
+                    "the only member given to join through is this node itself ({advertised});                      give the address of a node of the cluster to join"
+                ),
+            ));
+        }
+        let (grant, granted_by) = self.reserve_uid(&members, username, password).await?;
         // The member that granted the uid is asked first: it surely knows the secret.
-        let mut members = members.to_vec();
+        let mut members = members;
         members.sort_by_key(|member| *member != granted_by);
         let identity = Identity {
             uid: grant.uid,

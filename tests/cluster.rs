@@ -536,6 +536,19 @@ async fn a_joiner_the_leader_cannot_reach_is_told_why_and_joins_once_restarted_r
     let mut cluster = Cluster::start(1, &[]).await;
     let dir = cluster.nodes[0].dir.parent().unwrap().join("node2");
 
+    // Told to join through itself: refused at once, not after the join's patience.
+    let mut node = common::KeelProcess::new(dir.clone(), &[]);
+    node.start();
+    cluster.nodes.push(node);
+    cluster.wait_http(1).await;
+    start_join(&cluster, 1, cluster.nodes[1].addr()).await;
+    let status = failed_bootstrap(&cluster, 1).await;
+    let message = status["error_details"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(message.contains("this node itself"), "{status}");
+    cluster.nodes.pop();
+
     // An address no other node can reach it at: refused before anything is asked of the
     // cluster.
     let unspecified = format!("0.0.0.0:{}", common::unused_port());

@@ -408,6 +408,29 @@ async fn failed_bootstrap(cluster: &Cluster, i: usize) -> serde_json::Value {
     send_json(cluster.client.get(&url)).await.1["bootstrap_status"].clone()
 }
 
+/// Starts a node at `dir` with `extra_args` as the cluster's last, asks it to join through
+/// `member` (itself if none) and waits for the join to fail; returns its error code and message.
+async fn failed_join(
+    cluster: &mut Cluster,
+    dir: &std::path::Path,
+    extra_args: &[&str],
+    member: Option<String>,
+) -> (String, String) {
+    let mut node = common::KeelProcess::new(dir.to_path_buf(), extra_args);
+    node.start();
+    cluster.nodes.push(node);
+    let i = cluster.nodes.len() - 1;
+    cluster.wait_http(i).await;
+    let member = member.unwrap_or_else(|| cluster.nodes[i].addr());
+    start_join(cluster, i, member).await;
+    let status = failed_bootstrap(cluster, i).await;
+    let text = |field: &serde_json::Value| field.as_str().unwrap_or_default().to_string();
+    (
+        text(&status["error_code"]),
+        text(&status["error_details"]["message"]),
+    )
+}
+
 /// Asks node `i` to join through `member` and returns at once.
 async fn start_join(cluster: &Cluster, i: usize, member: String) {
     let (status, answer) = send_join(cluster, i, member).await;
@@ -537,49 +560,28 @@ async fn a_joiner_the_leader_cannot_reach_is_told_why_and_joins_once_restarted_r
     let dir = cluster.nodes[0].dir.parent().unwrap().join("node2");
 
     // Told to join through itself: refused at once, not after the join's patience.
-    let mut node = common::KeelProcess::new(dir.clone(), &[]);
-    node.start();
-    cluster.nodes.push(node);
-    cluster.wait_http(1).await;
-    start_join(&cluster, 1, cluster.nodes[1].addr()).await;
-    let status = failed_bootstrap(&cluster, 1).await;
-    let message = status["error_details"]["message"]
-        .as_str()
-        .unwrap_or_default();
-    assert!(message.contains("this node itself"), "{status}");
+    let (_, message) = failed_join(&mut cluster, &dir, &[], None).await;
+    assert!(message.contains("this node itself"), "{message}");
     cluster.nodes.pop();
 
     // An address no other node can reach it at: refused before anything is asked of the
     // cluster.
     let unspecified = format!("0.0.0.0:{}", common::unused_port());
-    let mut node = common::KeelProcess::new(dir.clone(), &["--advertise", &unspecified]);
-    node.start();
-    cluster.nodes.push(node);
-    cluster.wait_http(1).await;
-    start_join(&cluster, 1, cluster.nodes[0].addr()).await;
-    let status = failed_bootstrap(&cluster, 1).await;
-    assert_eq!(status["error_code"], "config_error", "{status}");
-    let message = status["error_details"]["message"]
-        .as_str()
-        .unwrap_or_default();
-    assert!(message.contains("--advertise"), "{status}");
+    let through = Some(cluster.nodes[0].addr());
+    let args = ["--advertise", unspecified.as_str()];
+    let (code, message) = failed_join(&mut cluster, &dir, &args, through.clone()).await;
+    assert_eq!(code, "config_error", "{message}");
+    assert!(message.contains("--advertise"), "{message}");
     assert_eq!(voters(&cluster, 0).await, vec![1]);
     cluster.nodes.pop();
 
     let nowhere = format!("127.0.0.1:{}", common::unused_port());
-    let mut node = common::KeelProcess::new(dir, &["--advertise", &nowhere]);
-    node.start();
-    cluster.nodes.push(node);
-    cluster.wait_http(1).await;
-    start_join(&cluster, 1, cluster.nodes[0].addr()).await;
-    let status = failed_bootstrap(&cluster, 1).await;
-    let message = status["error_details"]["message"]
-        .as_str()
-        .unwrap_or_default();
-    assert_eq!(status["error_code"], "config_error", "{status}");
+    let args = ["--advertise", nowhere.as_str()];
+    let (code, message) = failed_join(&mut cluster, &dir, &args, through).await;
+    assert_eq!(code, "config_error", "{message}");
     assert!(
         message.contains(&nowhere) && message.contains("advertised address"),
-        "{status}"
+        "{message}"
     );
     assert_eq!(voters(&cluster, 0).await, vec![1]);
     // Asked to join again (or anything else), it says what it holds and how to go on.

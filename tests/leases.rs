@@ -42,6 +42,29 @@ async fn registered_ids(cluster: &Cluster, i: usize) -> BTreeSet<u64> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_that_stops_refreshing_disappears_after_its_ttl_on_every_node() {
     let cluster = Cluster::start(3, &[]).await;
+    // Registrations are bounded: every listing carries them.
+    let long = "h".repeat(1025);
+    let big = "m".repeat((1 << 20) + 1);
+    for (body, status, code) in [
+        (
+            json!({"hostname": long, "bind-address": "10.0.0.7:8086"}),
+            400,
+            "config_error",
+        ),
+        (
+            json!({"hostname": "   ", "bind-address": "10.0.0.7:8086"}),
+            400,
+            "config_error",
+        ),
+        (
+            json!({"hostname": "h", "bind-address": "10.0.0.7:8086", "metadata": big}),
+            413,
+            "payload_too_large",
+        ),
+    ] {
+        let (got, error) = send_json(cluster.post(0, "/nodes/metrics").json(&body)).await;
+        assert_eq!((got, error["error_code"].as_str()), (status, Some(code)));
+    }
     let registered = Instant::now();
     let id = register(&cluster, 1, "influx-a", 2).await;
     for i in 0..3 {

@@ -58,6 +58,16 @@ const DEFAULT_WAIT_SECS: u64 = 30;
 const MAX_WAIT_SECS: u64 = 300;
 const MAX_METADATA_BYTES: usize = 1 << 20;
 
+fn metadata_too_large() -> Error {
+    Error::PayloadTooLarge(format!(
+        "metadata may be at most {MAX_METADATA_BYTES} bytes"
+    ))
+}
+
+/// The most bytes of a registered node's ip (a list of addresses, in the seed), hostname and
+/// bind-address each: every listing carries them.
+const MAX_FIELD_BYTES: usize = 1024;
+
 pub fn routes(node: Arc<Node>) -> Router {
     Router::new()
         .route("/nodes", get(all_nodes))
@@ -137,11 +147,22 @@ async fn register(
 ) -> Result<Json<Value>, Error> {
     check_cluster(&cluster)?;
     let body: RegisterBody = parse_json(&body)?;
-    if body.hostname.is_empty() || body.bind_address.is_empty() {
+    if body.hostname.trim().is_empty() || body.bind_address.trim().is_empty() {
         return Err(Error::bad_request(
             "config_error",
             "hostname and bind-address are required",
         ));
+    }
+    let fields = [&body.ip, &body.hostname, &body.bind_address];
+    if fields.iter().any(|field| field.len() > MAX_FIELD_BYTES) {
+        return Err(Error::bad_request(
+            "config_error",
+            format!("ip, hostname and bind-address may be at most {MAX_FIELD_BYTES} bytes each"),
+        ));
+    }
+    let metadata = body.metadata.map(|m| m.to_string()).unwrap_or_default();
+    if metadata.len() > MAX_METADATA_BYTES {
+        return Err(metadata_too_large());
     }
     let ttl_ms = leases::check_ttl(body.ttl.unwrap_or(DEFAULT_TTL_SECS))?;
     let command = RegistryCommand::Register {
@@ -152,7 +173,7 @@ async fn register(
             ip: body.ip,
             hostname: body.hostname,
             bind_address: body.bind_address,
-            metadata: body.metadata.map(|m| m.to_string()).unwrap_or_default(),
+            metadata,
         },
     };
     match node.propose(&Command::Registry(command), None).await? {
@@ -289,9 +310,7 @@ async fn write_versioned(
     check_cluster(&cluster)?;
     let based_on = parse_number("version", &version)?;
     if body.len() > MAX_METADATA_BYTES {
-        return Err(Error::PayloadTooLarge(format!(
-            "metadata may be at most {MAX_METADATA_BYTES} bytes"
-        )));
+        return Err(metadata_too_large());
     }
     let metadata: Value = parse_json(&body)?;
     let command = RegistryCommand::WriteVersioned {

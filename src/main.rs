@@ -36,10 +36,11 @@ pub use error::Error;
 pub use keel_raft::service::constant_time_eq;
 
 /// The log filter unless `KEEL_LOG` sets one. openraft warns at every failed replication
-/// attempt, several times a second for a peer that is down; keel's peer network logs when an
-/// outage starts, lasts and ends instead, so those two sources only show errors.
+/// attempt and heartbeat, about 20 times a second for a peer that is down; keel's peer network
+/// logs when an outage starts, lasts and ends instead, so those sources only show errors.
 const DEFAULT_LOG: &str = "info,openraft=warn,openraft::replication=error,\
-                           openraft::engine::handler::replication_handler=error";
+                           openraft::engine::handler::replication_handler=error,\
+                           openraft::core::heartbeat=error";
 
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()

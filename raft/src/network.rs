@@ -291,6 +291,7 @@ pub struct Network {
     streamless: Refusals,
     streams_opened: Arc<AtomicU64>,
     formats: PeerFormats,
+    outages: Outages,
 }
 
 impl Network {
@@ -301,6 +302,7 @@ impl Network {
             streamless: Default::default(),
             streams_opened: Default::default(),
             formats: Default::default(),
+            outages: Default::default(),
         }
     }
 
@@ -329,7 +331,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             streamless: self.streamless.clone(),
             streams_opened: self.streams_opened.clone(),
             formats: self.formats.clone(),
-            outage: Outage::default(),
+            outages: self.outages.clone(),
         }
     }
 }
@@ -346,56 +348,68 @@ pub struct Peer {
     streamless: Refusals,
     streams_opened: Arc<AtomicU64>,
     formats: PeerFormats,
-    outage: Outage,
+    outages: Outages,
 }
 
-/// How long a peer has been unreachable, so that an outage is logged when it starts, now and
-/// then while it lasts and when it ends, rather than at every retry.
-#[derive(Default)]
+/// Since when each unreachable peer has been, so that an outage is logged when it starts, now
+/// and then while it lasts and when it ends, rather than at every retry. Shared by every
+/// client openraft makes for a peer, as it makes new ones while retrying.
+#[derive(Clone, Default)]
+struct Outages(Arc<Mutex<HashMap<NodeId, Outage>>>);
+
+/// When an outage started, when it was last logged and how many connections failed.
 struct Outage {
-    /// When the outage started, when it was last logged and how many connections failed.
-    current: Option<(Instant, Instant, u64)>,
+    since: Instant,
+    told: Instant,
+    failures: u64,
 }
 
 /// How often a lasting outage is logged again.
 const OUTAGE_REMINDER: Duration = Duration::from_secs(60);
 
-impl Outage {
-    fn failed(&mut self, target: NodeId, err: &CallError) {
+impl Outages {
+    fn failed(&self, target: NodeId, err: &CallError) {
         let now = Instant::now();
-        match &mut self.current {
+        let mut outages = self.0.lock().expect("peer outages");
+        match outages.get_mut(&target) {
             None => {
                 tracing::warn!(
                     target,
                     %err,
                     "cannot replicate to peer; retrying with backoff (is it down, or its address wrong?)"
                 );
-                self.current = Some((now, now, 1));
+                let outage = Outage {
+                    since: now,
+                    told: now,
+                    failures: 1,
+                };
+                outages.insert(target, outage);
             }
-            Some((since, told, failures)) => {
-                *failures += 1;
-                if now.duration_since(*told) >= OUTAGE_REMINDER {
+            Some(outage) => {
+                outage.failures += 1;
+                if now.duration_since(outage.told) >= OUTAGE_REMINDER {
                     tracing::warn!(
                         target,
                         %err,
-                        failures = *failures,
+                        failures = outage.failures,
                         "peer still unreachable after {:.0?}",
-                        now.duration_since(*since)
+                        now.duration_since(outage.since)
                     );
-                    *told = now;
+                    outage.told = now;
                 }
             }
         }
     }
 
-    fn ended(&mut self, target: NodeId, addr: &str) {
-        if let Some((since, _, failures)) = self.current.take() {
+    fn ended(&self, target: NodeId, addr: &str) {
+        let ended = self.0.lock().expect("peer outages").remove(&target);
+        if let Some(outage) = ended {
             tracing::info!(
                 target,
                 addr,
-                failures,
+                failures = outage.failures,
                 "peer reachable again after {:.1?}",
-                since.elapsed()
+                outage.since.elapsed()
             );
         }
     }
@@ -471,7 +485,7 @@ impl RaftNetworkV2<TypeConfig> for Peer {
                         return stream_append_sequential(self, input, option).await;
                     }
                     Err(err) => {
-                        self.outage.failed(self.target, &err);
+                        self.outages.failed(self.target, &err);
                         // openraft backs off after failed RPCs in its request stream, before
                         // it yields each request. A connection refused before that stream is
                         // polled would skip the backoff, and replication would retry at once,
@@ -483,7 +497,7 @@ impl RaftNetworkV2<TypeConfig> for Peer {
                     }
                 },
             };
-            self.outage.ended(self.target, &self.addr);
+            self.outages.ended(self.target, &self.addr);
             Ok(append_stream::session(
                 self.channel.get_mut().expect("append stream slot"),
                 channel,

@@ -129,6 +129,11 @@ impl From<keel_raft::Error> for Error {
                 details: Value::Null,
             },
             Raft::Fatal(_) => Error::Internal(message),
+            Raft::NotAMember(_) => Error::Unavailable {
+                code: "not_a_member",
+                message,
+                retry_after: Duration::from_secs(5),
+            },
         }
     }
 }

@@ -358,6 +358,20 @@ async fn a_fourth_node_joins_and_is_removed_online() {
     assert_eq!(members.len(), 3, "{info}");
     assert!(members.iter().all(|m| m["uid"] != uid));
     cluster.put_kv(2, "after-remove", "1").await;
+    // The removed node, still running, is told so instead of serving as a member.
+    let write = cluster
+        .put(3, "/v1/kv/through-removed")
+        .json(&json!({"value": "x"}));
+    let (status, refusal) = send_json(write).await;
+    assert_eq!(
+        (status, &refusal["error_code"]),
+        (503, &json!("not_a_member")),
+        "{refusal}"
+    );
+    assert_eq!(
+        cluster.get_kv(0, "through-removed", "linearizable").await,
+        None
+    );
 
     let (status, refusal) = send_json(cluster.post(0, "/v1/nodes/999/actions/remove")).await;
     assert_eq!(

@@ -34,6 +34,12 @@ pub enum Error {
     /// The node cannot go on (storage failure, Raft core stopped).
     #[error("internal failure: {0}; check this node's log and disk")]
     Fatal(String),
+    /// The leader refuses this node's forwards: it is not a member (it was removed). Last,
+    /// so that the variants before it keep their encoding for nodes of earlier builds.
+    #[error(
+        "this node (uid {0}) is no longer a member of the cluster: it was removed; stop it, or empty its data directory and join it again"
+    )]
+    NotAMember(u64),
 }
 
 impl Error {

@@ -81,7 +81,13 @@ pub enum CallError {
 pub struct PeerClient {
     http: reqwest::Client,
     secret: String,
+    /// This node's uid, announced when it opens a stream, so that a leader can tell a node
+    /// it removed.
+    sender: Option<NodeId>,
 }
+
+/// Header carrying the uid of the node that opens a peer stream.
+pub const SENDER_HEADER: &str = "x-keel-node-uid";
 
 /// An HTTP client for traffic to other keel nodes: no environment proxies (peer traffic must
 /// not wander through a proxy meant for the outside world), and outgoing connections from
@@ -100,7 +106,19 @@ impl PeerClient {
         let http = node_to_node_client(source_ip)
             .build()
             .expect("building the peer HTTP client");
-        Self { http, secret }
+        Self {
+            http,
+            secret,
+            sender: None,
+        }
+    }
+
+    /// The same client, announcing `uid` as its node's when it opens a stream.
+    pub fn sent_by(self, uid: NodeId) -> Self {
+        Self {
+            sender: Some(uid),
+            ..self
+        }
     }
 
     /// POSTs `body` (bincode) to `path` on `addr` and decodes a bincode answer.
@@ -165,12 +183,16 @@ impl PeerClient {
         timeout: Duration,
     ) -> Result<Upgraded, CallError> {
         let exchange = async {
-            let response = self
+            let mut request = self
                 .http
                 .post(format!("http://{addr}{path}"))
                 .header(SECRET_HEADER, &self.secret)
                 .header(reqwest::header::CONNECTION, "upgrade")
-                .header(reqwest::header::UPGRADE, protocol)
+                .header(reqwest::header::UPGRADE, protocol);
+            if let Some(uid) = self.sender {
+                request = request.header(SENDER_HEADER, uid);
+            }
+            let response = request
                 .send()
                 .await
                 .map_err(|e| classify(addr, timeout, e))?;

@@ -281,7 +281,7 @@ impl RaftNode {
         let state = store
             .state_store(Machine::new(domain))
             .map_err(|e| Error::Fatal(e.to_string()))?;
-        let peers = PeerClient::new(secret.clone(), config.peer_source_ip);
+        let peers = PeerClient::new(secret.clone(), config.peer_source_ip).sent_by(id);
         let network = Network::new(peers.clone(), config.election_timeout_min);
         let append_streams_opened = network.streams_opened();
         let peer_formats = network.peer_formats();
@@ -918,6 +918,32 @@ impl RaftNode {
             .map(|(id, _)| *id)
             .filter(|id| *id != self.id);
         self.peer_formats.all_read_several(others)
+    }
+
+    /// Refuses the proposals and reads a node forwards once it is no longer a member: removed,
+    /// it may never learn so, and would go on serving as one. Joins are asked before the
+    /// joiner is a member and pass.
+    pub(crate) fn refuse_non_member(
+        &self,
+        sender: NodeId,
+        request: &LeaderRequest,
+    ) -> Option<NotDone> {
+        use openraft::async_runtime::WatchReceiver;
+        let serves_clients = matches!(
+            request,
+            LeaderRequest::Propose(_)
+                | LeaderRequest::ProposeBatch(_)
+                | LeaderRequest::ReadIndex { .. }
+        );
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        let leads = metrics.current_leader == Some(self.id);
+        let member = metrics
+            .membership_config
+            .membership()
+            .get_node(&sender)
+            .is_some();
+        (serves_clients && leads && !member).then_some(NotDone::Failed(Error::NotAMember(sender)))
     }
 
     /// Hands leadership to the voter whose log is furthest along, if this node leads, and

@@ -43,6 +43,7 @@ use crate::append_stream;
 use crate::entry_format;
 use crate::forward_stream;
 use crate::network::SECRET_HEADER;
+use crate::network::SENDER_HEADER;
 use crate::node::LeaderRequest;
 use crate::node::RaftNode;
 use crate::types::TypeConfig;
@@ -212,10 +213,21 @@ async fn append_stream(State(slot): State<RaftSlot>, request: Request) -> Respon
 
 /// Switches the connection to the forward stream (a follower's, to this leader).
 async fn forward_stream(State(slot): State<RaftSlot>, request: Request) -> Response {
-    upgrade(&slot, request, forward_stream::PROTOCOL, |node, io| {
+    // Followers of earlier builds do not say who they are.
+    let sender = request
+        .headers()
+        .get(SENDER_HEADER)
+        .and_then(|uid| uid.to_str().ok()?.parse().ok());
+    upgrade(&slot, request, forward_stream::PROTOCOL, move |node, io| {
         forward_stream::serve(io, move |request| {
             let node = node.clone();
-            async move { node.execute(&request).await }
+            async move {
+                if let Some(refusal) = sender.and_then(|uid| node.refuse_non_member(uid, &request))
+                {
+                    return Err(refusal);
+                }
+                node.execute(&request).await
+            }
         })
     })
 }

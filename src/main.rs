@@ -127,7 +127,16 @@ async fn serve(settings: config::Settings) -> Result<(), String> {
         // Still taking connections meanwhile: the successor's vote must reach this node for it
         // to see the handover.
         if let Ok(raft) = stopping.raft() {
-            raft.hand_over_leadership().await;
+            // Bounded: a Raft core that no longer answers must not keep the node from stopping.
+            let handover = raft.hand_over_leadership();
+            if tokio::time::timeout(HANDOVER_LIMIT, handover)
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "Raft did not hand leadership over in {HANDOVER_LIMIT:?}; stopping anyway"
+                );
+            }
         }
         closing.send_replace(true);
     });
@@ -157,6 +166,10 @@ async fn serve(settings: config::Settings) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// The longest a stopping leader spends handing leadership over (it waits 2 s for its
+/// successor itself).
+const HANDOVER_LIMIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// How long a stopping node waits for the requests in flight.
 const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);

@@ -524,7 +524,8 @@ impl Node {
             return Err(BootstrapError::new(
                 "config_error",
                 format!(
-                    "the only member given to join through is this node itself ({advertised});                      give the address of a node of the cluster to join"
+                    "the only member given to join through is this node itself ({advertised}); \
+                     give the address of a node of the cluster to join"
                 ),
             ));
         }

@@ -490,16 +490,6 @@ async fn broker_errors_are_in_undermoons_format_and_change_nothing() {
         ),
         (
             Method::PUT,
-            "/metadata",
-            json!({"version": "mem-broker-0.2", "global_epoch": 1000, "clusters": {}, "all_proxies": {
-                "10.9.0.1:7001": {"proxy_address": "10.9.0.1:7001", "node_addresses": ["10.9.0.1:6001", "10.9.0.1:6002"], "host": "10.9.0.1", "cluster": null},
-                "10.9.0.1:7002": {"proxy_address": "10.9.0.1:7002", "node_addresses": ["10.9.0.1:6002", "10.9.0.1:6003"], "host": "10.9.0.1", "cluster": null}},
-                "failed_proxies": [], "failures": {}}),
-            400,
-            "INVALID_METADATA",
-        ),
-        (
-            Method::PUT,
             "/clusters/migrations",
             json!({"cluster_name": "c9", "slot_range": {"range_list": [[0, 1]], "tag": "None"}}),
             400,

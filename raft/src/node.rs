@@ -959,12 +959,19 @@ impl RaftNode {
             let replication = metrics.replication.as_ref()?;
             replication.get(id)?.as_ref().map(|log_id| log_id.index)
         };
+        // A voter that acknowledged no heartbeat lately may be down: asked to take over, it
+        // would leave the cluster to an ordinary election after all.
+        let alive_within = Duration::from_millis(self.raft.config().election_timeout_min);
+        let acked_ago = |id: &NodeId| {
+            let ack = metrics.heartbeat.as_ref()?.get(id)?.as_ref()?;
+            Some(openraft::Instant::elapsed(&**ack)).filter(|ago| *ago < alive_within)
+        };
         let Some(successor) = metrics
             .membership_config
             .membership()
             .voter_ids()
-            .filter(|id| *id != self.id)
-            .max_by_key(matched)
+            .filter(|id| *id != self.id && acked_ago(id).is_some())
+            .max_by_key(|id| (matched(id), std::cmp::Reverse(acked_ago(id))))
         else {
             return;
         };
@@ -981,17 +988,17 @@ impl RaftNode {
                 "another node to lead",
             )
             .await;
-        match handed {
-            Ok(metrics) => tracing::info!(
+        // Another leader may also come of an ordinary election: the handover stops heartbeats.
+        match handed.map(|metrics| metrics.current_leader) {
+            Ok(Some(leader)) if leader == successor => tracing::info!(
                 successor,
-                leader = metrics.current_leader,
                 "handed leadership over in {:.0?}",
                 started.elapsed()
             ),
-            Err(err) => tracing::warn!(
+            outcome => tracing::warn!(
                 successor,
-                %err,
-                "leadership was not handed over; the others elect a leader once this one is gone"
+                ?outcome,
+                "leadership was not handed over; the others elected a leader, or will once this one is gone"
             ),
         }
     }

@@ -13,20 +13,15 @@ use super::state::valid_cluster_name;
 use super::state::valid_registration;
 
 /// Checks what a dump from a client must hold beyond [`check_consistency`]: the rules the
-/// API applies to new proxies hold for the dump's (see [`valid_registration`]), stable slots
-/// carry no migration, and no Redis node belongs to two proxies. These are checked before the
-/// dump is proposed, not when it is applied, so that a restore an earlier build applied
-/// applies alike.
+/// API applies to new proxies hold for the dump's (see [`valid_registration`]), and stable
+/// slots carry no migration. These are checked before the dump is proposed, not when it is
+/// applied, so that a restore an earlier build applied applies alike.
 pub fn check_dump(store: &MetaStore) -> Result<(), String> {
-    let mut nodes = BTreeSet::new();
     for (address, proxy) in &store.all_proxies {
         if !valid_registration(address, &proxy.node_addresses, Some(&proxy.host)) {
             return Err(format!(
                 "proxy {address:?} has an invalid address, host or Redis nodes"
             ));
-        }
-        if let Some(node) = proxy.node_addresses.iter().find(|n| !nodes.insert(*n)) {
-            return Err(format!("Redis node {node} belongs to two proxies"));
         }
     }
     for (name, cluster) in &store.clusters {

@@ -625,8 +625,7 @@ impl Broker {
         if store.version != DUMP_VERSION {
             return Err(BrokerError::InvalidMetaVersion);
         }
-        // Past the cap only if the store already is: a dump of it restores.
-        if store.global_epoch > MAX_EPOCH.max(self.store.global_epoch) {
+        if store.global_epoch > MAX_EPOCH {
             return Err(BrokerError::InvalidEpoch);
         }
         if store.global_epoch < self.store.global_epoch {

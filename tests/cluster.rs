@@ -724,6 +724,12 @@ async fn credentials_are_required_and_bad_requests_get_clear_errors() {
             "method_not_allowed",
             "POST",
         ),
+        (
+            cluster.delete(0, "/v1/bootstrap"),
+            405,
+            "method_not_allowed",
+            "DELETE",
+        ),
     ] {
         let (got, error) = send_json(request).await;
         assert_eq!((got, error["error_code"].as_str()), (status, Some(code)));

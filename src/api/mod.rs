@@ -38,9 +38,10 @@ use crate::Error;
 
 /// The whole HTTP surface of `node`.
 pub fn router(node: Arc<Node>) -> Router {
-    let public = bootstrap::public_routes(node.clone()).route_layer(
-        axum::middleware::map_response(|response: Response| in_dialect("bootstrap", response)),
-    );
+    let public = with_method_errors(bootstrap::public_routes(node.clone()), "bootstrap")
+        .route_layer(axum::middleware::map_response(|response: Response| {
+            in_dialect("bootstrap", response)
+        }));
     let mut app = Router::new().merge(public);
     for (family, routes) in [
         (
@@ -56,14 +57,7 @@ pub fn router(node: Arc<Node>) -> Router {
         ("metrics", metrics::routes(node.clone())),
     ] {
         let guard = Arc::new((node.clone(), family));
-        let routes = routes.method_not_allowed_fallback(
-            move |method: axum::http::Method, uri: axum::extract::OriginalUri| async move {
-                let path = uri.0.path().to_string();
-                let message =
-                    format!("{path} does not take {method}; the Allow header lists what it takes");
-                dialect_error(family, StatusCode::METHOD_NOT_ALLOWED, message)
-            },
-        );
+        let routes = with_method_errors(routes, family);
         app = app.merge(routes.route_layer(axum::middleware::from_fn_with_state(
             guard,
             require_credentials,
@@ -82,6 +76,19 @@ pub fn router(node: Arc<Node>) -> Router {
             let message = "no such endpoint; see the README for the API".to_string();
             dialect_error(family, StatusCode::NOT_FOUND, message)
         })
+}
+
+/// `routes` answering a method they do not take in the family's error format (axum adds the
+/// Allow header).
+fn with_method_errors(routes: Router, family: &'static str) -> Router {
+    routes.method_not_allowed_fallback(
+        move |method: axum::http::Method, uri: axum::extract::OriginalUri| async move {
+            let path = uri.0.path().to_string();
+            let message =
+                format!("{path} does not take {method}; the Allow header lists what it takes");
+            dialect_error(family, StatusCode::METHOD_NOT_ALLOWED, message)
+        },
+    )
 }
 
 /// The error format of a route family: undermoon's for its broker API, keel's for the rest.

@@ -65,14 +65,11 @@ pub fn router(node: Arc<Node>) -> Router {
     }
     app.merge(keel_raft::service::router(node.raft_slot()))
         .fallback(|uri: axum::http::Uri| async move {
-            let path = uri.path();
-            let family = if path == undermoon::PREFIX
-                || path.starts_with(&format!("{}/", undermoon::PREFIX))
-            {
-                "undermoon"
-            } else {
-                "keel"
-            };
+            let under_undermoon = uri
+                .path()
+                .strip_prefix(undermoon::PREFIX)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+            let family = if under_undermoon { "undermoon" } else { "keel" };
             let message = "no such endpoint; see the README for the API".to_string();
             dialect_error(family, StatusCode::NOT_FOUND, message)
         })

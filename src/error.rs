@@ -171,6 +171,9 @@ impl IntoResponse for Error {
             Error::Unavailable {
                 retry_after: after, ..
             } => retry_after = Some(after),
+            Error::Compacted { oldest, .. } => {
+                body["compact_revision"] = json!(oldest.saturating_sub(1));
+            }
             _ => {}
         }
         let mut response = (status, Json(body)).into_response();
@@ -211,5 +214,24 @@ mod tests {
         }
         let response = Error::from(keel_storage::Error::Installing).into_response();
         assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+    }
+
+    #[tokio::test]
+    async fn a_compacted_revision_names_where_history_starts() {
+        let response = Error::Compacted {
+            requested: 5,
+            oldest: 20,
+        }
+        .into_response();
+        assert_eq!(response.status(), StatusCode::GONE);
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            (&body["error_code"], &body["compact_revision"]),
+            (&json!("compacted"), &json!(19)),
+            "{body}"
+        );
     }
 }

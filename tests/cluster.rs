@@ -627,6 +627,13 @@ async fn credentials_are_required_and_bad_requests_get_clear_errors() {
         Some(2),
         "{metrics}"
     );
+    // In the undermoon dialect's format on its routes.
+    let (status, body) = send_json(cluster.client.get(cluster.nodes[0].url("/api/v3/epoch"))).await;
+    assert_eq!(
+        (status, &body["error"]),
+        (401, &json!("UNAUTHORIZED")),
+        "{body}"
+    );
     // Raft peer routes refuse a caller without the cluster secret.
     let stranger = cluster
         .client
@@ -658,7 +665,7 @@ async fn credentials_are_required_and_bad_requests_get_clear_errors() {
     for body in ["not json", "{\"value\": 5}", "{\"other\": \"x\"}"] {
         let (status, error) = send_json(cluster.put(0, "/v1/kv/k").body(body)).await;
         assert_eq!(status, 400, "{body}");
-        assert_eq!(error["error_code"], "config_error", "{body}");
+        assert_eq!(error["error_code"], "invalid_body", "{body}");
         assert!(error["message"].as_str().unwrap().len() > 10);
     }
     // The server answers 413 before reading the whole body and closes the connection, so the
@@ -729,6 +736,27 @@ async fn credentials_are_required_and_bad_requests_get_clear_errors() {
             405,
             "method_not_allowed",
             "DELETE",
+        ),
+        // A misspelt condition must not make a blind write, nor a past read a present one.
+        (
+            cluster
+                .put(0, "/v1/kv/k?prevRevision=0")
+                .json(&json!({"value": "v"})),
+            400,
+            "invalid_query",
+            "prevRevision",
+        ),
+        (
+            cluster.get(0, "/v1/kv/k?revision=1"),
+            400,
+            "invalid_query",
+            "watches",
+        ),
+        (
+            cluster.get(0, "/v1/kv?prefix=k&revison=1&watch=true"),
+            400,
+            "invalid_query",
+            "revison",
         ),
     ] {
         let (got, error) = send_json(request).await;

@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::json;
 use serde_json::Value;
 
-use super::parse_json;
+use super::parse_json_or;
 use crate::machine_info;
 use crate::node::BootstrapPlan;
 use crate::node::Node;
@@ -123,7 +123,7 @@ async fn start(
     body: Bytes,
 ) -> Result<Json<Value>, Error> {
     node.bootstrap_refusal()?;
-    let request: BootstrapRequest = parse_json(&body)?;
+    let request: BootstrapRequest = parse_json_or(&body, "config_error")?;
     if request.action.as_deref().is_some_and(|a| a != action) {
         return Err(config_error(format!(
             "the body's action {:?} does not match the URL's {action:?}",

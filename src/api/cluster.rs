@@ -31,9 +31,16 @@ use crate::node::MemberRequest;
 use crate::node::Node;
 use crate::Error;
 
+/// What the cluster looks like: `--open-routes cluster` serves it without credentials.
 pub fn routes(node: Arc<Node>) -> Router {
     Router::new()
         .route("/v1/cluster", get(cluster))
+        .with_state(node)
+}
+
+/// Changes to the membership, which always need credentials.
+pub fn membership_routes(node: Arc<Node>) -> Router {
+    Router::new()
         .route("/v1/cluster/join", post(join))
         .route("/v1/cluster/members", post(add_member))
         .route("/v1/nodes/{uid}/actions/remove", post(remove))

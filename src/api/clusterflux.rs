@@ -37,7 +37,7 @@ use serde_json::Value;
 
 use super::leases;
 use super::on_leader;
-use super::parse_json;
+use super::parse_json_or;
 use super::ChangeWatch;
 use super::LeaderOnly;
 use super::Params;
@@ -146,7 +146,7 @@ async fn register(
     body: Bytes,
 ) -> Result<Json<Value>, Error> {
     check_cluster(&cluster)?;
-    let body: RegisterBody = parse_json(&body)?;
+    let body: RegisterBody = parse_json_or(&body, "config_error")?;
     if body.hostname.trim().is_empty() || body.bind_address.trim().is_empty() {
         return Err(Error::bad_request(
             "config_error",
@@ -312,7 +312,7 @@ async fn write_versioned(
     if body.len() > MAX_METADATA_BYTES {
         return Err(metadata_too_large());
     }
-    let metadata: Value = parse_json(&body)?;
+    let metadata: Value = parse_json_or(&body, "config_error")?;
     let command = RegistryCommand::WriteVersioned {
         cluster,
         based_on,

@@ -64,7 +64,9 @@ pub fn routes(node: Arc<Node>) -> Router {
         .with_state(node)
 }
 
+/// Unknown parameters are refused: a misspelt `prev_revision` must not make a blind write.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ReadParams {
     consistency: Option<String>,
     #[serde(default)]
@@ -73,6 +75,7 @@ struct ReadParams {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ListParams {
     #[serde(default)]
     prefix: String,
@@ -85,6 +88,7 @@ struct ListParams {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct WriteParams {
     prev_revision: Option<u64>,
     lease: Option<u64>,
@@ -336,6 +340,7 @@ async fn read(
     if params.watch {
         return watch(node, KeyFilter::Exact(key), params.revision).await;
     }
+    refuse_a_past_read(params.revision)?;
     let consistency = parse_consistency(params.consistency.as_deref())?;
     let (found, _, headers) =
         fresh_read(&node, consistency, |reader| Ok(kv::get(reader, &key)?)).await?;
@@ -348,6 +353,19 @@ async fn read(
     }
 }
 
+/// keel keeps the past as watch events, not as versions to read: a read at a revision would
+/// silently get the latest value instead.
+fn refuse_a_past_read(revision: Option<u64>) -> Result<(), Error> {
+    match revision {
+        Some(_) => Err(Error::bad_request(
+            "invalid_query",
+            "revision applies to watches (watch=true): reads serve the latest value, with its \
+             revision in X-Keel-Revision",
+        )),
+        None => Ok(()),
+    }
+}
+
 async fn list(
     State(node): State<Arc<Node>>,
     Params(params): Params<ListParams>,
@@ -355,6 +373,7 @@ async fn list(
     if params.watch {
         return watch(node, KeyFilter::Prefix(params.prefix), params.revision).await;
     }
+    refuse_a_past_read(params.revision)?;
     let consistency = parse_consistency(params.consistency.as_deref())?;
     let limit = params.limit.unwrap_or(DEFAULT_LIST_LIMIT);
     if limit == 0 || limit > MAX_LIST_LIMIT {

@@ -9,7 +9,8 @@
 //! - [`metrics`]: Prometheus text (`/metrics`).
 //!
 //! Authentication is per route family: once the cluster has credentials, every family
-//! requires HTTP Basic unless the operator opened it with `--open-routes`.
+//! requires HTTP Basic unless the operator opened it with `--open-routes`. Membership changes
+//! (joins hand out the cluster secret) cannot be opened.
 
 mod bootstrap;
 mod cluster;
@@ -44,9 +45,11 @@ pub fn router(node: Arc<Node>) -> Router {
         }));
     let mut app = Router::new().merge(public);
     for (family, routes) in [
+        ("cluster", cluster::routes(node.clone())),
+        // Never open: joining hands out the cluster secret.
         (
-            "cluster",
-            cluster::routes(node.clone()).merge(bootstrap::member_routes(node.clone())),
+            "membership",
+            cluster::membership_routes(node.clone()).merge(bootstrap::member_routes(node.clone())),
         ),
         (
             "kv",
@@ -149,7 +152,11 @@ async fn require_credentials(
         .get(header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok());
     if let Err(denied) = authorize(node, family, header).await {
-        return denied.into_response();
+        return if *family == "undermoon" {
+            undermoon::UndermoonError::from(denied).into_response()
+        } else {
+            denied.into_response()
+        };
     }
     in_dialect(family, next.run(request).await).await
 }
@@ -201,8 +208,16 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestP
 
 /// Parses a JSON body, answering in the API's own error format.
 pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
+    parse_json_or(body, "invalid_body")
+}
+
+/// Parses a JSON body, refusing it with error code `code` (a dialect's own).
+pub(crate) fn parse_json_or<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    code: &'static str,
+) -> Result<T, Error> {
     serde_json::from_slice(body)
-        .map_err(|e| Error::bad_request("config_error", format!("invalid JSON body: {e}")))
+        .map_err(|e| Error::bad_request(code, format!("invalid JSON body: {e}")))
 }
 
 /// Marks a request relayed to the leader, so it is never relayed twice.

@@ -74,6 +74,8 @@ pub(crate) enum UndermoonError {
     /// New proxies did not take the metadata in time; the nodes were added, retry the call.
     ProxyNotSync(String),
     InvalidRequest(String),
+    /// Missing or wrong credentials (a cluster that did not open these routes).
+    Unauthorized(String),
     Internal(String),
 }
 
@@ -90,6 +92,7 @@ impl From<Error> for UndermoonError {
                 UndermoonError::InvalidRequest(error.to_string())
             }
             Error::Unavailable { .. } => UndermoonError::Retry(error.to_string()),
+            Error::Unauthorized(message) => UndermoonError::Unauthorized(message),
             _ => UndermoonError::Internal(error.to_string()),
         }
     }
@@ -166,6 +169,10 @@ impl IntoResponse for UndermoonError {
             UndermoonError::InvalidRequest(message) => (
                 StatusCode::BAD_REQUEST,
                 json!({ "error": "INVALID_REQUEST", "message": message }),
+            ),
+            UndermoonError::Unauthorized(message) => (
+                StatusCode::UNAUTHORIZED,
+                json!({ "error": "UNAUTHORIZED", "message": message }),
             ),
             UndermoonError::Internal(message) => {
                 tracing::warn!(error = %message, "broker request failed");

@@ -177,7 +177,8 @@ impl ServeArgs {
         let raft = keel_raft::RaftConfig {
             heartbeat: pick!(heartbeat_ms).map_or(defaults.heartbeat, Duration::from_millis),
             election_timeout_min: election.unwrap_or(defaults.election_timeout_min),
-            election_timeout_max: election.map_or(defaults.election_timeout_max, |e| e * 2),
+            election_timeout_max: election
+                .map_or(defaults.election_timeout_max, |e| e.saturating_mul(2)),
             snapshot_every: pick!(snapshot_every).unwrap_or(defaults.snapshot_every),
             keep_logs_after_snapshot: pick!(keep_log_entries)
                 .unwrap_or(defaults.keep_logs_after_snapshot),
@@ -188,17 +189,45 @@ impl ServeArgs {
         let worker_threads = pick!(worker_threads).unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
         });
-        if worker_threads == 0 {
-            return Err("--worker-threads must be at least 1".into());
-        }
+        check_range(
+            "--worker-threads",
+            worker_threads as u64,
+            1,
+            MAX_WORKER_THREADS,
+        )?;
         if raft.snapshot_every == 0 {
             return Err("--snapshot-every must be at least 1".into());
         }
-        if raft.heartbeat >= raft.election_timeout_min {
-            return Err("--heartbeat-ms must be smaller than --election-timeout-ms".into());
+        check_timing(&raft)?;
+        let user = pick!(user);
+        let password = pick!(password);
+        if user.is_some() != password.is_some() {
+            return Err("--user and --password go together: set both or neither".into());
         }
+        if join.iter().any(|member| member.trim().is_empty()) {
+            return Err("--join: an empty member address; give host:port of each member".into());
+        }
+        let cluster_name = pick!(cluster_name).unwrap_or_else(|| "keel".into());
+        if cluster_name.trim().is_empty() || cluster_name.chars().any(char::is_control) {
+            return Err(
+                "--cluster-name must be a non-empty name without control characters".into(),
+            );
+        }
+        let advertise = match pick!(advertise) {
+            Some(advertise) => {
+                check_address(&advertise)?;
+                advertise
+            }
+            None if listen.ip().is_unspecified() => {
+                return Err(format!(
+                    "--listen {listen} is every interface, which other nodes cannot dial: set \
+                     --advertise to the host:port they reach this node at"
+                ))
+            }
+            None => listen.to_string(),
+        };
         Ok(Settings {
-            advertise: pick!(advertise).unwrap_or_else(|| listen.to_string()),
+            advertise,
             listen,
             data_dir: pick!(data_dir).unwrap_or_else(|| PathBuf::from("keel-data")),
             bootstrap: if join.is_empty() {
@@ -207,13 +236,69 @@ impl ServeArgs {
                 BootstrapMode::Auto
             },
             join,
-            cluster_name: pick!(cluster_name).unwrap_or_else(|| "keel".into()),
-            user: pick!(user),
-            password: pick!(password),
+            cluster_name,
+            user,
+            password,
             open_routes,
             worker_threads,
             raft,
         })
+    }
+}
+
+/// More threads than this is a typo: each costs a stack, and a node needs a handful.
+const MAX_WORKER_THREADS: u64 = 1024;
+
+fn check_range(flag: &str, value: u64, min: u64, max: u64) -> Result<(), String> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{flag} must be between {min} and {max}, not {value}"
+        ))
+    }
+}
+
+/// Raft timings a cluster can run on: below 10 ms a heartbeat is mostly scheduling noise; an
+/// election timeout under two heartbeats elects at every late one; above a minute a dead
+/// leader goes unnoticed for that long (and the maximum, twice the minimum, must not wrap);
+/// a request timeout under 100 ms answers 503 to writes that commit a moment later.
+fn check_timing(raft: &keel_raft::RaftConfig) -> Result<(), String> {
+    let ms = |d: Duration| d.as_millis().min(u64::MAX as u128) as u64;
+    check_range("--heartbeat-ms", ms(raft.heartbeat), 10, 10_000)?;
+    check_range(
+        "--election-timeout-ms",
+        ms(raft.election_timeout_min),
+        20,
+        60_000,
+    )?;
+    if raft.election_timeout_min < raft.heartbeat * 2 {
+        return Err(
+            "--election-timeout-ms must be at least twice --heartbeat-ms (three times or more is usual)"
+                .into(),
+        );
+    }
+    check_range(
+        "--request-timeout-ms",
+        ms(raft.request_timeout),
+        100,
+        3_600_000,
+    )
+}
+
+/// An address other nodes dial: host:port with a port other than 0.
+fn check_address(addr: &str) -> Result<(), String> {
+    let valid = addr.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty()
+            && !host.contains(|c: char| c.is_whitespace() || c == '/')
+            && port.parse::<u16>().is_ok_and(|port| port != 0)
+    });
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "--advertise {addr:?} is not an address other nodes can dial: give host:port"
+        ))
     }
 }
 
@@ -263,18 +348,47 @@ mod tests {
 
     #[test]
     fn bad_settings_are_refused_with_a_reason() {
-        let err = parse(&["--open-routes", "everything"])
-            .resolve()
-            .unwrap_err();
-        assert!(err.contains("unknown route family"), "{err}");
-        let err = parse(&["--heartbeat-ms", "500", "--election-timeout-ms", "400"])
-            .resolve()
-            .unwrap_err();
-        assert!(err.contains("smaller"), "{err}");
-        let err = parse(&["--worker-threads", "0"]).resolve().unwrap_err();
-        assert!(err.contains("at least 1"), "{err}");
-        let err = parse(&["--snapshot-every", "0"]).resolve().unwrap_err();
-        assert!(err.contains("--snapshot-every must be at least 1"), "{err}");
+        let cases: &[(&[&str], &str)] = &[
+            (&["--open-routes", "everything"], "unknown route family"),
+            (
+                &["--heartbeat-ms", "500", "--election-timeout-ms", "400"],
+                "at least twice --heartbeat-ms",
+            ),
+            (
+                &["--heartbeat-ms", "1", "--election-timeout-ms", "2"],
+                "--heartbeat-ms must be between 10 and 10000, not 1",
+            ),
+            (&["--heartbeat-ms", "0"], "--heartbeat-ms must be between"),
+            (
+                &["--election-timeout-ms", "18446744073709551615"],
+                "--election-timeout-ms must be between 20 and 60000",
+            ),
+            (
+                &["--request-timeout-ms", "0"],
+                "--request-timeout-ms must be",
+            ),
+            (
+                &["--worker-threads", "0"],
+                "--worker-threads must be between 1",
+            ),
+            (&["--worker-threads", "100000"], "and 1024, not 100000"),
+            (
+                &["--snapshot-every", "0"],
+                "--snapshot-every must be at least 1",
+            ),
+            (&["--user", "admin"], "--user and --password go together"),
+            (&["--password", "pw"], "--user and --password go together"),
+            (&["--join", ""], "--join: an empty member address"),
+            (&["--cluster-name", " "], "--cluster-name must be"),
+            (&["--advertise", "not an address"], "not an address"),
+            (&["--advertise", ""], "not an address"),
+            (&["--advertise", "host:0"], "not an address"),
+            (&["--listen", "0.0.0.0:7799"], "set --advertise"),
+        ];
+        for (args, expected) in cases {
+            let err = parse(args).resolve().unwrap_err();
+            assert!(err.contains(expected), "{args:?}: {err}");
+        }
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("bad.toml");
         std::fs::write(&file, "listen-address = \"x\"\n").unwrap();
@@ -282,5 +396,18 @@ mod tests {
             .resolve()
             .unwrap_err();
         assert!(err.contains("bad.toml"), "{err}");
+    }
+
+    #[test]
+    fn every_interface_serves_with_an_advertised_address() {
+        let settings = parse(&[
+            "--listen",
+            "0.0.0.0:7799",
+            "--advertise",
+            "node1.example:7799",
+        ])
+        .resolve()
+        .unwrap();
+        assert_eq!(settings.advertise, "node1.example:7799");
     }
 }

@@ -43,10 +43,18 @@ const DEFAULT_LOG: &str = "info,openraft=warn,openraft::replication=error,\
                            openraft::core::heartbeat=error";
 
 fn main() -> std::process::ExitCode {
+    let filter = match std::env::var("KEEL_LOG") {
+        Ok(filter) => match EnvFilter::try_new(&filter) {
+            Ok(filter) => filter,
+            Err(err) => {
+                eprintln!("keel: KEEL_LOG={filter:?} is not a log filter ({err}); e.g. info or info,openraft=warn");
+                return std::process::ExitCode::from(2);
+            }
+        },
+        Err(_) => EnvFilter::new(DEFAULT_LOG),
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("KEEL_LOG").unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG)),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         // Colour codes only for a terminal: logs that go to a file or a collector stay plain
         // text that grep and log shippers read as written.
@@ -92,19 +100,28 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn serve(settings: config::Settings) -> Result<(), String> {
-    // Without TCP_NODELAY, an answer written in more than one piece can wait for the peer's
-    // delayed ACK (40 ms on Linux) before its second piece leaves.
+async fn serve(mut settings: config::Settings) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
-        .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?
-        .tap_io(|connection| {
-            if let Err(err) = connection.set_nodelay(true) {
-                tracing::debug!(%err, "cannot set TCP_NODELAY on a connection");
-            }
-        });
+        .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
+    if settings.listen.port() == 0 {
+        // The port the system picked is the one to advertise, unless another was given.
+        let bound = listener.local_addr().map_err(|e| e.to_string())?;
+        if settings.advertise == settings.listen.to_string() {
+            settings.advertise = bound.to_string();
+        }
+        settings.listen = bound;
+    }
+    // Without TCP_NODELAY, an answer written in more than one piece can wait for the peer's
+    // delayed ACK (40 ms on Linux) before its second piece leaves.
+    let listener = listener.tap_io(|connection| {
+        if let Err(err) = connection.set_nodelay(true) {
+            tracing::debug!(%err, "cannot set TCP_NODELAY on a connection");
+        }
+    });
     let bootstrap = settings.bootstrap;
     let node = node::Node::open(settings).await?;
+    node.check_exposure()?;
     if bootstrap == config::BootstrapMode::Auto {
         node.auto_bootstrap()?;
     }
@@ -155,8 +172,23 @@ async fn serve(settings: config::Settings) -> Result<(), String> {
         when_closed().await;
         tokio::time::sleep(DRAIN).await;
     };
+    // A node whose Raft core stopped on a storage failure serves nothing but errors: it exits,
+    // so that its supervisor sees it down and the operator finds the cause at the end of its
+    // log. The other nodes serve meanwhile.
+    let raft_failure = async {
+        loop {
+            if let Ok(raft) = node.raft() {
+                break raft.failure().await;
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    };
     tokio::select! {
         served = server => served.map_err(|e| format!("HTTP server failed: {e}"))?,
+        failure = raft_failure => return Err(format!(
+            "Raft stopped on a failure it cannot go on from: {failure}. Check this node's disk \
+             (full? failing? read-only?), then start keel again: it recovers from its log"
+        )),
         () = drained => tracing::warn!(
             "requests still open {DRAIN:?} after the signal to stop; stopping without them"
         ),

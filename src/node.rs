@@ -20,6 +20,8 @@
 //! up: both steps ask again, for up to [`JOIN_PATIENCE`], while members cannot be reached,
 //! have no leader yet or are busy with another membership change.
 
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -275,6 +277,14 @@ impl Node {
                 None => Ok(()),
             };
             node.finish(recovered);
+        } else if node.store.holds_raft_state().map_err(|e| e.to_string())? {
+            // Started afresh, it would take a new uid and secret over a log that votes as
+            // another member's: two leaders, or one process counted as two voters.
+            return Err(format!(
+                "{} holds a member's Raft log and state but no identity.json: put that node's \
+                 identity.json back, or empty the directory and join the node again",
+                node.settings.data_dir.display()
+            ));
         }
         Ok(node)
     }
@@ -286,9 +296,16 @@ impl Node {
     fn read_identity(&self) -> Result<Option<Identity>, String> {
         let path = self.identity_path();
         match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| format!("{} is corrupt: {e}", path.display())),
+            Ok(bytes) => {
+                // Earlier builds left the file readable by every local user.
+                let private = std::fs::Permissions::from_mode(0o600);
+                if let Err(err) = std::fs::set_permissions(&path, private) {
+                    tracing::warn!(%err, "cannot make {} private to keel's user", path.display());
+                }
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| format!("{} is corrupt: {e}", path.display()))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(format!("cannot read {}: {e}", path.display())),
         }
@@ -298,7 +315,15 @@ impl Node {
         let path = self.identity_path();
         let partial = path.with_extension("json.partial");
         let write = || -> std::io::Result<()> {
-            let file = std::fs::File::create(&partial)?;
+            // Only the node's own user may read the cluster secret it holds.
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&partial)?;
+            // A partial file left by an earlier build keeps its mode through `open`.
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
             serde_json::to_writer_pretty(&file, identity)?;
             file.sync_all()?;
             std::fs::rename(&partial, &path)?;
@@ -639,6 +664,32 @@ impl Node {
                 ),
             )),
         }
+    }
+
+    /// Refuses to serve a cluster that has no credentials (the loopback-only default) on an
+    /// address other machines reach, and says so when bootstrap settings are given to a node
+    /// that already has a cluster.
+    pub fn check_exposure(&self) -> Result<(), String> {
+        if !self.is_member() {
+            return Ok(());
+        }
+        if self.settings.user.is_some() {
+            tracing::warn!(
+                "--user and --password only bootstrap a cluster; this node's cluster keeps the \
+                 credentials it was created with"
+            );
+        }
+        let open_cluster = matches!(self.credentials(), Ok(Some(None)));
+        if open_cluster && !self.settings.listen.ip().is_loopback() {
+            return Err(format!(
+                "refusing to listen on {}: this node's cluster was created on loopback without \
+                 credentials, so anyone who reaches the address could read and write it. Listen \
+                 on loopback only, or create a cluster with --user and --password and move the \
+                 data to it",
+                self.settings.listen
+            ));
+        }
+        Ok(())
     }
 
     /// Bootstraps without an API call, as `--bootstrap auto` asks.

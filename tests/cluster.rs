@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::process::Command;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -763,6 +764,220 @@ async fn credentials_are_required_and_bad_requests_get_clear_errors() {
         assert_eq!((got, error["error_code"].as_str()), (status, Some(code)));
         assert!(error["message"].as_str().unwrap().contains(said), "{error}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_whose_identity_is_lost_refuses_to_start_afresh() {
+    let mut cluster = Cluster::start(1, &[]).await;
+    cluster.put_kv(0, "kept", "1").await;
+    cluster.nodes[0].kill();
+    std::fs::remove_file(cluster.nodes[0].dir.join("identity.json")).unwrap();
+    cluster.nodes[0].start();
+    let status = cluster.nodes[0]
+        .wait_exit(Duration::from_secs(30))
+        .expect("keel kept running on a member's store without its identity");
+    assert!(!status.success());
+    let log = cluster.nodes[0].log();
+    assert!(
+        log.contains("holds a member's Raft log and state but no identity.json"),
+        "{log}"
+    );
+}
+
+/// Values that do not compress, so that they fill a disk as fast as their size says.
+fn incompressible(len: usize, seed: u64) -> String {
+    let mut state = seed | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            char::from(b'a' + (state % 26) as u8)
+        })
+        .collect()
+}
+
+/// Needs root (it mounts a small tmpfs); says so and passes elsewhere.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_whose_disk_fills_exits_and_recovers_once_there_is_room() {
+    let mut cluster = Cluster::start(1, &[]).await;
+    cluster.put_kv(0, "before", "1").await;
+    cluster.nodes[0].kill();
+    // The node's data moves to a small disk of its own; its log stays beside it.
+    let base = tempfile::tempdir().unwrap();
+    let small = base.path().join("node");
+    std::fs::create_dir(&small).unwrap();
+    let mount = |options: &str| {
+        Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(&small)
+            .status()
+            .is_ok_and(|status| status.success())
+    };
+    if !mount("size=40m") {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(small.clone());
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(cluster.nodes[0].dir.join("."))
+        .arg(&small)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    cluster.nodes[0].dir = small.clone();
+    cluster.nodes[0].start();
+    cluster.wait_http(0).await;
+    let mut acknowledged = Vec::new();
+    for i in 0..1000 {
+        let key = format!("fill-{i}");
+        let value = incompressible(150_000, i);
+        let request = cluster
+            .put(0, &format!("/v1/kv/{key}"))
+            .json(&json!({ "value": value }));
+        let Ok(response) = request.send().await else {
+            break;
+        };
+        if !response.status().is_success() {
+            break;
+        }
+        acknowledged.push(key);
+    }
+    assert!(
+        !acknowledged.is_empty() && acknowledged.len() < 1000,
+        "{} writes",
+        acknowledged.len()
+    );
+    // It stops rather than answer errors for ever.
+    let status = cluster.nodes[0]
+        .wait_exit(Duration::from_secs(30))
+        .expect("keel kept running with its Raft core stopped");
+    assert!(!status.success());
+    let log = cluster.nodes[0].log();
+    assert!(log.contains("No space left on device"), "{log}");
+    // With room again it recovers from its log and has every acknowledged write.
+    assert!(mount("remount,size=200m"));
+    cluster.nodes[0].start();
+    cluster.wait_http(0).await;
+    for key in ["before"]
+        .into_iter()
+        .chain(acknowledged.iter().map(String::as_str))
+    {
+        assert!(
+            cluster.get_kv(0, key, "linearizable").await.is_some(),
+            "{key} was acknowledged and is gone"
+        );
+    }
+    cluster.nodes[0].kill();
+}
+
+/// uid of node `i`, as it says.
+async fn uid_of(cluster: &Cluster, i: usize) -> u64 {
+    let info = cluster.cluster_info(i).await.expect("cluster info");
+    info["this_node"]["uid"].as_u64().expect("uid")
+}
+
+/// Sends `request` and checks that the membership change is refused, saying `said`.
+async fn refused_membership_change(request: reqwest::RequestBuilder, said: &str) {
+    let (status, refusal) = send_json(request).await;
+    assert_eq!(
+        (status, &refusal["error_code"]),
+        (409, &json!("membership_change_refused")),
+        "{refusal}"
+    );
+    let message = refusal["message"].as_str().unwrap();
+    assert!(message.contains(said), "{refusal}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_process_never_counts_as_two_voters() {
+    let cluster = Cluster::start(3, &[]).await;
+    // A member's address is not given to another node.
+    let taken = cluster.nodes[1].addr();
+    let request = cluster
+        .post(0, "/v1/cluster/members")
+        .json(&json!({"uid": 99, "addr": taken}));
+    refused_membership_change(request, "is the address of member").await;
+    // Peer requests meant for another uid are refused by the process that gets them.
+    let identity: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(cluster.nodes[1].dir.join("identity.json")).unwrap())
+            .unwrap();
+    let secret = identity["secret"].as_str().unwrap();
+    let uid = uid_of(&cluster, 1).await;
+    for (meant_for, refused) in [(uid + 100, true), (uid, false)] {
+        let response = cluster
+            .client
+            .post(cluster.nodes[1].url("/raft/vote"))
+            .header("x-keel-cluster-secret", secret)
+            .header("x-keel-target-uid", meant_for.to_string())
+            .body(vec![0u8; 4])
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        // The one meant for this node passes to decoding, which the junk body fails.
+        let expected = if refused { 421 } else { 400 };
+        assert_eq!(status, expected, "{text}");
+    }
+    assert_eq!(voters(&cluster, 0).await.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_removal_that_would_leave_no_quorum_up_is_refused() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.leader().await;
+    let down = (leader + 1) % 3;
+    let live_follower = (leader + 2) % 3;
+    let (down_uid, live_uid) = (
+        uid_of(&cluster, down).await,
+        uid_of(&cluster, live_follower).await,
+    );
+    cluster.nodes[down].kill();
+    // Past an election timeout, the leader no longer counts it as up.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Removing a live voter would pass through a joint membership that needs the dead one.
+    let remove = |uid: u64| cluster.post(leader, &format!("/v1/nodes/{uid}/actions/remove"));
+    refused_membership_change(remove(live_uid), "do not answer").await;
+    cluster.put_kv(leader, "still-writable", "1").await;
+    // Removing the one that is down leaves two that are up.
+    let (status, done) = send_json(remove(down_uid)).await;
+    assert_eq!(status, 200, "{done}");
+    wait_for_voters(&cluster, leader, 2).await;
+    cluster.put_kv(live_follower, "after-removal", "1").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn open_routes_never_open_membership_changes() {
+    let cluster = Cluster::start(1, &["--open-routes", "cluster"]).await;
+    let anonymous = |request: &str| cluster.nodes[0].url(request);
+    let (status, info) = send_json(cluster.client.get(anonymous("/v1/cluster"))).await;
+    assert_eq!(status, 200, "{info}");
+    // Joining hands out the cluster secret; removing takes a voter away.
+    for path in [
+        "/v1/cluster/join",
+        "/v1/cluster/members",
+        "/v1/nodes/1/actions/remove",
+    ] {
+        let request = cluster
+            .client
+            .post(anonymous(path))
+            .json(&json!({"addr": "127.0.0.1:1", "uid": 7}));
+        let (status, refusal) = send_json(request).await;
+        assert_eq!(
+            (status, &refusal["error_code"]),
+            (401, &json!("access_denied")),
+            "{path}: {refusal}"
+        );
+    }
+    assert_eq!(voters(&cluster, 0).await.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]

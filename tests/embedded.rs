@@ -68,4 +68,22 @@ async fn keel_serve_without_flags_is_a_ready_single_node_cluster_that_keeps_its_
         assert!(!log.contains('\x1b'), "colour codes in a log file: {log:?}");
     }
     assert!(cwd.path().join("keel-data/identity.json").exists());
+    // Open without credentials, the cluster must not be moved to where others reach it.
+    let exposed = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args([
+            "serve",
+            "--listen",
+            "0.0.0.0:7799",
+            "--advertise",
+            "127.0.0.1:7799",
+        ])
+        .current_dir(cwd.path())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&exposed.stderr);
+    assert!(!exposed.status.success(), "{said}");
+    assert!(
+        said.contains("created on loopback without credentials"),
+        "{said}"
+    );
 }

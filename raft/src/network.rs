@@ -84,10 +84,16 @@ pub struct PeerClient {
     /// This node's uid, announced when it opens a stream, so that a leader can tell a node
     /// it removed.
     sender: Option<NodeId>,
+    /// The uid of the node this client is for, so that a process at that address that is
+    /// another member refuses instead of answering for it.
+    target: Option<NodeId>,
 }
 
 /// Header carrying the uid of the node that opens a peer stream.
 pub const SENDER_HEADER: &str = "x-keel-node-uid";
+
+/// Header carrying the uid a peer request is meant for.
+pub const TARGET_HEADER: &str = "x-keel-target-uid";
 
 /// An HTTP client for traffic to other keel nodes: no environment proxies (peer traffic must
 /// not wander through a proxy meant for the outside world), and outgoing connections from
@@ -110,7 +116,26 @@ impl PeerClient {
             http,
             secret,
             sender: None,
+            target: None,
         }
+    }
+
+    /// The same client, for requests meant for node `uid` only.
+    pub fn addressed_to(self, uid: NodeId) -> Self {
+        Self {
+            target: Some(uid),
+            ..self
+        }
+    }
+
+    fn identified(&self, mut request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        if let Some(uid) = self.sender {
+            request = request.header(SENDER_HEADER, uid);
+        }
+        if let Some(uid) = self.target {
+            request = request.header(TARGET_HEADER, uid);
+        }
+        request
     }
 
     /// The same client, announcing `uid` as its node's when it opens a stream.
@@ -151,7 +176,8 @@ impl PeerClient {
             .header(SECRET_HEADER, &self.secret)
             .timeout(timeout)
             .body(body);
-        let response = request
+        let response = self
+            .identified(request)
             .send()
             .await
             .map_err(|e| classify(addr, timeout, e))?;
@@ -183,16 +209,14 @@ impl PeerClient {
         timeout: Duration,
     ) -> Result<Upgraded, CallError> {
         let exchange = async {
-            let mut request = self
+            let request = self
                 .http
                 .post(format!("http://{addr}{path}"))
                 .header(SECRET_HEADER, &self.secret)
                 .header(reqwest::header::CONNECTION, "upgrade")
                 .header(reqwest::header::UPGRADE, protocol);
-            if let Some(uid) = self.sender {
-                request = request.header(SENDER_HEADER, uid);
-            }
-            let response = request
+            let response = self
+                .identified(request)
                 .send()
                 .await
                 .map_err(|e| classify(addr, timeout, e))?;
@@ -347,7 +371,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         Peer {
             target,
             addr: node.addr.clone(),
-            client: self.client.clone(),
+            client: self.client.clone().addressed_to(target),
             min_rpc_timeout: self.min_rpc_timeout,
             channel: Default::default(),
             streamless: self.streamless.clone(),

@@ -364,6 +364,22 @@ impl RaftNode {
         self.raft.metrics().borrow_watched().clone()
     }
 
+    /// Waits until the Raft core stops on a failure it cannot go on from (a full or failing
+    /// disk), and says what it was; never returns if the core is shut down on purpose.
+    pub async fn failure(&self) -> String {
+        let stopped = |metrics: &RaftMetrics| metrics.running_state.is_err();
+        // An error here means the core is gone, which its last metrics tell about.
+        let _ = self
+            .raft
+            .wait(None)
+            .metrics(stopped, "the Raft core to stop")
+            .await;
+        match self.metrics().running_state {
+            Err(openraft::error::Fatal::Stopped) | Ok(()) => std::future::pending().await,
+            Err(fatal) => fatal.to_string(),
+        }
+    }
+
     /// Makes this node the single voter of a new cluster.
     pub async fn initialize(&self, addr: String) -> Result<(), Error> {
         let members = BTreeMap::from([(self.id, KeelNode { addr })]);
@@ -742,7 +758,7 @@ impl RaftNode {
                 }
             }
             LeaderRequest::AddVoter { id, node } => {
-                self.refuse_a_moved_member(*id, node)?;
+                self.refuse_an_address_conflict(*id, node)?;
                 self.refuse_an_earlier_build(*id, node).await?;
                 // The lock covers the changes written to the log, not the learner's catching
                 // up (minutes, with a large snapshot), which a removal need not wait for.
@@ -769,6 +785,7 @@ impl RaftNode {
                 let membership = membership.membership();
                 let ids = BTreeSet::from([*id]);
                 let change = if membership.voter_ids().any(|voter| voter == *id) {
+                    self.refuse_a_removal_without_quorum(*id)?;
                     ChangeMembers::RemoveVoters(ids)
                 } else if membership.get_node(id).is_some() {
                     ChangeMembers::RemoveNodes(ids)
@@ -863,12 +880,25 @@ impl RaftNode {
         ))))
     }
 
-    /// Refuses to add `id` at an address other than the one it is a member at: openraft would
-    /// keep the old address, and the node would wait to be reached there.
-    fn refuse_a_moved_member(&self, id: NodeId, node: &KeelNode) -> Result<(), NotDone> {
+    /// Refuses to add `id` at an address another member has (a node that lost its data and
+    /// joined again beside its old self: one process would count as two voters), or at an
+    /// address other than the one it is a member at (openraft would keep the old address,
+    /// and the node would wait to be reached there).
+    fn refuse_an_address_conflict(&self, id: NodeId, node: &KeelNode) -> Result<(), NotDone> {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow_watched();
-        match metrics.membership_config.membership().get_node(&id) {
+        let membership = metrics.membership_config.membership();
+        let namesake = membership
+            .nodes()
+            .find(|(uid, member)| **uid != id && member.addr == node.addr);
+        if let Some((other, _)) = namesake {
+            return Err(NotDone::Failed(Error::Membership(format!(
+                "{} is the address of member {other} already: one process cannot be two voters. \
+                 If node {other} is gone, remove it first (POST /v1/nodes/{other}/actions/remove)",
+                node.addr
+            ))));
+        }
+        match membership.get_node(&id) {
             Some(member) if member.addr != node.addr => {
                 Err(NotDone::Failed(Error::Membership(format!(
                     "node {id} is a member at {} and now asks to join at {}. Restart it with \
@@ -950,6 +980,41 @@ impl RaftNode {
     /// waits (at most [`HANDOVER_WAIT`]) until another node leads. A leader that just stopped
     /// would leave the cluster without one until an election timeout passed and an election
     /// was held; handed over, the next leader starts at once.
+    /// How long ago `id` acknowledged this leader's heartbeat, if within an election timeout
+    /// (and zero for the leader itself): whether it is up, as far as a leader can tell.
+    fn acked_lately(&self, metrics: &RaftMetrics, id: NodeId) -> Option<Duration> {
+        if id == self.id {
+            return Some(Duration::ZERO);
+        }
+        let alive_within = Duration::from_millis(self.raft.config().election_timeout_min);
+        let ack = metrics.heartbeat.as_ref()?.get(&id)?.as_ref()?;
+        Some(openraft::Instant::elapsed(&**ack)).filter(|ago| *ago < alive_within)
+    }
+
+    /// Refuses to remove voter `id` unless a quorum of the voters left is up: the change passes
+    /// through a joint membership that needs a quorum of both, and one that cannot get it
+    /// leaves the cluster stuck in between, taking no writes.
+    fn refuse_a_removal_without_quorum(&self, id: NodeId) -> Result<(), NotDone> {
+        let metrics = self.metrics();
+        let left: Vec<NodeId> = metrics
+            .membership_config
+            .membership()
+            .voter_ids()
+            .filter(|voter| *voter != id)
+            .collect();
+        let (up, down): (Vec<NodeId>, Vec<NodeId>) = left
+            .iter()
+            .partition(|voter| self.acked_lately(&metrics, **voter).is_some());
+        if up.len() * 2 > left.len() {
+            return Ok(());
+        }
+        Err(NotDone::Failed(Error::Membership(format!(
+            "removing node {id} would leave voters {left:?}, of which {down:?} do not answer: \
+             the change needs a quorum of them up. Bring those nodes back (or retry in a moment \
+             if they just came back), or remove a node that is down first"
+        ))))
+    }
+
     pub async fn hand_over_leadership(&self) {
         let metrics = self.metrics();
         if metrics.current_leader != Some(self.id) {
@@ -961,17 +1026,14 @@ impl RaftNode {
         };
         // A voter that acknowledged no heartbeat lately may be down: asked to take over, it
         // would leave the cluster to an ordinary election after all.
-        let alive_within = Duration::from_millis(self.raft.config().election_timeout_min);
-        let acked_ago = |id: &NodeId| {
-            let ack = metrics.heartbeat.as_ref()?.get(id)?.as_ref()?;
-            Some(openraft::Instant::elapsed(&**ack)).filter(|ago| *ago < alive_within)
-        };
         let Some(successor) = metrics
             .membership_config
             .membership()
             .voter_ids()
-            .filter(|id| *id != self.id && acked_ago(id).is_some())
-            .max_by_key(|id| (matched(id), std::cmp::Reverse(acked_ago(id))))
+            .filter(|id| *id != self.id)
+            .filter_map(|id| Some((id, self.acked_lately(&metrics, id)?)))
+            .max_by_key(|(id, ago)| (matched(id), std::cmp::Reverse(*ago)))
+            .map(|(id, _)| id)
         else {
             return;
         };

@@ -44,6 +44,7 @@ use crate::entry_format;
 use crate::forward_stream;
 use crate::network::SECRET_HEADER;
 use crate::network::SENDER_HEADER;
+use crate::network::TARGET_HEADER;
 use crate::node::LeaderRequest;
 use crate::node::RaftNode;
 use crate::types::TypeConfig;
@@ -90,13 +91,26 @@ fn authorized<'a>(slot: &'a RaftSlot, headers: &HeaderMap) -> Result<&'a Arc<Raf
         .get(SECRET_HEADER)
         .map(|v| v.as_bytes())
         .unwrap_or_default();
-    if constant_time_eq(given, node.secret().as_bytes()) {
-        Ok(node)
-    } else {
-        Err((
+    if !constant_time_eq(given, node.secret().as_bytes()) {
+        return Err((
             StatusCode::UNAUTHORIZED,
             "wrong or missing cluster secret".into(),
-        ))
+        ));
+    }
+    // Nodes of earlier builds do not say whom they mean.
+    let meant_for = headers
+        .get(TARGET_HEADER)
+        .and_then(|uid| uid.to_str().ok()?.parse::<u64>().ok());
+    match meant_for {
+        Some(uid) if uid != node.id() => Err((
+            StatusCode::MISDIRECTED_REQUEST,
+            format!(
+                "this address serves node {}, not node {uid}: two members share it (a node \
+                 joined again on a removed node's address?); remove the one that is gone",
+                node.id()
+            ),
+        )),
+        _ => Ok(node),
     }
 }
 

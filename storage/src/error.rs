@@ -23,12 +23,24 @@ pub enum Error {
     /// The store was opened by a later keel, in a format this build could misread.
     #[error("this data directory was written by a newer keel: {0}. Run that keel or a later one on it: a node cannot go back to an earlier keel once a later one opened its store")]
     NewerStore(String),
+    /// Another process holds the store's lock.
+    #[error("another process (a keel still running?) is using this data directory: {0}")]
+    InUse(String),
     /// A read overlapped the install of a snapshot, which replaces the state in steps.
     #[error("this node is installing a snapshot from the leader and serves reads again once it has; retry, or ask another node")]
     Installing,
 }
 
 impl Error {
+    /// `err` from opening a database, telling a lock held by another process apart.
+    pub(crate) fn opening(err: rocksdb::Error) -> Self {
+        if err.kind() == rocksdb::ErrorKind::IOError && err.as_ref().contains("While lock file") {
+            Self::InUse(err.into_string())
+        } else {
+            Self::Rocks(err)
+        }
+    }
+
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
         Self::Io {
             path: path.to_path_buf(),

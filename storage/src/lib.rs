@@ -24,6 +24,7 @@ mod snapshot;
 mod state_store;
 mod txn;
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -81,7 +82,13 @@ pub struct Store {
 impl Store {
     /// Opens (creating if missing) the RocksDB stores under `dir`.
     pub fn open(dir: &Path) -> Result<Self, Error> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        // The store holds the cluster's data and credentials: a directory keel creates is its
+        // user's alone.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| Error::io(dir, e))?;
         let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES);
         let mut state = open_state(&dir.join("db"), &cache)?;
         let log_dir = dir.join("log");
@@ -113,6 +120,27 @@ impl Store {
         A: Application<C>,
     {
         StateStore::new(self.state.clone(), self.dir.join("snapshots"), app)
+    }
+
+    /// Whether the store holds Raft state (a vote, log entries, an applied state): a node
+    /// that lost the identity it belongs with must not start afresh on it.
+    pub fn holds_raft_state(&self) -> Result<bool, Error> {
+        let log_families = cf::LOG_FAMILIES.iter().map(|name| (&self.log, *name));
+        let state_meta = std::iter::once((&self.state, cf::SM_META));
+        for (db, name) in log_families.chain(state_meta) {
+            let family = db
+                .cf_handle(name)
+                .ok_or_else(|| Error::Corrupt(format!("column family {name} is missing")))?;
+            if db
+                .iterator_cf(family, rocksdb::IteratorMode::Start)
+                .next()
+                .transpose()?
+                .is_some()
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Bytes the store occupies on disk (RocksDB files and snapshots).
@@ -160,7 +188,7 @@ fn open_state(path: &Path, cache: &rocksdb::Cache) -> Result<DB, Error> {
                 .filter(|log| existing.iter().any(|e| e == log)),
         )
         .map(|name| ColumnFamilyDescriptor::new(name, family_options(name, cache)));
-    let db = DB::open_cf_descriptors(&opts, path, families)?;
+    let db = DB::open_cf_descriptors(&opts, path, families).map_err(Error::opening)?;
     format::mark(&db)?;
     Ok(db)
 }
@@ -173,7 +201,7 @@ fn open_log(path: &Path, cache: &rocksdb::Cache) -> Result<DB, Error> {
     opts.set_atomic_flush(true);
     let families =
         cf::LOG_FAMILIES.map(|name| ColumnFamilyDescriptor::new(name, family_options(name, cache)));
-    Ok(DB::open_cf_descriptors(&opts, path, families)?)
+    DB::open_cf_descriptors(&opts, path, families).map_err(Error::opening)
 }
 
 /// Copies the log of a store written before the log had a database of its own out of the

@@ -119,6 +119,22 @@ impl KeelProcess {
         None
     }
 
+    /// Waits (at most `patience`) for the process to exit by itself and answers how it did,
+    /// or None if it was still running then (it is killed).
+    pub fn wait_exit(&mut self, patience: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let started = Instant::now();
+        while started.elapsed() < patience {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        None
+    }
+
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }

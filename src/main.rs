@@ -36,11 +36,13 @@ pub use error::Error;
 pub use keel_raft::service::constant_time_eq;
 
 /// The log filter unless `KEEL_LOG` sets one. openraft warns at every failed replication
-/// attempt and heartbeat, about 20 times a second for a peer that is down; keel's peer network
-/// logs when an outage starts, lasts and ends instead, so those sources only show errors.
+/// attempt and heartbeat, about 20 times a second for a peer that is down, and at every vote
+/// request a peer did not answer, twice an election round while a quorum is lost; keel's peer
+/// network logs when an outage starts, lasts and ends instead, and keel logs who leads and a
+/// leader's silent quorum, so those sources only show errors.
 const DEFAULT_LOG: &str = "info,openraft=warn,openraft::replication=error,\
                            openraft::engine::handler::replication_handler=error,\
-                           openraft::core::heartbeat=error";
+                           openraft::core::heartbeat=error,openraft::core::raft_core=error";
 
 fn main() -> std::process::ExitCode {
     let filter = match std::env::var("KEEL_LOG") {

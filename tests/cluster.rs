@@ -878,6 +878,55 @@ async fn a_node_whose_disk_fills_exits_and_recovers_once_there_is_room() {
     cluster.nodes[0].kill();
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_node_neither_disrupts_the_leader_nor_goes_unreported() {
+    let cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.leader().await;
+    let term = |info: serde_json::Value| info["term"].as_u64().unwrap();
+    let before = term(cluster.cluster_info(leader).await.unwrap());
+    // A follower that missed the leader for several election timeouts asks whether it could
+    // win before it raises its term; its peers, hearing from the leader, say no.
+    let follower = (leader + 1) % 3;
+    cluster.nodes[follower].signal("STOP");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.nodes[follower].signal("CONT");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.put_kv(follower, "after-pause", "1").await;
+    let info = cluster.cluster_info(leader).await.unwrap();
+    assert_eq!(
+        (&info["this_node"]["role"], term(info.clone())),
+        (&json!("leader"), before),
+        "{info}"
+    );
+    // A leader whose quorum went silent says so, in its log and metrics.
+    let others = [(leader + 1) % 3, (leader + 2) % 3];
+    for i in others {
+        cluster.nodes[i].signal("STOP");
+    }
+    common::wait_until(
+        "the leader to report its silent quorum",
+        Duration::from_secs(10),
+        || async {
+            cluster.nodes[leader]
+                .log()
+                .contains("no quorum has answered")
+        },
+    )
+    .await;
+    let metrics = cluster.metrics(leader).await;
+    let unheard = metric_value(&metrics, "keel_raft_quorum_unheard_milliseconds");
+    assert!(unheard.is_some_and(|ms| ms > 900), "{metrics}");
+    for i in others {
+        cluster.nodes[i].signal("CONT");
+    }
+    cluster.put_kv(leader, "after-silence", "1").await;
+    let metrics = cluster.metrics(0).await;
+    assert!(
+        metric_value(&metrics, "keel_raft_leader_changes_total").is_some_and(|n| n >= 1),
+        "{metrics}"
+    );
+}
+
 /// uid of node `i`, as it says.
 async fn uid_of(cluster: &Cluster, i: usize) -> u64 {
     let info = cluster.cluster_info(i).await.expect("cluster info");

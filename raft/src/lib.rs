@@ -8,6 +8,7 @@
 //! - [`append_stream`]: replication as a pipelined stream over one upgraded connection.
 //! - [`forward_stream`]: a follower's requests to the leader, multiplexed on one upgraded
 //!   connection; [`frames`] is what both streams speak.
+//! - [`leadership`]: who leads, as each node tells it in its log and metrics.
 //! - [`node`]: a node's lifecycle, membership changes, and forwarding of writes and
 //!   linearizable reads to the leader.
 //!
@@ -18,6 +19,7 @@ pub mod entry_format;
 mod error;
 pub mod forward_stream;
 mod frames;
+mod leadership;
 pub mod machine;
 pub mod network;
 pub mod node;

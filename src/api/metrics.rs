@@ -24,6 +24,8 @@ pub fn routes(node: Arc<Node>) -> Router {
 
 async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     let mut out = String::new();
+    // Series with labels, written after the others.
+    let mut labelled = String::new();
     // Prometheus' naming convention: a `_total` only ever grows.
     let mut metric = |name: &str, help: &str, value: u64| {
         let kind = if name.ends_with("_total") {
@@ -78,6 +80,18 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
             m.current_leader.unwrap_or(0),
         );
         metric(
+            "keel_raft_leader_changes_total",
+            "Times this node saw a new leader since it started.",
+            raft.leader_changes(),
+        );
+        if let Some(unheard) = raft.quorum_unheard_for() {
+            metric(
+                "keel_raft_quorum_unheard_milliseconds",
+                "While this node leads: how long ago a quorum last answered it. Growing past a few election timeouts means the leader lost its quorum and serves nothing that needs the cluster.",
+                unheard.as_millis() as u64,
+            );
+        }
+        metric(
             "keel_raft_last_log_index",
             "Index of the last log entry.",
             m.last_log_index.unwrap_or(0),
@@ -127,6 +141,19 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
             "Connections this node opened to leaders to forward writes and reads while following; a steady climb means they keep breaking.",
             raft.forward_streams_opened(),
         );
+        let lags = raft.follower_lags();
+        if !lags.is_empty() {
+            let _ = writeln!(
+                labelled,
+                "# HELP keel_raft_follower_lag_entries While this node leads: log entries each follower has not yet stored.\n# TYPE keel_raft_follower_lag_entries gauge"
+            );
+            for (follower, lag) in lags {
+                let _ = writeln!(
+                    labelled,
+                    "keel_raft_follower_lag_entries{{follower=\"{follower}\"}} {lag}"
+                );
+            }
+        }
         let requests = raft.remembered_requests();
         metric(
             "keel_request_ids_remembered",
@@ -178,5 +205,12 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
             );
         }
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+    out.push_str(&labelled);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
 }

@@ -25,6 +25,7 @@ mod state_store;
 mod txn;
 
 use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -143,7 +144,7 @@ impl Store {
         Ok(false)
     }
 
-    /// Bytes the store occupies on disk (RocksDB files and snapshots).
+    /// Bytes the store occupies on disk (RocksDB files and snapshots), as `du` counts them.
     pub fn disk_usage(&self) -> u64 {
         dir_size(&self.dir)
     }
@@ -329,7 +330,9 @@ fn dir_size(path: &Path) -> u64 {
         .flatten()
         .map(|entry| match entry.metadata() {
             Ok(meta) if meta.is_dir() => dir_size(&entry.path()),
-            Ok(meta) => meta.len(),
+            // What the file takes on disk, as `du` counts it: RocksDB preallocates its
+            // write-ahead logs, tens of MiB each, long before their length says so.
+            Ok(meta) => meta.blocks() * 512,
             Err(_) => 0,
         })
         .sum()

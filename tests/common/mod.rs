@@ -119,6 +119,16 @@ impl KeelProcess {
         None
     }
 
+    /// Sends `signal` (STOP, CONT...) to the process.
+    pub fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("node not running");
+        let sent = Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    }
+
     /// Waits (at most `patience`) for the process to exit by itself and answers how it did,
     /// or None if it was still running then (it is killed).
     pub fn wait_exit(&mut self, patience: Duration) -> Option<std::process::ExitStatus> {

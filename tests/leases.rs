@@ -394,4 +394,21 @@ async fn an_idle_watch_reports_its_progress() {
         .unwrap();
     let line: Value = serde_json::from_slice(&first).unwrap();
     assert_eq!(line, json!({ "progress_revision": revision }));
+    // Cut off from the quorum, the node cannot vouch for progress: the stream ends saying why.
+    let others = [(follower + 1) % 3, (follower + 2) % 3];
+    for i in others {
+        cluster.nodes[i].signal("STOP");
+    }
+    let next = tokio::time::timeout(Duration::from_secs(20), body.next())
+        .await
+        .expect("no line in 20 s on a watch cut off from the quorum")
+        .unwrap()
+        .unwrap();
+    let line: Value = serde_json::from_slice(&next).unwrap();
+    for i in others {
+        cluster.nodes[i].signal("CONT");
+    }
+    assert!(line["error_code"].is_string(), "{line}");
+    let ended = tokio::time::timeout(Duration::from_secs(5), body.next()).await;
+    assert!(matches!(ended, Ok(None)), "the stream went on: {ended:?}");
 }

@@ -97,8 +97,11 @@ struct WriteParams {
 /// How long an idle watch stream goes without a line.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
-/// Events read per batch while streaming.
+/// Events read per batch while streaming, and the most of the store a batch holds (past its
+/// first event): a watcher that does not read its stream holds a batch in memory, and 256
+/// values of 1 MiB each made that 256 MiB per watcher.
 const WATCH_BATCH: usize = 256;
+const WATCH_BATCH_BYTES: usize = 1 << 20;
 
 /// Which keys a watch follows.
 enum KeyFilter {
@@ -134,14 +137,15 @@ impl WatchStream {
     /// Queues the next events, or waits for some; false once the stream must end.
     async fn fill(&mut self) -> Result<(), Error> {
         let raft = self.node.raft()?;
-        let events = match kv::events_after(&raft.reader(), self.after, WATCH_BATCH) {
-            // A snapshot is replacing this node's state; the history goes on after it.
-            Err(keel_storage::Error::Installing) => {
-                self.changes.next(Instant::now() + PROGRESS_EVERY).await?;
-                return Ok(());
-            }
-            events => events?,
-        };
+        let events =
+            match kv::events_after(&raft.reader(), self.after, WATCH_BATCH, WATCH_BATCH_BYTES) {
+                // A snapshot is replacing this node's state; the history goes on after it.
+                Err(keel_storage::Error::Installing) => {
+                    self.changes.next(Instant::now() + PROGRESS_EVERY).await?;
+                    return Ok(());
+                }
+                events => events?,
+            };
         if let Some(oldest) = events.first().map(|event| event.revision) {
             let before = self.after;
             // Past a gap further on, the next call starts at the gap.
@@ -167,6 +171,10 @@ impl WatchStream {
             return Ok(());
         }
         if !self.changes.next(Instant::now() + PROGRESS_EVERY).await? {
+            // A progress line says the watcher has seen everything up to its revision, which
+            // only a node in touch with a quorum knows: one cut off from it ends the stream
+            // with the reason instead, so the watcher goes to another node.
+            raft.read_barrier(Consistency::Linearizable).await?;
             self.pending
                 .push_back(Self::line(json!({ "progress_revision": self.after })));
         }

@@ -64,10 +64,12 @@ pub(crate) fn check_ttl(ttl: u64) -> Result<u64, Error> {
     Ok(ttl * 1000)
 }
 
-/// A fresh lease id, chosen by the proposer (never 0, which means "no lease").
+/// A fresh lease id, chosen by the proposer (never 0, which means "no lease"). At most 2^53 - 1,
+/// the largest integer a JSON number keeps exactly in JavaScript: larger ids came back rounded
+/// from JSON.parse, and keepalives for the rounded id let the real lease expire.
 pub(crate) fn new_lease_id() -> u64 {
     let bytes = uuid::Uuid::new_v4().into_bytes();
-    u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes")) >> 1 | 1
+    u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes")) >> 11 | 1
 }
 
 fn parse_id(id: &str) -> Result<u64, Error> {
@@ -176,4 +178,18 @@ async fn keepalive(
         lease_not_found(id)
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fresh_lease_ids_survive_javascript_numbers() {
+        const EXACT_IN_JAVASCRIPT: u64 = (1 << 53) - 1;
+        for _ in 0..10_000 {
+            let id = new_lease_id();
+            assert!(id != 0 && id <= EXACT_IN_JAVASCRIPT, "{id}");
+        }
+    }
 }

@@ -126,7 +126,12 @@ pub fn get(read: &impl KvRead, key: &str) -> Result<Option<KeyValue>, StorageErr
     read.get(&data_key(key))?.map(|b| decode(&b)).transpose()
 }
 
-/// Keys starting with `prefix` from `from` on, at most `limit`, and whether more follow.
+/// How much of the store one listing page holds at most (past the first key): a page of the
+/// most keys at the largest values would be 10 GiB in memory at once.
+pub const PAGE_BYTES: usize = 4 << 20;
+
+/// Keys starting with `prefix` from `from` on, at most `limit` and about [`PAGE_BYTES`] of
+/// them, and whether more may follow.
 pub fn range(
     read: &impl KvRead,
     prefix: &str,
@@ -135,8 +140,12 @@ pub fn range(
 ) -> Result<(Vec<KeyValue>, bool), StorageError> {
     let start = data_key(from.filter(|f| *f > prefix).unwrap_or(prefix));
     let end = prefix_end(&data_key(prefix));
-    let mut pairs = read.scan(&start, &end, limit.saturating_add(1))?;
-    let more = pairs.len() > limit;
+    let mut pairs = read.scan_up_to(&start, &end, limit.saturating_add(1), PAGE_BYTES)?;
+    let held: usize = pairs
+        .iter()
+        .map(|(key, value)| key.len() + value.len())
+        .sum();
+    let more = pairs.len() > limit || held >= PAGE_BYTES;
     pairs.truncate(limit);
     let kvs = pairs
         .into_iter()
@@ -145,16 +154,18 @@ pub fn range(
     Ok((kvs, more))
 }
 
-/// The events with revision in `(after, ..]`, oldest first, at most `limit`. The first one
+/// The events with revision in `(after, ..]`, oldest first, at most `limit` and up to the one
+/// that crosses `bytes` of the store. The first one
 /// is `after + 1` unless that history is compacted.
 pub fn events_after(
     read: &impl KvRead,
     after: u64,
     limit: usize,
+    bytes: usize,
 ) -> Result<Vec<Event>, StorageError> {
     let start = event_key(after.saturating_add(1));
     let end = prefix_end(EVENT_PREFIX);
-    read.scan(&start, &end, limit)?
+    read.scan_up_to(&start, &end, limit, bytes)?
         .into_iter()
         .map(|(_, bytes)| decode(&bytes))
         .collect()
@@ -338,9 +349,10 @@ mod tests {
             let reader = state.reader();
             assert_eq!(super::revision(&reader).unwrap(), revision);
 
-            let oldest_left = events_after(&reader, 0, 1).unwrap()[0].revision;
+            let oldest_left = events_after(&reader, 0, 1, usize::MAX).unwrap()[0].revision;
             assert_eq!(oldest_left, oldest_kept(revision), "at revision {revision}");
-            let kept = events_after(&reader, oldest_kept(revision) - 1, usize::MAX).unwrap();
+            let kept =
+                events_after(&reader, oldest_kept(revision) - 1, usize::MAX, usize::MAX).unwrap();
             let revisions: Vec<u64> = kept.iter().map(|event| event.revision).collect();
             let expected: Vec<u64> = (oldest_kept(revision)..=revision).collect();
             assert!(revisions == expected, "at revision {revision}");

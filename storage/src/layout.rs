@@ -33,6 +33,7 @@ use rocksdb::ReadOptions;
 use rocksdb::DB;
 
 use crate::cf;
+use crate::txn::within_bytes;
 use crate::Error;
 use crate::Pair;
 
@@ -133,23 +134,25 @@ impl<'a> Families<'a> {
             .collect()
     }
 
-    /// Pairs with `from <= key < to` in key order, at most `limit`, from every family the
-    /// range spans.
+    /// Pairs with `from <= key < to` in key order, at most `limit` and up to the one that
+    /// crosses `bytes`, from every family the range spans.
     pub(crate) fn scan(
         &self,
         db: &DB,
         from: &[u8],
         to: &[u8],
         limit: usize,
+        bytes: usize,
     ) -> Result<Vec<Pair>, Error> {
         let mut pairs = Vec::new();
         let families = self.of_range(from, to);
         for family in &families {
-            pairs.extend(scan_family(db, family, from, to, limit)?);
+            pairs.extend(scan_family(db, family, from, to, limit, bytes)?);
         }
         if families.len() > 1 {
             pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             pairs.truncate(limit);
+            pairs = within_bytes(pairs, bytes);
         }
         Ok(pairs)
     }
@@ -161,6 +164,7 @@ fn scan_family(
     from: &[u8],
     to: &[u8],
     limit: usize,
+    bytes: usize,
 ) -> Result<Vec<Pair>, Error> {
     let mut opts = ReadOptions::default();
     opts.set_iterate_upper_bound(to.to_vec());
@@ -170,8 +174,13 @@ fn scan_family(
         IteratorMode::From(from, rocksdb::Direction::Forward),
     );
     let mut out = Vec::new();
+    let mut held = 0usize;
     for item in iter.take(limit) {
+        if !out.is_empty() && held >= bytes {
+            break;
+        }
         let (key, value) = item?;
+        held = held.saturating_add(key.len() + value.len());
         out.push((key.into_vec(), value.into_vec()));
     }
     Ok(out)

@@ -40,7 +40,34 @@ pub trait KvRead {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error>;
 
     /// Pairs with `from <= key < to` in key order, at most `limit` of them.
-    fn scan(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<Pair>, Error>;
+    fn scan(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<Pair>, Error> {
+        self.scan_up_to(from, to, limit, usize::MAX)
+    }
+
+    /// The same, stopping early once the pairs hold `bytes` of keys and values (never before
+    /// the first), so that a reader of large values holds a bounded amount of them at once.
+    fn scan_up_to(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        limit: usize,
+        bytes: usize,
+    ) -> Result<Vec<Pair>, Error>;
+}
+
+/// The leading `pairs` that fit in `bytes`, and the one that crosses it.
+pub(crate) fn within_bytes(pairs: impl IntoIterator<Item = Pair>, bytes: usize) -> Vec<Pair> {
+    let mut held = 0usize;
+    let mut first = true;
+    pairs
+        .into_iter()
+        .take_while(|(key, value)| {
+            let fits = first || held < bytes;
+            first = false;
+            held = held.saturating_add(key.len() + value.len());
+            fits
+        })
+        .collect()
 }
 
 /// The write side of one apply batch; see the module documentation.
@@ -157,7 +184,13 @@ impl KvRead for Txn<'_> {
         }
     }
 
-    fn scan(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<Pair>, Error> {
+    fn scan_up_to(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        limit: usize,
+        bytes: usize,
+    ) -> Result<Vec<Pair>, Error> {
         // Read enough from RocksDB that deletions in the overlay cannot starve the result.
         let pending = self
             .overlay
@@ -172,7 +205,9 @@ impl KvRead for Txn<'_> {
         } else {
             limit.saturating_add(deletions)
         };
-        let stored = self.families.scan(self.db, from, to, read_limit)?;
+        let stored = self
+            .families
+            .scan(self.db, from, to, read_limit, usize::MAX)?;
 
         let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = stored
             .into_iter()
@@ -184,7 +219,7 @@ impl KvRead for Txn<'_> {
                 None => merged.remove(key),
             };
         }
-        Ok(merged.into_iter().take(limit).collect())
+        Ok(within_bytes(merged.into_iter().take(limit), bytes))
     }
 }
 
@@ -266,9 +301,15 @@ impl KvRead for Reader {
             .guard(|| Ok(self.db.get_cf(self.families().of(key), key)?))
     }
 
-    fn scan(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<Pair>, Error> {
+    fn scan_up_to(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        limit: usize,
+        bytes: usize,
+    ) -> Result<Vec<Pair>, Error> {
         self.installs
-            .guard(|| self.families().scan(&self.db, from, to, limit))
+            .guard(|| self.families().scan(&self.db, from, to, limit, bytes))
     }
 }
 
@@ -306,12 +347,21 @@ mod tests {
         assert_eq!(txn.get(b"b2").unwrap(), Some(b"new".to_vec()));
         assert_eq!(txn.get(b"c").unwrap(), Some(b"old".to_vec()));
         assert_eq!(keys(txn.scan(b"a", b"z", 3).unwrap()), ["a", "b2", "c"]);
+        assert_eq!(keys(txn.scan_up_to(b"a", b"z", 3, 0).unwrap()), ["a"]);
 
         let mut batch = WriteBatch::default();
         txn.write_into(&mut batch);
         store.state.write(batch).unwrap();
         let reader = Reader::new(store.state.clone(), layout, Installs::default());
         assert_eq!(keys(reader.scan(b"a", b"z", 10).unwrap()), ["a", "b2", "c"]);
+        // A byte budget stops a scan at the pair that crosses it ("a" and its value hold 4
+        // bytes), and never before the first.
+        assert_eq!(keys(reader.scan_up_to(b"a", b"z", 10, 0).unwrap()), ["a"]);
+        assert_eq!(keys(reader.scan_up_to(b"a", b"z", 10, 4).unwrap()), ["a"]);
+        assert_eq!(
+            keys(reader.scan_up_to(b"a", b"z", 10, 5).unwrap()),
+            ["a", "b2"]
+        );
         assert_eq!(reader.get(b"b2").unwrap(), Some(b"new".to_vec()));
 
         let family = |name| store.state.cf_handle(name).unwrap();

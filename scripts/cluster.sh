@@ -33,9 +33,25 @@ port() { echo $((BASE_PORT + $1)); }
 pidfile() { echo "$DATA/node$1.pid"; }
 auth() { echo "$KEEL_USER:$KEEL_PASSWORD"; }
 
+# A pid file is trusted only while its process is this node's keel: after a reboot or a crash
+# the pid may belong to anything.
 running() {
-  local f; f=$(pidfile "$1")
-  [[ -f $f ]] && kill -0 "$(cat "$f")" 2>/dev/null
+  local f pid; f=$(pidfile "$1")
+  [[ -f $f ]] || return 1
+  pid=$(cat "$f")
+  [[ $pid =~ ^[0-9]+$ ]] || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "--data-dir $DATA/node$1 "
+}
+
+# Every call is bounded: a paused or hung node must not hang the script.
+http() { curl --max-time 5 "$@"; }
+
+node_id() {
+  if [[ ! ${1:-} =~ ^[0-9]+$ ]] || (( $1 < 1 || $1 > NODES )); then
+    echo "cluster.sh: node id must be 1 to $NODES, not '${1:-}'" >&2
+    exit 2
+  fi
+  echo "$1"
 }
 
 launch() {
@@ -49,7 +65,7 @@ launch() {
 
 wait_http() {
   for _ in $(seq 1 100); do
-    curl -sf "http://127.0.0.1:$(port "$1")/v1/bootstrap" >/dev/null && return 0
+    http -sf "http://127.0.0.1:$(port "$1")/v1/bootstrap" >/dev/null && return 0
     sleep 0.1
   done
   echo "node $1 did not start; see $DATA/node$1.log" >&2
@@ -57,14 +73,14 @@ wait_http() {
 }
 
 bootstrap_state() {
-  curl -sf "http://127.0.0.1:$(port "$1")/v1/bootstrap" | sed -n 's/.*"state":"\([a-z_]*\)".*/\1/p'
+  http -sf "http://127.0.0.1:$(port "$1")/v1/bootstrap" | sed -n 's/.*"state":"\([a-z_]*\)".*/\1/p'
 }
 
 wait_state_completed() {
   for _ in $(seq 1 600); do
     case $(bootstrap_state "$1") in
       completed) return 0 ;;
-      error) echo "node $1 bootstrap failed:" >&2; curl -s "http://127.0.0.1:$(port "$1")/v1/bootstrap" >&2; return 1 ;;
+      error) echo "node $1 bootstrap failed:" >&2; http -s "http://127.0.0.1:$(port "$1")/v1/bootstrap" >&2; return 1 ;;
     esac
     sleep 0.1
   done
@@ -75,9 +91,14 @@ wait_state_completed() {
 wait_leader() {
   for _ in $(seq 1 300); do
     for id in $(seq 1 "$NODES"); do
-      if curl -sf -u "$(auth)" "http://127.0.0.1:$(port "$id")/v1/cluster" 2>/dev/null | grep -q '"leader":[0-9]'; then
-        return 0
+      local answer code
+      answer=$(http -s -w '\n%{http_code}' -u "$(auth)" "http://127.0.0.1:$(port "$id")/v1/cluster" 2>/dev/null) || continue
+      code=${answer##*$'\n'}
+      if [[ $code == 401 ]]; then
+        echo "node $id refused KEEL_USER/KEEL_PASSWORD: they are not this cluster's credentials" >&2
+        return 1
       fi
+      [[ $code == 200 && $answer == *'"leader":'[0-9]* ]] && return 0
     done
     sleep 0.1
   done
@@ -87,17 +108,25 @@ wait_leader() {
 
 start() {
   KEEL=$(bin)
-  local fresh=1
-  [[ -f "$DATA/node1/identity.json" ]] && fresh=0
+  # All nodes new, or all members already: a node that lost its data next to members that
+  # kept theirs would be started as a cluster of its own.
+  local members=0 fresh=1
+  for id in $(seq 1 "$NODES"); do [[ -f "$DATA/node$id/identity.json" ]] && members=$((members + 1)); done
+  if (( members > 0 && members < NODES )); then
+    echo "cluster.sh: $members of $NODES nodes under $DATA have data: restore the others' data" \
+      "directories, or join new nodes by hand (README), or clean" >&2
+    exit 1
+  fi
+  (( members == NODES )) && fresh=0
   local t0; t0=$(date +%s.%N)
   for id in $(seq 1 "$NODES"); do launch "$id" api; done
   for id in $(seq 1 "$NODES"); do wait_http "$id"; done
   if [[ $fresh == 1 ]]; then
-    curl -sf -X POST "http://127.0.0.1:$(port 1)/v1/bootstrap/create_cluster" -H 'content-type: application/json' \
+    http -sf -X POST "http://127.0.0.1:$(port 1)/v1/bootstrap/create_cluster" -H 'content-type: application/json' \
       -d "{\"cluster\":{\"name\":\"keel-local\"},\"credentials\":{\"username\":\"$KEEL_USER\",\"password\":\"$KEEL_PASSWORD\"}}" >/dev/null
     wait_state_completed 1
     for id in $(seq 2 "$NODES"); do
-      curl -sf -X POST "http://127.0.0.1:$(port "$id")/v1/bootstrap/join_cluster" -H 'content-type: application/json' \
+      http -sf -X POST "http://127.0.0.1:$(port "$id")/v1/bootstrap/join_cluster" -H 'content-type: application/json' \
         -d "{\"cluster\":{\"nodes\":[\"127.0.0.1:$(port 1)\"]},\"credentials\":{\"username\":\"$KEEL_USER\",\"password\":\"$KEEL_PASSWORD\"}}" >/dev/null
       wait_state_completed "$id"
     done
@@ -110,8 +139,16 @@ start() {
 stop_node() {
   local id=$1 signal=${2:-TERM}
   if running "$id"; then
-    kill "-$signal" "$(cat "$(pidfile "$id")")" 2>/dev/null || true
-    for _ in $(seq 1 100); do running "$id" || break; sleep 0.05; done
+    local pid; pid=$(cat "$(pidfile "$id")")
+    kill "-$signal" "$pid" 2>/dev/null || true
+    # A node stops within its drain time (5 s) and leadership handover; one that does not is
+    # killed, so that it never runs on untracked.
+    for _ in $(seq 1 200); do running "$id" || break; sleep 0.05; done
+    if running "$id"; then
+      echo "node $id did not stop in 10 s; killing it" >&2
+      kill -KILL "$pid" 2>/dev/null || true
+      for _ in $(seq 1 100); do running "$id" || break; sleep 0.05; done
+    fi
   fi
   rm -f "$(pidfile "$id")"
 }
@@ -119,7 +156,7 @@ stop_node() {
 status() {
   for id in $(seq 1 "$NODES"); do
     if running "$id"; then
-      echo "node $id (port $(port "$id")): $(curl -s -u "$(auth)" "http://127.0.0.1:$(port "$id")/v1/cluster" || echo unreachable)"
+      echo "node $id (port $(port "$id")): $(http -s -u "$(auth)" "http://127.0.0.1:$(port "$id")/v1/cluster" || echo unreachable)"
     else
       echo "node $id (port $(port "$id")): stopped"
     fi
@@ -129,10 +166,13 @@ status() {
 leader() {
   for id in $(seq 1 "$NODES"); do
     running "$id" || continue
-    curl -sf -u "$(auth)" "http://127.0.0.1:$(port "$id")/v1/cluster" | python3 -c '
+    http -sf -u "$(auth)" "http://127.0.0.1:$(port "$id")/v1/cluster" 2>/dev/null | python3 -c '
 import json, sys
-info = json.load(sys.stdin)
-addr = next(m["addr"] for m in info["members"] if m["uid"] == info["leader"])
+try:
+    info = json.load(sys.stdin)
+    addr = next(m["addr"] for m in info["members"] if m["uid"] == info["leader"])
+except (ValueError, KeyError, StopIteration):
+    sys.exit(1)
 print(int(addr.rsplit(":", 1)[1]) - int(sys.argv[1]))' "$BASE_PORT" && return
   done
   echo "cluster.sh: no running node knows a leader" >&2
@@ -144,8 +184,8 @@ case ${1:-} in
   stop) for id in $(seq 1 "$NODES"); do stop_node "$id"; done ;;
   status) status ;;
   leader) leader ;;
-  kill) stop_node "${2:?node id}" KILL ;;
-  restart) stop_node "${2:?node id}"; KEEL=$(bin); launch "$2" api; wait_http "$2" ;;
+  kill) id=$(node_id "${2:-}"); stop_node "$id" KILL ;;
+  restart) id=$(node_id "${2:-}"); stop_node "$id"; KEEL=$(bin); launch "$id" api; wait_http "$id" ;;
   clean) for id in $(seq 1 "$NODES"); do stop_node "$id" KILL; done; rm -rf "$DATA" ;;
   *) echo "usage: $0 start|stop|status|leader|kill ID|restart ID|clean" >&2; exit 2 ;;
 esac

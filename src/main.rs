@@ -95,8 +95,8 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(message) => {
+            // Logged once: the log goes to stderr too.
             tracing::error!("{message}");
-            eprintln!("keel: {message}");
             std::process::ExitCode::FAILURE
         }
     }
@@ -123,7 +123,7 @@ async fn serve(mut settings: config::Settings) -> Result<(), String> {
     });
     let bootstrap = settings.bootstrap;
     let node = node::Node::open(settings).await?;
-    node.check_exposure()?;
+    node.check_settings_fit_cluster().await?;
     if bootstrap == config::BootstrapMode::Auto {
         node.auto_bootstrap()?;
     }

@@ -667,11 +667,36 @@ impl Node {
     }
 
     /// Refuses to serve a cluster that has no credentials (the loopback-only default) on an
-    /// address other machines reach, and says so when bootstrap settings are given to a node
-    /// that already has a cluster.
-    pub fn check_exposure(&self) -> Result<(), String> {
-        if !self.is_member() {
+    /// address other machines reach, and says so when settings given to a node that already
+    /// has a cluster do not apply to it: bootstrap credentials, or an address other than the
+    /// one the cluster knows it at.
+    pub async fn check_settings_fit_cluster(&self) -> Result<(), String> {
+        let Ok(raft) = self.raft() else {
             return Ok(());
+        };
+        // The Raft core loads the membership from the log once it runs.
+        let loaded = |m: &keel_raft::types::RaftMetrics| {
+            m.membership_config.membership().nodes().next().is_some()
+        };
+        let metrics = raft
+            .raft()
+            .wait(Some(Duration::from_secs(2)))
+            .metrics(loaded, "the membership to load")
+            .await
+            .unwrap_or_else(|_| raft.metrics());
+        let known_at = metrics
+            .membership_config
+            .membership()
+            .get_node(&raft.id())
+            .map(|member| member.addr.clone());
+        if let Some(known_at) = known_at.filter(|addr| *addr != self.settings.advertise) {
+            tracing::warn!(
+                "the cluster knows this node (uid {}) at {known_at}, not at {}: the others will \
+                 not reach it. Start it with --advertise {known_at}, or remove it and join it \
+                 again at the new address",
+                raft.id(),
+                self.settings.advertise
+            );
         }
         if self.settings.user.is_some() {
             tracing::warn!(

@@ -615,6 +615,22 @@ async fn a_joiner_the_leader_cannot_reach_is_told_why_and_joins_once_restarted_r
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_member_restarted_at_another_address_is_told_where_the_cluster_knows_it() {
+    let mut cluster = Cluster::start(1, &[]).await;
+    let known_at = cluster.nodes[0].addr();
+    let elsewhere = format!("127.0.0.1:{}", common::unused_port());
+    restart_with(&mut cluster, 0, &["--advertise", &elsewhere]);
+    cluster.wait_http(0).await;
+    let log = cluster.nodes[0].log();
+    assert!(
+        log.contains(&format!(
+            "the cluster knows this node (uid 1) at {known_at}, not at {elsewhere}"
+        )),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn credentials_are_required_and_bad_requests_get_clear_errors() {
     let cluster = Cluster::start(1, &[]).await;
     let url = cluster.nodes[0].url("/v1/kv/secret");

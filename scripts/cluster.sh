@@ -16,7 +16,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 NODES=${KEEL_NODES:-3}
 BASE_PORT=${KEEL_BASE_PORT:-7700}
-DATA=${KEEL_CLUSTER_DATA:-./cluster-data}
+# One spelling of the data directory, whatever the caller's: a node is recognised by it.
+DATA=$(realpath -m "${KEEL_CLUSTER_DATA:-./cluster-data}")
 export KEEL_USER=${KEEL_USER:-admin}
 export KEEL_PASSWORD=${KEEL_PASSWORD:-keel-admin}
 TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/keel-target}
@@ -39,19 +40,20 @@ running() {
   local f pid; f=$(pidfile "$1")
   [[ -f $f ]] || return 1
   pid=$(cat "$f")
-  [[ $pid =~ ^[0-9]+$ ]] || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "--data-dir $DATA/node$1 "
+  [[ $pid =~ ^[0-9]+$ && -r /proc/$pid/cmdline ]] || return 1
+  grep -qF -- "--data-dir $DATA/node$1 " < <(tr '\0' ' ' <"/proc/$pid/cmdline")
 }
 
 # Every call is bounded: a paused or hung node must not hang the script.
 http() { curl --max-time 5 "$@"; }
 
 node_id() {
-  if [[ ! ${1:-} =~ ^[0-9]+$ ]] || (( $1 < 1 || $1 > NODES )); then
+  # Base 10, so that 08 is 8 and 01 is node 1's own files.
+  if [[ ! ${1:-} =~ ^[0-9]{1,4}$ ]] || (( 10#$1 < 1 || 10#$1 > NODES )); then
     echo "cluster.sh: node id must be 1 to $NODES, not '${1:-}'" >&2
     exit 2
   fi
-  echo "$1"
+  echo "$((10#$1))"
 }
 
 launch() {

@@ -208,10 +208,14 @@ impl ServeArgs {
             return Err("--join: an empty member address; give host:port of each member".into());
         }
         let cluster_name = pick!(cluster_name).unwrap_or_else(|| "keel".into());
-        if cluster_name.trim().is_empty() || cluster_name.chars().any(char::is_control) {
-            return Err(
-                "--cluster-name must be a non-empty name without control characters".into(),
-            );
+        // As the bootstrap API takes it.
+        if cluster_name.is_empty()
+            || cluster_name.len() > 253
+            || cluster_name
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err("--cluster-name must be 1 to 253 characters without spaces".into());
         }
         let advertise = match pick!(advertise) {
             Some(advertise) => {
@@ -380,6 +384,7 @@ mod tests {
             (&["--password", "pw"], "--user and --password go together"),
             (&["--join", ""], "--join: an empty member address"),
             (&["--cluster-name", " "], "--cluster-name must be"),
+            (&["--cluster-name", "my cluster"], "without spaces"),
             (&["--advertise", "not an address"], "not an address"),
             (&["--advertise", ""], "not an address"),
             (&["--advertise", "host:0"], "not an address"),

@@ -282,7 +282,8 @@ impl Node {
             // another member's: two leaders, or one process counted as two voters.
             return Err(format!(
                 "{} holds a member's Raft log and state but no identity.json: put that node's \
-                 identity.json back, or empty the directory and join the node again",
+                 identity.json back; or remove that node from the cluster (POST \
+                 /v1/nodes/UID/actions/remove), empty the directory and join the node again",
                 node.settings.data_dir.display()
             ));
         }
@@ -699,7 +700,7 @@ impl Node {
             );
         }
         if self.settings.user.is_some() {
-            tracing::warn!(
+            tracing::info!(
                 "--user and --password only bootstrap a cluster; this node's cluster keeps the \
                  credentials it was created with"
             );

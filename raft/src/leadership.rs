@@ -52,6 +52,11 @@ impl Leadership {
                 self.tell_new_leader(&metrics, leader);
                 leader = metrics.current_leader;
             }
+            if metrics.state != ServerState::Leader {
+                // Told as a change of leader, not as a quorum come back.
+                silent = false;
+                continue;
+            }
             let unheard = quorum_unheard_for(&metrics).filter(|ago| *ago > quorum_silence);
             match (unheard, silent) {
                 (Some(ago), false) => {

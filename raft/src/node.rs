@@ -411,15 +411,18 @@ impl RaftNode {
     /// disk), and says what it was; never returns if the core is shut down on purpose.
     pub async fn failure(&self) -> String {
         let stopped = |metrics: &RaftMetrics| metrics.running_state.is_err();
-        // An error here means the core is gone, which its last metrics tell about.
-        let _ = self
+        // An error means the core is gone without saying why (it panicked): a core that stops
+        // says so in its last metrics first.
+        let waited = self
             .raft
             .wait(None)
             .metrics(stopped, "the Raft core to stop")
             .await;
         match self.metrics().running_state {
-            Err(openraft::error::Fatal::Stopped) | Ok(()) => std::future::pending().await,
+            Err(openraft::error::Fatal::Stopped) => std::future::pending().await,
             Err(fatal) => fatal.to_string(),
+            Ok(()) if waited.is_err() => "the Raft core ended unexpectedly (a panic?)".into(),
+            Ok(()) => std::future::pending().await,
         }
     }
 
@@ -1019,26 +1022,38 @@ impl RaftNode {
         (serves_clients && leads && !member).then_some(NotDone::Failed(Error::NotAMember(sender)))
     }
 
-    /// Hands leadership to the voter whose log is furthest along, if this node leads, and
-    /// waits (at most [`HANDOVER_WAIT`]) until another node leads. A leader that just stopped
-    /// would leave the cluster without one until an election timeout passed and an election
-    /// was held; handed over, the next leader starts at once.
-    /// How long ago `id` acknowledged this leader's heartbeat, if within an election timeout
-    /// (and zero for the leader itself): whether it is up, as far as a leader can tell.
-    fn acked_lately(&self, metrics: &RaftMetrics, id: NodeId) -> Option<Duration> {
+    /// How long ago `id` acknowledged a heartbeat of this leader (sent then), if within
+    /// `within` (and zero for the leader itself): whether it is up, as far as a leader can tell.
+    fn acked_lately(
+        &self,
+        metrics: &RaftMetrics,
+        id: NodeId,
+        within: Duration,
+    ) -> Option<Duration> {
         if id == self.id {
             return Some(Duration::ZERO);
         }
-        let alive_within = Duration::from_millis(self.raft.config().election_timeout_min);
         let ack = metrics.heartbeat.as_ref()?.get(&id)?.as_ref()?;
-        Some(openraft::Instant::elapsed(&**ack)).filter(|ago| *ago < alive_within)
+        Some(openraft::Instant::elapsed(&**ack)).filter(|ago| *ago < within)
     }
 
     /// Refuses to remove voter `id` unless a quorum of the voters left is up: the change passes
     /// through a joint membership that needs a quorum of both, and one that cannot get it
-    /// leaves the cluster stuck in between, taking no writes.
+    /// leaves the cluster stuck in between, taking no writes. Only a leader knows who answers:
+    /// any other node sends the request on to the leader it knows.
     fn refuse_a_removal_without_quorum(&self, id: NodeId) -> Result<(), NotDone> {
         let metrics = self.metrics();
+        if metrics.current_leader != Some(self.id) {
+            let leader = metrics.current_leader.and_then(|leader| {
+                let node = metrics.membership_config.membership().get_node(&leader)?;
+                Some((leader, node.clone()))
+            });
+            return Err(NotDone::NotLeader(leader));
+        }
+        // Twice the longest election timeout: a slow link's acknowledgements come late, and a
+        // voter counted down by mistake refuses a removal that would have gone through.
+        let within =
+            Duration::from_millis(self.raft.config().election_timeout_max).saturating_mul(2);
         let left: Vec<NodeId> = metrics
             .membership_config
             .membership()
@@ -1047,7 +1062,7 @@ impl RaftNode {
             .collect();
         let (up, down): (Vec<NodeId>, Vec<NodeId>) = left
             .iter()
-            .partition(|voter| self.acked_lately(&metrics, **voter).is_some());
+            .partition(|voter| self.acked_lately(&metrics, **voter, within).is_some());
         if up.len() * 2 > left.len() {
             return Ok(());
         }
@@ -1058,6 +1073,10 @@ impl RaftNode {
         ))))
     }
 
+    /// Hands leadership to the voter whose log is furthest along, if this node leads, and
+    /// waits (at most [`HANDOVER_WAIT`]) until another node leads. A leader that just stopped
+    /// would leave the cluster without one until an election timeout passed and an election
+    /// was held; handed over, the next leader starts at once.
     pub async fn hand_over_leadership(&self) {
         let metrics = self.metrics();
         if metrics.current_leader != Some(self.id) {
@@ -1069,12 +1088,13 @@ impl RaftNode {
         };
         // A voter that acknowledged no heartbeat lately may be down: asked to take over, it
         // would leave the cluster to an ordinary election after all.
+        let alive_within = Duration::from_millis(self.raft.config().election_timeout_min);
         let Some(successor) = metrics
             .membership_config
             .membership()
             .voter_ids()
             .filter(|id| *id != self.id)
-            .filter_map(|id| Some((id, self.acked_lately(&metrics, id)?)))
+            .filter_map(|id| Some((id, self.acked_lately(&metrics, id, alive_within)?)))
             .max_by_key(|(id, ago)| (matched(id), std::cmp::Reverse(*ago)))
             .map(|(id, _)| id)
         else {

@@ -373,6 +373,17 @@ async fn a_fourth_node_joins_and_is_removed_online() {
         cluster.get_kv(0, "through-removed", "linearizable").await,
         None
     );
+    // Told by the leader, it knows, says so and serves no reads, not even stale ones.
+    let info = cluster.cluster_info(3).await.unwrap();
+    assert_eq!(info["this_node"]["role"], "removed", "{info}");
+    let (status, refusal) =
+        send_json(cluster.get(3, "/v1/kv/after-remove?consistency=stale")).await;
+    assert_eq!(
+        (status, &refusal["error_code"]),
+        (503, &json!("not_a_member")),
+        "{refusal}"
+    );
+    assert!(cluster.nodes[3].log().contains("was removed"));
 
     let (status, refusal) = send_json(cluster.post(0, "/v1/nodes/999/actions/remove")).await;
     assert_eq!(

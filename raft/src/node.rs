@@ -181,6 +181,9 @@ pub struct RaftNode {
     /// joining at the same time are added one after the other instead of refused for a change
     /// in progress.
     membership_changes: tokio::sync::Mutex<()>,
+    /// Set once the leader said this node is no longer a member. A removed node rarely holds
+    /// the membership that leaves it out: the leader stops replicating to it first.
+    told_removed: std::sync::atomic::AtomicBool,
 }
 
 /// Request ids for proposals whose client sent none, so that a forward retried after a
@@ -311,6 +314,7 @@ impl RaftNode {
             leadership: Default::default(),
             peer_formats,
             membership_changes: Default::default(),
+            told_removed: Default::default(),
         });
         // A leader unheard for a few election timeouts has lost its quorum, not a heartbeat.
         let quorum_silence = node.config.election_timeout_max * 3;
@@ -350,6 +354,25 @@ impl RaftNode {
     /// A read-only view of this node's applied state.
     pub fn reader(&self) -> Reader {
         self.state.reader()
+    }
+
+    /// Whether the cluster's latest membership this node holds leaves it out: it was removed.
+    /// (A node that has no membership yet is joining, not removed.)
+    pub fn is_removed(&self) -> bool {
+        self.told_removed.load(Ordering::Relaxed)
+            || crate::leadership::left_out(&self.raft.metrics().borrow_watched())
+    }
+
+    /// Takes the leader's word that this node was removed.
+    pub(crate) fn learn_removed(&self) {
+        if !self.told_removed.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "the leader says this node (uid {}) was removed from the cluster: it answers 503 \
+                 not_a_member to what needs the cluster; stop it, or remove its data directory \
+                 and join it again",
+                self.id
+            );
+        }
     }
 
     /// Times this node saw a new leader since it started.
@@ -527,6 +550,10 @@ impl RaftNode {
     /// Concurrent reads on one node share their ReadIndex rounds (one forward to the leader,
     /// one quorum confirmation per batch) instead of each making its own.
     pub async fn read_barrier(self: &Arc<Self>, consistency: Consistency) -> Result<(), Error> {
+        // Even a stale read: a removed node's state stops for good.
+        if self.is_removed() {
+            return Err(Error::NotAMember(self.id));
+        }
         let lease = match consistency {
             Consistency::Stale => return Ok(()),
             Consistency::Lease => true,
@@ -707,6 +734,9 @@ impl RaftNode {
         request: LeaderRequest,
         timeout: Duration,
     ) -> Result<LeaderAnswer, Error> {
+        if self.is_removed() {
+            return Err(Error::NotAMember(self.id));
+        }
         let deadline = Instant::now() + timeout;
         let mut last_problem = None;
         loop {
@@ -731,6 +761,10 @@ impl RaftNode {
                 let answer = self.forwarder.call(&node.addr, &request, remaining).await;
                 match answer {
                     Ok(Ok(answer)) => return Ok(answer),
+                    Ok(Err(NotDone::Failed(err @ Error::NotAMember(_)))) => {
+                        self.learn_removed();
+                        return Err(err);
+                    }
                     Ok(Err(NotDone::Failed(err))) => return Err(err),
                     Ok(Err(NotDone::NotLeader(_))) => {}
                     Err(err) => {
@@ -840,10 +874,34 @@ impl RaftNode {
                         "node {id} is not a member of this cluster"
                     ))));
                 };
+                let addr = membership.get_node(id).map(|node| node.addr.clone());
                 when_membership_settles(|| self.raft.change_membership(change.clone(), false))
                     .await?;
+                if let Some(addr) = addr {
+                    self.tell_removed(*id, &addr).await;
+                }
                 Ok(LeaderAnswer::Done)
             }
+        }
+    }
+
+    /// Tells node `id` at `addr` that it was removed, if it answers: best effort, as the node
+    /// may be down (a node of an earlier build answers 404). It learns otherwise when it next
+    /// forwards.
+    async fn tell_removed(&self, id: NodeId, addr: &str) {
+        let told = self
+            .peers
+            .clone()
+            .addressed_to(id)
+            .call::<_, ()>(
+                addr,
+                crate::service::REMOVED_PATH,
+                &(),
+                self.config.election_timeout_min,
+            )
+            .await;
+        if let Err(err) = told {
+            tracing::debug!(id, %err, "could not tell a removed node so");
         }
     }
 

@@ -64,6 +64,7 @@ pub fn router(slot: RaftSlot) -> Router {
         .route("/raft/vote", post(vote))
         .route("/raft/pre-vote", post(pre_vote))
         .route(TRANSFER_LEADER_PATH, post(transfer_leader))
+        .route(REMOVED_PATH, post(removed))
         .route("/raft/snapshot", post(snapshot))
         .route(forward_stream::SINGLE_PATH, post(forward))
         .route(append_stream::PATH, post(append_stream))
@@ -202,6 +203,16 @@ async fn transfer_leader(
                 .map_err(RaftError::<TypeConfig>::Fatal)
         },
     )
+    .await
+}
+
+/// Where a leader tells a node it removed that it is no longer a member.
+pub const REMOVED_PATH: &str = "/raft/removed";
+
+async fn removed(State(slot): State<RaftSlot>, headers: HeaderMap, body: Bytes) -> Response {
+    rpc(&slot, &headers, &body, |node, (): ()| async move {
+        node.learn_removed()
+    })
     .await
 }
 

@@ -82,7 +82,10 @@ async fn cluster(State(node): State<Arc<Node>>) -> Result<Json<Value>, Error> {
         "applied_index": metrics.last_applied.map(|id| id.index),
         "snapshot_index": metrics.snapshot.map(|id| id.index),
         "members": members,
-        "this_node": { "uid": raft.id(), "role": role(metrics.state) },
+        "this_node": {
+            "uid": raft.id(),
+            "role": if raft.is_removed() { "removed" } else { role(metrics.state) },
+        },
     })))
 }
 

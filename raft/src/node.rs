@@ -838,12 +838,13 @@ impl RaftNode {
                 }
             }
             LeaderRequest::AddVoter { id, node } => {
-                self.refuse_an_address_conflict(*id, node)?;
                 self.refuse_an_earlier_build(*id, node).await?;
                 // The lock covers the changes written to the log, not the learner's catching
                 // up (minutes, with a large snapshot), which a removal need not wait for.
                 let added = {
                     let _one_change_at_a_time = self.membership_changes.lock().await;
+                    // Under the lock: two joins at one address must not both pass.
+                    self.refuse_an_address_conflict(*id, node)?;
                     when_membership_settles(|| self.raft.add_learner(*id, node.clone(), false))
                         .await?
                 };

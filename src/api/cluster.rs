@@ -73,7 +73,8 @@ async fn cluster(State(node): State<Arc<Node>>) -> Result<Json<Value>, Error> {
             })
         })
         .collect();
-    let name = node.cluster_config()?.map(|c| c.name);
+    // Unknown for the moment while this node installs a snapshot; the rest comes from Raft.
+    let name = node.cluster_config().ok().flatten().map(|c| c.name);
     Ok(Json(json!({
         "name": name,
         "leader": metrics.current_leader,

@@ -175,8 +175,10 @@ impl WatchStream {
             // only a node in touch with a quorum knows: one cut off from it ends the stream
             // with the reason instead, so the watcher goes to another node.
             raft.read_barrier(Consistency::Linearizable).await?;
+            // A watch that starts past the store's revision has seen nothing beyond the store.
+            let seen = self.after.min(kv::revision(&raft.reader())?);
             self.pending
-                .push_back(Self::line(json!({ "progress_revision": self.after })));
+                .push_back(Self::line(json!({ "progress_revision": seen })));
         }
         Ok(())
     }

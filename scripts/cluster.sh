@@ -13,11 +13,11 @@
 # benchmarks).
 set -euo pipefail
 
+# The data directory as the caller means it, before the script moves to the repository.
+DATA=$(realpath -m "${KEEL_CLUSTER_DATA:-./cluster-data}")
 cd "$(dirname "$0")/.."
 NODES=${KEEL_NODES:-3}
 BASE_PORT=${KEEL_BASE_PORT:-7700}
-# One spelling of the data directory, whatever the caller's: a node is recognised by it.
-DATA=$(realpath -m "${KEEL_CLUSTER_DATA:-./cluster-data}")
 export KEEL_USER=${KEEL_USER:-admin}
 export KEEL_PASSWORD=${KEEL_PASSWORD:-keel-admin}
 TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/keel-target}
@@ -34,14 +34,23 @@ port() { echo $((BASE_PORT + $1)); }
 pidfile() { echo "$DATA/node$1.pid"; }
 auth() { echo "$KEEL_USER:$KEEL_PASSWORD"; }
 
-# A pid file is trusted only while its process is this node's keel: after a reboot or a crash
-# the pid may belong to anything.
+# Whether process $2 is node $1's keel (one spelling of the data directory, whatever the
+# caller's, is what tells).
+is_node() {
+  [[ $2 =~ ^[0-9]+$ && -r /proc/$2/cmdline ]] &&
+    grep -qF -- "--data-dir $DATA/node$1 " < <(tr '\0' ' ' <"/proc/$2/cmdline")
+}
+
+# A pid file is trusted only while its process is this node's keel (after a reboot or a crash
+# the pid may belong to anything); a node whose pid file is gone or stale is found by its
+# command line, and the file is written again.
 running() {
   local f pid; f=$(pidfile "$1")
-  [[ -f $f ]] || return 1
-  pid=$(cat "$f")
-  [[ $pid =~ ^[0-9]+$ && -r /proc/$pid/cmdline ]] || return 1
-  grep -qF -- "--data-dir $DATA/node$1 " < <(tr '\0' ' ' <"/proc/$pid/cmdline")
+  pid=$(cat "$f" 2>/dev/null || true)
+  is_node "$1" "$pid" && return 0
+  pid=$(pgrep -f -- "--data-dir $DATA/node$1 " | head -1 || true)
+  is_node "$1" "$pid" || return 1
+  echo "$pid" >"$f"
 }
 
 # Every call is bounded: a paused or hung node must not hang the script.

@@ -161,7 +161,12 @@ impl ServeArgs {
         }
         let listen =
             pick!(listen).unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("default address"));
-        let join = pick!(join).unwrap_or_default();
+        // An empty KEEL_JOIN= says "no join", as an unset one does.
+        let join: Vec<String> = pick!(join)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|member| !member.trim().is_empty())
+            .collect();
         let open_routes = pick!(open_routes).unwrap_or_default();
         if let Some(bad) = open_routes
             .iter()
@@ -204,8 +209,12 @@ impl ServeArgs {
         if user.is_some() != password.is_some() {
             return Err("--user and --password go together: set both or neither".into());
         }
-        if join.iter().any(|member| member.trim().is_empty()) {
-            return Err("--join: an empty member address; give host:port of each member".into());
+        if user.as_deref() == Some("") || password.as_deref() == Some("") {
+            return Err(
+                "--user and --password must not be empty (an empty KEEL_USER= or \
+                        KEEL_PASSWORD= counts as given)"
+                    .into(),
+            );
         }
         let cluster_name = pick!(cluster_name).unwrap_or_else(|| "keel".into());
         // As the bootstrap API takes it.
@@ -277,10 +286,12 @@ fn check_timing(raft: &keel_raft::RaftConfig) -> Result<(), String> {
         60_000,
     )?;
     if raft.election_timeout_min < raft.heartbeat * 2 {
-        return Err(
-            "--election-timeout-ms must be at least twice --heartbeat-ms (three times or more is usual)"
-                .into(),
-        );
+        return Err(format!(
+            "--election-timeout-ms ({} ms) must be at least twice --heartbeat-ms ({} ms); three \
+             times or more is usual (the defaults are 150 and 50)",
+            ms(raft.election_timeout_min),
+            ms(raft.heartbeat)
+        ));
     }
     check_range(
         "--request-timeout-ms",
@@ -293,8 +304,16 @@ fn check_timing(raft: &keel_raft::RaftConfig) -> Result<(), String> {
 /// An address other nodes dial: host:port with a port other than 0.
 fn check_address(addr: &str) -> Result<(), String> {
     let valid = addr.rsplit_once(':').is_some_and(|(host, port)| {
+        let ip = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host)
+            .parse::<std::net::IpAddr>();
         !host.is_empty()
             && !host.contains(|c: char| c.is_whitespace() || c == '/')
+            // IPv6 goes in brackets: [::1]:7799.
+            && (!host.contains(':') || host.starts_with('['))
+            && ip.map_or(!host.starts_with('['), |ip| !ip.is_unspecified())
             && port.parse::<u16>().is_ok_and(|port| port != 0)
     });
     if valid {
@@ -382,7 +401,9 @@ mod tests {
             ),
             (&["--user", "admin"], "--user and --password go together"),
             (&["--password", "pw"], "--user and --password go together"),
-            (&["--join", ""], "--join: an empty member address"),
+            (&["--user", "", "--password", ""], "must not be empty"),
+            (&["--advertise", "0.0.0.0:7799"], "not an address"),
+            (&["--advertise", "::1:7799"], "not an address"),
             (&["--cluster-name", " "], "--cluster-name must be"),
             (&["--cluster-name", "my cluster"], "without spaces"),
             (&["--advertise", "not an address"], "not an address"),
@@ -401,6 +422,14 @@ mod tests {
             .resolve()
             .unwrap_err();
         assert!(err.contains("bad.toml"), "{err}");
+    }
+
+    #[test]
+    fn an_empty_join_list_is_no_join() {
+        let settings = parse(&["--join", ""]).resolve().unwrap();
+        assert!(settings.join.is_empty());
+        let settings = parse(&["--advertise", "[::1]:7799"]).resolve().unwrap();
+        assert_eq!(settings.advertise, "[::1]:7799");
     }
 
     #[test]

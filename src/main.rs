@@ -103,6 +103,10 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn serve(mut settings: config::Settings) -> Result<(), String> {
+    // Every file keel writes (RocksDB's, snapshots, the identity) holds the cluster's data or
+    // secrets: none is for other users to read.
+    // SAFETY: umask only sets the process's file-creation mask; it cannot fail.
+    unsafe { libc::umask(0o077) };
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;

@@ -259,6 +259,20 @@ impl Node {
             stopping: tokio::sync::watch::Sender::new(false),
         });
         if let Some(identity) = node.read_identity()? {
+            let settled = identity.pending_join.is_none() && identity.pending_init.is_none();
+            if settled && !node.store.holds_raft_state().map_err(|e| e.to_string())? {
+                // A voter that forgot its log and its vote could help elect a leader that lacks
+                // committed writes.
+                return Err(format!(
+                    "{} says this node is member {} of a cluster, but its store is empty (lost \
+                     or wiped): put the store back; or remove node {} from the cluster (POST \
+                     /v1/nodes/{}/actions/remove), empty the directory and join the node again",
+                    node.identity_path().display(),
+                    identity.uid,
+                    identity.uid,
+                    identity.uid
+                ));
+            }
             node.set_state(BootstrapState::RecoveringCluster);
             node.start_raft(&identity).await.map_err(|e| e.message)?;
             if identity.pending_join.is_some() {

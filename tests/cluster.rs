@@ -373,17 +373,25 @@ async fn a_fourth_node_joins_and_is_removed_online() {
         cluster.get_kv(0, "through-removed", "linearizable").await,
         None
     );
-    // Told by the leader, it knows, says so and serves no reads, not even stale ones.
-    let info = cluster.cluster_info(3).await.unwrap();
-    assert_eq!(info["this_node"]["role"], "removed", "{info}");
-    let (status, refusal) =
-        send_json(cluster.get(3, "/v1/kv/after-remove?consistency=stale")).await;
-    assert_eq!(
-        (status, &refusal["error_code"]),
-        (503, &json!("not_a_member")),
-        "{refusal}"
-    );
+    // Told by the leader, it knows, says so and serves no reads, not even stale ones; and it
+    // remembers across a restart.
     assert!(cluster.nodes[3].log().contains("was removed"));
+    for restarted in [false, true] {
+        if restarted {
+            cluster.nodes[3].kill();
+            cluster.nodes[3].start();
+            cluster.wait_http(3).await;
+        }
+        let info = cluster.cluster_info(3).await.unwrap();
+        assert_eq!(info["this_node"]["role"], "removed", "{info}");
+        let stale = cluster.get(3, "/v1/kv/after-remove?consistency=stale");
+        let (status, refusal) = send_json(stale).await;
+        assert_eq!(
+            (status, &refusal["error_code"]),
+            (503, &json!("not_a_member")),
+            "{refusal}"
+        );
+    }
 
     let (status, refusal) = send_json(cluster.post(0, "/v1/nodes/999/actions/remove")).await;
     assert_eq!(
@@ -590,17 +598,9 @@ async fn a_joiner_the_leader_cannot_reach_is_told_why_and_joins_once_restarted_r
     assert!(message.contains("this node itself"), "{message}");
     cluster.nodes.pop();
 
-    // An address no other node can reach it at: refused before anything is asked of the
-    // cluster.
-    let unspecified = format!("0.0.0.0:{}", common::unused_port());
+    // (An unspecified --advertise such as 0.0.0.0 is refused before the node starts: see the
+    // settings' unit tests.)
     let through = Some(cluster.nodes[0].addr());
-    let args = ["--advertise", unspecified.as_str()];
-    let (code, message) = failed_join(&mut cluster, &dir, &args, through.clone()).await;
-    assert_eq!(code, "config_error", "{message}");
-    assert!(message.contains("--advertise"), "{message}");
-    assert_eq!(voters(&cluster, 0).await, vec![1]);
-    cluster.nodes.pop();
-
     let nowhere = format!("127.0.0.1:{}", common::unused_port());
     let args = ["--advertise", nowhere.as_str()];
     let (code, message) = failed_join(&mut cluster, &dir, &args, through).await;
@@ -786,6 +786,12 @@ async fn credentials_are_required_and_bad_requests_get_clear_errors() {
             "invalid_query",
             "revison",
         ),
+        (
+            cluster.delete(0, "/v1/kv/k?lease=5"),
+            400,
+            "invalid_query",
+            "lease",
+        ),
     ] {
         let (got, error) = send_json(request).await;
         assert_eq!((got, error["error_code"].as_str()), (status, Some(code)));
@@ -794,11 +800,13 @@ async fn credentials_are_required_and_bad_requests_get_clear_errors() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_member_whose_identity_is_lost_refuses_to_start_afresh() {
+async fn a_member_whose_identity_or_store_is_lost_refuses_to_start() {
     let mut cluster = Cluster::start(1, &[]).await;
     cluster.put_kv(0, "kept", "1").await;
     cluster.nodes[0].kill();
-    std::fs::remove_file(cluster.nodes[0].dir.join("identity.json")).unwrap();
+    let dir = cluster.nodes[0].dir.clone();
+    let identity = std::fs::read(dir.join("identity.json")).unwrap();
+    std::fs::remove_file(dir.join("identity.json")).unwrap();
     cluster.nodes[0].start();
     let status = cluster.nodes[0]
         .wait_exit(Duration::from_secs(30))
@@ -809,6 +817,17 @@ async fn a_member_whose_identity_is_lost_refuses_to_start_afresh() {
         log.contains("holds a member's Raft log and state but no identity.json"),
         "{log}"
     );
+    // Nor an identity whose store is gone: the node would have forgotten its log and vote.
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("identity.json"), identity).unwrap();
+    cluster.nodes[0].start();
+    let status = cluster.nodes[0]
+        .wait_exit(Duration::from_secs(30))
+        .expect("keel kept running as a member with an empty store");
+    assert!(!status.success());
+    let log = cluster.nodes[0].log();
+    assert!(log.contains("but its store is empty"), "{log}");
 }
 
 /// Values that do not compress, so that they fill a disk as fast as their size says.
@@ -1033,6 +1052,20 @@ async fn a_removal_that_would_leave_no_quorum_up_is_refused() {
     assert_eq!(status, 200, "{done}");
     wait_for_voters(&cluster, leader, 2).await;
     cluster.put_kv(live_follower, "after-removal", "1").await;
+    // Down when it was removed, it is told once it is back.
+    cluster.nodes[down].start();
+    cluster.wait_http(down).await;
+    common::wait_until(
+        "the removed node to be told",
+        Duration::from_secs(15),
+        || async {
+            let info = cluster.cluster_info(down).await.unwrap_or_default();
+            info["this_node"]["role"] == "removed"
+        },
+    )
+    .await;
+    let stale = cluster.get(down, "/v1/kv/after-removal?consistency=stale");
+    assert_eq!(send_json(stale).await.0, 503);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -52,6 +52,17 @@ async fn keel_serve_without_flags_is_a_ready_single_node_cluster_that_keeps_its_
             let (_, lease) = common::send_json(grant).await;
             let keepalive = client.post(format!("{base}/v1/leases/{}/keepalive", lease["id"]));
             assert_eq!(common::send_json(keepalive).await.0, 200);
+            // Open without credentials, it takes no other members: a joiner would get its
+            // secret whatever credentials it sent, and could serve it anywhere.
+            let join = client
+                .post(format!("{base}/v1/cluster/join"))
+                .json(&json!({"addr": "127.0.0.1:1"}));
+            let (status, refusal) = common::send_json(join).await;
+            assert_eq!(
+                (status, &refusal["error_code"]),
+                (409, &json!("membership_change_refused")),
+                "{refusal}"
+            );
         }
         let (_, kv) = common::send_json(client.get(format!("{base}/v1/kv/greeting"))).await;
         assert_eq!(kv["value"], "hello", "round {round}");

@@ -40,7 +40,6 @@ impl Leadership {
     pub(crate) async fn follow(self: Arc<Self>, raft: KeelRaft, quorum_silence: Duration) {
         let mut leader: Option<NodeId> = None;
         let mut silent = false;
-        let mut told_removed = false;
         let mut tick = tokio::time::interval(LOOK_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -48,15 +47,6 @@ impl Leadership {
             let metrics = raft.metrics().borrow_watched().clone();
             if metrics.state == ServerState::Shutdown {
                 return;
-            }
-            if left_out(&metrics) && !told_removed {
-                tracing::warn!(
-                    "this node (uid {}) is not in the cluster's membership: it was removed. It \
-                     answers 503 not_a_member to what needs the cluster; stop it, or remove its \
-                     data directory and join it again",
-                    metrics.id
-                );
-                told_removed = true;
             }
             if metrics.current_leader != leader {
                 self.tell_new_leader(&metrics, leader);
@@ -118,10 +108,4 @@ pub(crate) fn quorum_unheard_for(metrics: &RaftMetrics) -> Option<Duration> {
     }
     let acked = metrics.last_quorum_acked.as_ref()?;
     Some(openraft::Instant::elapsed(&**acked))
-}
-
-/// Whether the latest membership a node holds leaves it out (a node with none yet is joining).
-pub(crate) fn left_out(metrics: &RaftMetrics) -> bool {
-    let membership = metrics.membership_config.membership();
-    membership.nodes().next().is_some() && membership.get_node(&metrics.id).is_none()
 }

@@ -181,9 +181,12 @@ pub struct RaftNode {
     /// joining at the same time are added one after the other instead of refused for a change
     /// in progress.
     membership_changes: tokio::sync::Mutex<()>,
-    /// Set once the leader said this node is no longer a member. A removed node rarely holds
-    /// the membership that leaves it out: the leader stops replicating to it first.
+    /// Set once the leader said this node is no longer a member (kept in the log store when
+    /// the leader told it after the change: see [`Self::learn_removed`]). A removed node rarely
+    /// holds the membership that leaves it out: the leader stops replicating to it first.
     told_removed: std::sync::atomic::AtomicBool,
+    /// The log store, for the removal mark.
+    log: keel_storage::LogStore<TypeConfig>,
 }
 
 /// Request ids for proposals whose client sent none, so that a forward retried after a
@@ -296,7 +299,11 @@ impl RaftNode {
         let network = Network::new(peers.clone(), config.election_timeout_min);
         let append_streams_opened = network.streams_opened();
         let peer_formats = network.peer_formats();
-        let raft = KeelRaft::new(id, raft_config, network, store.log_store(), state.clone())
+        let log = store.log_store();
+        let removed = log
+            .is_marked_removed()
+            .map_err(|e| Error::Fatal(e.to_string()))?;
+        let raft = KeelRaft::new(id, raft_config, network, log.clone(), state.clone())
             .await
             .map_err(|e| Error::Fatal(e.to_string()))?;
         let node = Arc::new(Self {
@@ -314,8 +321,12 @@ impl RaftNode {
             leadership: Default::default(),
             peer_formats,
             membership_changes: Default::default(),
-            told_removed: Default::default(),
+            told_removed: removed.into(),
+            log,
         });
+        if removed {
+            node.warn_removed();
+        }
         // A leader unheard for a few election timeouts has lost its quorum, not a heartbeat.
         let quorum_silence = node.config.election_timeout_max * 3;
         tokio::spawn(
@@ -360,19 +371,30 @@ impl RaftNode {
     /// (A node that has no membership yet is joining, not removed.)
     pub fn is_removed(&self) -> bool {
         self.told_removed.load(Ordering::Relaxed)
-            || crate::leadership::left_out(&self.raft.metrics().borrow_watched())
     }
 
-    /// Takes the leader's word that this node was removed.
-    pub(crate) fn learn_removed(&self) {
-        if !self.told_removed.swap(true, Ordering::Relaxed) {
-            tracing::warn!(
-                "the leader says this node (uid {}) was removed from the cluster: it answers 503 \
-                 not_a_member to what needs the cluster; stop it, or remove its data directory \
-                 and join it again",
-                self.id
-            );
+    /// Takes the leader's word that this node was removed: told once the change is committed
+    /// (`for_good`), it keeps the mark across restarts; refused a forward, only until then (a
+    /// node that joins is refused too, before the leader adds it).
+    pub(crate) fn learn_removed(&self, for_good: bool) -> Result<(), Error> {
+        if for_good {
+            self.log
+                .mark_removed()
+                .map_err(|e| Error::Fatal(e.to_string()))?;
         }
+        if !self.told_removed.swap(true, Ordering::Relaxed) {
+            self.warn_removed();
+        }
+        Ok(())
+    }
+
+    fn warn_removed(&self) {
+        tracing::warn!(
+            "the leader says this node (uid {}) was removed from the cluster: it answers 503 \
+             not_a_member to what needs the cluster; stop it, or remove its data directory and \
+             join it again",
+            self.id
+        );
     }
 
     /// Times this node saw a new leader since it started.
@@ -762,7 +784,7 @@ impl RaftNode {
                 match answer {
                     Ok(Ok(answer)) => return Ok(answer),
                     Ok(Err(NotDone::Failed(err @ Error::NotAMember(_)))) => {
-                        self.learn_removed();
+                        let _ = self.learn_removed(false);
                         return Err(err);
                     }
                     Ok(Err(NotDone::Failed(err))) => return Err(err),
@@ -838,12 +860,13 @@ impl RaftNode {
                 }
             }
             LeaderRequest::AddVoter { id, node } => {
+                self.refuse_an_address_conflict(*id, node)?;
                 self.refuse_an_earlier_build(*id, node).await?;
                 // The lock covers the changes written to the log, not the learner's catching
                 // up (minutes, with a large snapshot), which a removal need not wait for.
                 let added = {
                     let _one_change_at_a_time = self.membership_changes.lock().await;
-                    // Under the lock: two joins at one address must not both pass.
+                    // Again under the lock: two joins at one address must not both pass.
                     self.refuse_an_address_conflict(*id, node)?;
                     when_membership_settles(|| self.raft.add_learner(*id, node.clone(), false))
                         .await?
@@ -879,30 +902,14 @@ impl RaftNode {
                 when_membership_settles(|| self.raft.change_membership(change.clone(), false))
                     .await?;
                 if let Some(addr) = addr {
-                    self.tell_removed(*id, &addr).await;
+                    tokio::spawn(tell_removed(
+                        self.peers.clone().addressed_to(*id),
+                        addr,
+                        self.config.election_timeout_min,
+                    ));
                 }
                 Ok(LeaderAnswer::Done)
             }
-        }
-    }
-
-    /// Tells node `id` at `addr` that it was removed, if it answers: best effort, as the node
-    /// may be down (a node of an earlier build answers 404). It learns otherwise when it next
-    /// forwards.
-    async fn tell_removed(&self, id: NodeId, addr: &str) {
-        let told = self
-            .peers
-            .clone()
-            .addressed_to(id)
-            .call::<_, ()>(
-                addr,
-                crate::service::REMOVED_PATH,
-                &(),
-                self.config.election_timeout_min,
-            )
-            .await;
-        if let Err(err) = told {
-            tracing::debug!(id, %err, "could not tell a removed node so");
         }
     }
 
@@ -1371,3 +1378,29 @@ mod tests {
         assert_eq!(ids.len(), 2000);
     }
 }
+
+/// Tells the node `peer` is addressed to, at `addr`, that it was removed: at once, then every
+/// few seconds for [`TELL_REMOVED_FOR`] while it does not answer (it may be down or paused, and
+/// come back believing it a member). A node of an earlier build answers 404 and learns when it
+/// next forwards.
+async fn tell_removed(peer: PeerClient, addr: String, timeout: Duration) {
+    let started = Instant::now();
+    loop {
+        let told = peer
+            .call::<_, Result<(), String>>(&addr, crate::service::REMOVED_PATH, &(), timeout)
+            .await;
+        let problem = match told {
+            Ok(Ok(())) | Err(CallError::Refused { status: 404, .. }) => return,
+            Ok(Err(problem)) => problem,
+            Err(err) => err.to_string(),
+        };
+        if started.elapsed() > TELL_REMOVED_FOR {
+            tracing::info!(%addr, %problem, "gave up telling a removed node so");
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// How long a leader keeps telling a removed node that does not answer.
+const TELL_REMOVED_FOR: Duration = Duration::from_secs(600);

@@ -211,7 +211,7 @@ pub const REMOVED_PATH: &str = "/raft/removed";
 
 async fn removed(State(slot): State<RaftSlot>, headers: HeaderMap, body: Bytes) -> Response {
     rpc(&slot, &headers, &body, |node, (): ()| async move {
-        node.learn_removed()
+        node.learn_removed(true).map_err(|e| e.to_string())
     })
     .await
 }

@@ -100,6 +100,17 @@ async fn join(State(node): State<Arc<Node>>, body: Bytes) -> Result<Json<JoinGra
     if request.addr.is_empty() {
         return Err(Error::bad_request("config_error", "addr is required"));
     }
+    if matches!(node.credentials()?, Some(None)) {
+        // It would take any credentials, and hand its secret to a node that may listen
+        // where anyone reaches it.
+        return Err(Error::Conflict {
+            code: "membership_change_refused",
+            message: "this cluster was created on loopback without credentials and takes no \
+                      other members; create a cluster with credentials to run several nodes"
+                .into(),
+            details: serde_json::Value::Null,
+        });
+    }
     let reply = node
         .propose(&Command::Cluster(ClusterCommand::AllocateNodeId), None)
         .await?;

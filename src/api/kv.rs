@@ -478,6 +478,12 @@ async fn delete(
     headers: HeaderMap,
 ) -> Result<Response, Error> {
     check_key(&key)?;
+    if params.lease.is_some() {
+        return Err(Error::bad_request(
+            "invalid_query",
+            "lease applies to PUT: a deletion has no lease to attach",
+        ));
+    }
     let command = KvCommand::Delete {
         key,
         prev_revision: params.prev_revision,

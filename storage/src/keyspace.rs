@@ -17,5 +17,7 @@ pub(crate) const COMMITTED: &[u8] = b"committed";
 pub(crate) const LAST_PURGED: &[u8] = b"last_purged";
 pub(crate) const LAST_APPLIED: &[u8] = b"last_applied";
 pub(crate) const MEMBERSHIP: &[u8] = b"membership";
+/// Present once the cluster's leader told this node it removed it.
+pub(crate) const REMOVED: &[u8] = b"removed";
 /// Present while a snapshot install is loading: which file, and the snapshot's metadata.
 pub(crate) const INSTALLING: &[u8] = b"installing";

@@ -26,6 +26,7 @@ mod txn;
 
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -83,12 +84,14 @@ pub struct Store {
 impl Store {
     /// Opens (creating if missing) the RocksDB stores under `dir`.
     pub fn open(dir: &Path) -> Result<Self, Error> {
-        // The store holds the cluster's data and credentials: a directory keel creates is its
-        // user's alone.
+        // The store holds the cluster's data, secret and password hash: the directory is its
+        // user's alone, whoever made it (RocksDB's files in it take the process's umask).
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)
+            .map_err(|e| Error::io(dir, e))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| Error::io(dir, e))?;
         let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES);
         let mut state = open_state(&dir.join("db"), &cache)?;

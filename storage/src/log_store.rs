@@ -125,6 +125,18 @@ impl<C: RaftTypeConfig> LogStore<C> {
         }
     }
 
+    /// Records, durably, that the cluster's leader removed this node: a removed node is never
+    /// sent the membership that leaves it out, and must not take itself for a member again
+    /// when restarted.
+    pub fn mark_removed(&self) -> Result<(), Error> {
+        self.put_meta(keyspace::REMOVED, &true, true)
+    }
+
+    /// Whether [`Self::mark_removed`] was recorded.
+    pub fn is_marked_removed(&self) -> Result<bool, Error> {
+        Ok(self.get_meta::<bool>(keyspace::REMOVED)?.unwrap_or(false))
+    }
+
     fn recent(&self) -> std::sync::MutexGuard<'_, EntryCache<C::Entry>> {
         self.recent.lock().expect("log entry cache")
     }

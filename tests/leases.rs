@@ -383,6 +383,8 @@ async fn an_idle_watch_reports_its_progress() {
             follower,
             &format!("/v1/kv?prefix=idle/&watch=true&revision={revision}"),
         )
+        // Longer than the client's usual 20 s: the stream lives through two waits below.
+        .timeout(Duration::from_secs(60))
         .send()
         .await
         .unwrap();

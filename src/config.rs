@@ -224,7 +224,7 @@ impl ServeArgs {
                 .chars()
                 .any(|c| c.is_whitespace() || c.is_control())
         {
-            return Err("--cluster-name must be 1 to 253 characters without spaces".into());
+            return Err("--cluster-name must be 1 to 253 bytes without spaces".into());
         }
         let advertise = match pick!(advertise) {
             Some(advertise) => {

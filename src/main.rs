@@ -45,15 +45,19 @@ const DEFAULT_LOG: &str = "info,openraft=warn,openraft::replication=error,\
                            openraft::core::heartbeat=error,openraft::core::raft_core=error";
 
 fn main() -> std::process::ExitCode {
-    let filter = match std::env::var("KEEL_LOG") {
-        Ok(filter) => match EnvFilter::try_new(&filter) {
+    // An empty KEEL_LOG= is unset, not "log nothing".
+    let filter = match std::env::var("KEEL_LOG")
+        .ok()
+        .filter(|f| !f.trim().is_empty())
+    {
+        Some(filter) => match EnvFilter::try_new(&filter) {
             Ok(filter) => filter,
             Err(err) => {
                 eprintln!("keel: KEEL_LOG={filter:?} is not a log filter ({err}); e.g. info or info,openraft=warn");
                 return std::process::ExitCode::from(2);
             }
         },
-        Err(_) => EnvFilter::new(DEFAULT_LOG),
+        None => EnvFilter::new(DEFAULT_LOG),
     };
     tracing_subscriber::fmt()
         .with_env_filter(filter)

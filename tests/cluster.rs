@@ -383,7 +383,11 @@ async fn a_fourth_node_joins_and_is_removed_online() {
             cluster.wait_http(3).await;
         }
         let info = cluster.cluster_info(3).await.unwrap();
-        assert_eq!(info["this_node"]["role"], "removed", "{info}");
+        assert_eq!(
+            (&info["this_node"]["role"], &info["leader"]),
+            (&json!("removed"), &json!(null)),
+            "{info}"
+        );
         let stale = cluster.get(3, "/v1/kv/after-remove?consistency=stale");
         let (status, refusal) = send_json(stale).await;
         assert_eq!(

@@ -77,7 +77,8 @@ async fn cluster(State(node): State<Arc<Node>>) -> Result<Json<Value>, Error> {
     let name = node.cluster_config().ok().flatten().map(|c| c.name);
     Ok(Json(json!({
         "name": name,
-        "leader": metrics.current_leader,
+        // A removed node knows no leader of the cluster, whatever its Raft core last saw.
+        "leader": metrics.current_leader.filter(|_| !raft.is_removed()),
         "term": metrics.current_term,
         "commit_index": metrics.local_committed.map(|id| id.index),
         "applied_index": metrics.last_applied.map(|id| id.index),

@@ -217,13 +217,7 @@ impl ServeArgs {
             );
         }
         let cluster_name = pick!(cluster_name).unwrap_or_else(|| "keel".into());
-        // As the bootstrap API takes it.
-        if cluster_name.is_empty()
-            || cluster_name.len() > 253
-            || cluster_name
-                .chars()
-                .any(|c| c.is_whitespace() || c.is_control())
-        {
+        if !crate::domain::cluster::is_valid_name(&cluster_name) {
             return Err("--cluster-name must be 1 to 253 bytes without spaces".into());
         }
         let advertise = match pick!(advertise) {

@@ -153,29 +153,39 @@ impl From<keel_storage::Error> for Error {
     }
 }
 
+impl Error {
+    /// The JSON an error answers with (and a watch stream ends with): its code, its message
+    /// and what it concerns.
+    pub fn body(&self) -> Value {
+        let mut body = json!({ "error_code": self.code(), "message": self.to_string() });
+        match self {
+            Error::Conflict {
+                details: Value::Object(details),
+                ..
+            } => {
+                let fields = details.iter().map(|(k, v)| (k.clone(), v.clone()));
+                body.as_object_mut().expect("object").extend(fields);
+            }
+            Error::Compacted { oldest, .. } => {
+                body["compact_revision"] = json!(oldest.saturating_sub(1));
+            }
+            _ => {}
+        }
+        body
+    }
+}
+
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = self.status();
         if status.is_server_error() {
             tracing::warn!(error = %self, "request failed");
         }
-        let mut body = json!({ "error_code": self.code(), "message": self.to_string() });
-        let mut retry_after = None;
-        match self {
-            Error::Conflict {
-                details: Value::Object(details),
-                ..
-            } => {
-                body.as_object_mut().expect("object").extend(details);
-            }
-            Error::Unavailable {
-                retry_after: after, ..
-            } => retry_after = Some(after),
-            Error::Compacted { oldest, .. } => {
-                body["compact_revision"] = json!(oldest.saturating_sub(1));
-            }
-            _ => {}
-        }
+        let body = self.body();
+        let retry_after = match self {
+            Error::Unavailable { retry_after, .. } => Some(retry_after),
+            _ => None,
+        };
         let mut response = (status, Json(body)).into_response();
         if let Some(after) = retry_after {
             let secs = after.as_secs().max(1).to_string();

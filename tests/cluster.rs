@@ -812,26 +812,13 @@ async fn a_member_whose_identity_or_store_is_lost_refuses_to_start() {
     let identity = std::fs::read(dir.join("identity.json")).unwrap();
     std::fs::remove_file(dir.join("identity.json")).unwrap();
     cluster.nodes[0].start();
-    let status = cluster.nodes[0]
-        .wait_exit(Duration::from_secs(30))
-        .expect("keel kept running on a member's store without its identity");
-    assert!(!status.success());
-    let log = cluster.nodes[0].log();
-    assert!(
-        log.contains("holds a member's Raft log and state but no identity.json"),
-        "{log}"
-    );
+    cluster.nodes[0].fails_saying("holds a member's Raft log and state but no identity.json");
     // Nor an identity whose store is gone: the node would have forgotten its log and vote.
     std::fs::remove_dir_all(&dir).unwrap();
     std::fs::create_dir(&dir).unwrap();
     std::fs::write(dir.join("identity.json"), identity).unwrap();
     cluster.nodes[0].start();
-    let status = cluster.nodes[0]
-        .wait_exit(Duration::from_secs(30))
-        .expect("keel kept running as a member with an empty store");
-    assert!(!status.success());
-    let log = cluster.nodes[0].log();
-    assert!(log.contains("but its store is empty"), "{log}");
+    cluster.nodes[0].fails_saying("but its store is empty");
 }
 
 /// Values that do not compress, so that they fill a disk as fast as their size says.
@@ -906,12 +893,7 @@ async fn a_node_whose_disk_fills_exits_and_recovers_once_there_is_room() {
         acknowledged.len()
     );
     // It stops rather than answer errors for ever.
-    let status = cluster.nodes[0]
-        .wait_exit(Duration::from_secs(30))
-        .expect("keel kept running with its Raft core stopped");
-    assert!(!status.success());
-    let log = cluster.nodes[0].log();
-    assert!(log.contains("No space left on device"), "{log}");
+    cluster.nodes[0].fails_saying("No space left on device");
     // With room again it recovers from its log and has every acknowledged write.
     assert!(mount("remount,size=200m"));
     cluster.nodes[0].start();

@@ -81,15 +81,15 @@ pub enum CallError {
 pub struct PeerClient {
     http: reqwest::Client,
     secret: String,
-    /// This node's uid, announced when it opens a stream, so that a leader can tell a node
-    /// it removed.
+    /// This node's uid, announced with every request, so that a leader can tell a node it
+    /// removed.
     sender: Option<NodeId>,
     /// The uid of the node this client is for, so that a process at that address that is
     /// another member refuses instead of answering for it.
     target: Option<NodeId>,
 }
 
-/// Header carrying the uid of the node that opens a peer stream.
+/// Header carrying the uid of the node a peer request comes from.
 pub const SENDER_HEADER: &str = "x-keel-node-uid";
 
 /// Header carrying the uid a peer request is meant for.
@@ -138,7 +138,7 @@ impl PeerClient {
         request
     }
 
-    /// The same client, announcing `uid` as its node's when it opens a stream.
+    /// The same client, announcing `uid` as its node's.
     pub fn sent_by(self, uid: NodeId) -> Self {
         Self {
             sender: Some(uid),

@@ -367,8 +367,7 @@ impl RaftNode {
         self.state.reader()
     }
 
-    /// Whether the cluster's latest membership this node holds leaves it out: it was removed.
-    /// (A node that has no membership yet is joining, not removed.)
+    /// Whether the leader said this node was removed (see [`Self::learn_removed`]).
     pub fn is_removed(&self) -> bool {
         self.told_removed.load(Ordering::Relaxed)
     }
@@ -1070,7 +1069,6 @@ impl RaftNode {
         sender: NodeId,
         request: &LeaderRequest,
     ) -> Option<NotDone> {
-        use openraft::async_runtime::WatchReceiver;
         let serves_clients = matches!(
             request,
             LeaderRequest::Propose(_)
@@ -1110,11 +1108,7 @@ impl RaftNode {
     fn refuse_a_removal_without_quorum(&self, id: NodeId) -> Result<(), NotDone> {
         let metrics = self.metrics();
         if metrics.current_leader != Some(self.id) {
-            let leader = metrics.current_leader.and_then(|leader| {
-                let node = metrics.membership_config.membership().get_node(&leader)?;
-                Some((leader, node.clone()))
-            });
-            return Err(NotDone::NotLeader(leader));
+            return Err(NotDone::NotLeader(self.remote_leader()));
         }
         // Twice the longest election timeout: a slow link's acknowledgements come late, and a
         // voter counted down by mistake refuses a removal that would have gone through.
@@ -1311,6 +1305,32 @@ fn split_into_entries(proposals: &[Proposal], per_entry: usize) -> Vec<Proposals
     entries
 }
 
+/// Tells the node `peer` is addressed to, at `addr`, that it was removed: at once, then every
+/// few seconds for [`TELL_REMOVED_FOR`] while it does not answer (it may be down or paused, and
+/// come back believing it a member). A node of an earlier build answers 404 and learns when it
+/// next forwards.
+async fn tell_removed(peer: PeerClient, addr: String, timeout: Duration) {
+    let started = Instant::now();
+    loop {
+        let told = peer
+            .call::<_, Result<(), String>>(&addr, crate::service::REMOVED_PATH, &(), timeout)
+            .await;
+        let problem = match told {
+            Ok(Ok(())) | Err(CallError::Refused { status: 404, .. }) => return,
+            Ok(Err(problem)) => problem,
+            Err(err) => err.to_string(),
+        };
+        if started.elapsed() > TELL_REMOVED_FOR {
+            tracing::info!(%addr, %problem, "gave up telling a removed node so");
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// How long a leader keeps telling a removed node that does not answer.
+const TELL_REMOVED_FOR: Duration = Duration::from_secs(600);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1378,29 +1398,3 @@ mod tests {
         assert_eq!(ids.len(), 2000);
     }
 }
-
-/// Tells the node `peer` is addressed to, at `addr`, that it was removed: at once, then every
-/// few seconds for [`TELL_REMOVED_FOR`] while it does not answer (it may be down or paused, and
-/// come back believing it a member). A node of an earlier build answers 404 and learns when it
-/// next forwards.
-async fn tell_removed(peer: PeerClient, addr: String, timeout: Duration) {
-    let started = Instant::now();
-    loop {
-        let told = peer
-            .call::<_, Result<(), String>>(&addr, crate::service::REMOVED_PATH, &(), timeout)
-            .await;
-        let problem = match told {
-            Ok(Ok(())) | Err(CallError::Refused { status: 404, .. }) => return,
-            Ok(Err(problem)) => problem,
-            Err(err) => err.to_string(),
-        };
-        if started.elapsed() > TELL_REMOVED_FOR {
-            tracing::info!(%addr, %problem, "gave up telling a removed node so");
-            return;
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
-}
-
-/// How long a leader keeps telling a removed node that does not answer.
-const TELL_REMOVED_FOR: Duration = Duration::from_secs(600);

@@ -47,6 +47,7 @@ use crate::network::SENDER_HEADER;
 use crate::network::TARGET_HEADER;
 use crate::node::LeaderRequest;
 use crate::node::RaftNode;
+use crate::types::NodeId;
 use crate::types::TypeConfig;
 use crate::types::Vote;
 
@@ -99,10 +100,7 @@ fn authorized<'a>(slot: &'a RaftSlot, headers: &HeaderMap) -> Result<&'a Arc<Raf
         ));
     }
     // Nodes of earlier builds do not say whom they mean.
-    let meant_for = headers
-        .get(TARGET_HEADER)
-        .and_then(|uid| uid.to_str().ok()?.parse::<u64>().ok());
-    match meant_for {
+    match uid_header(headers, TARGET_HEADER) {
         Some(uid) if uid != node.id() => Err((
             StatusCode::MISDIRECTED_REQUEST,
             format!(
@@ -113,6 +111,11 @@ fn authorized<'a>(slot: &'a RaftSlot, headers: &HeaderMap) -> Result<&'a Arc<Raf
         )),
         _ => Ok(node),
     }
+}
+
+/// The node uid a peer request's header `name` carries, if any.
+fn uid_header(headers: &HeaderMap, name: &str) -> Option<NodeId> {
+    headers.get(name)?.to_str().ok()?.parse().ok()
 }
 
 fn encode<T: Serialize>(value: &T) -> Response {
@@ -239,10 +242,7 @@ async fn append_stream(State(slot): State<RaftSlot>, request: Request) -> Respon
 /// Switches the connection to the forward stream (a follower's, to this leader).
 async fn forward_stream(State(slot): State<RaftSlot>, request: Request) -> Response {
     // Followers of earlier builds do not say who they are.
-    let sender = request
-        .headers()
-        .get(SENDER_HEADER)
-        .and_then(|uid| uid.to_str().ok()?.parse().ok());
+    let sender = uid_header(request.headers(), SENDER_HEADER);
     upgrade(&slot, request, forward_stream::PROTOCOL, move |node, io| {
         forward_stream::serve(io, move |request| {
             let node = node.clone();

@@ -97,8 +97,6 @@ struct CredentialsSpec {
     password: String,
 }
 
-const MAX_NAME_LEN: usize = 253;
-
 fn config_error(message: impl Into<String>) -> Error {
     Error::bad_request("config_error", message)
 }
@@ -147,10 +145,7 @@ async fn start(
     let plan = match action.as_str() {
         "create_cluster" => {
             let name = request.cluster.name.unwrap_or_default();
-            if name.is_empty()
-                || name.len() > MAX_NAME_LEN
-                || name.chars().any(|c| c.is_whitespace() || c.is_control())
-            {
+            if !crate::domain::cluster::is_valid_name(&name) {
                 return Err(config_error(
                     "cluster.name must be 1 to 253 characters without spaces, e.g. \"my.cluster\"",
                 ));

@@ -75,10 +75,11 @@ async fn cluster(State(node): State<Arc<Node>>) -> Result<Json<Value>, Error> {
         .collect();
     // Unknown for the moment while this node installs a snapshot; the rest comes from Raft.
     let name = node.cluster_config().ok().flatten().map(|c| c.name);
+    let removed = raft.is_removed();
     Ok(Json(json!({
         "name": name,
         // A removed node knows no leader of the cluster, whatever its Raft core last saw.
-        "leader": metrics.current_leader.filter(|_| !raft.is_removed()),
+        "leader": metrics.current_leader.filter(|_| !removed),
         "term": metrics.current_term,
         "commit_index": metrics.local_committed.map(|id| id.index),
         "applied_index": metrics.last_applied.map(|id| id.index),
@@ -86,7 +87,7 @@ async fn cluster(State(node): State<Arc<Node>>) -> Result<Json<Value>, Error> {
         "members": members,
         "this_node": {
             "uid": raft.id(),
-            "role": if raft.is_removed() { "removed" } else { role(metrics.state) },
+            "role": if removed { "removed" } else { role(metrics.state) },
         },
     })))
 }

@@ -134,7 +134,7 @@ impl WatchStream {
         Bytes::from(line)
     }
 
-    /// Queues the next events, or waits for some; false once the stream must end.
+    /// Queues the next events, or waits for some; an error ends the stream.
     async fn fill(&mut self) -> Result<(), Error> {
         let raft = self.node.raft()?;
         let events =
@@ -157,16 +157,10 @@ impl WatchStream {
             }
             if self.after == before {
                 // The history the client needs was compacted while it fell behind.
-                let error = Error::Compacted {
+                return Err(Error::Compacted {
                     requested: before + 1,
                     oldest,
-                };
-                self.pending.push_back(Self::line(json!({
-                    "error_code": error.code(),
-                    "message": error.to_string(),
-                    "compact_revision": oldest - 1,
-                })));
-                self.ended = true;
+                });
             }
             return Ok(());
         }
@@ -196,10 +190,7 @@ impl WatchStream {
             // revision it saw.
             if let Err(err) = self.fill().await {
                 self.ended = true;
-                self.pending.push_back(Self::line(json!({
-                    "error_code": err.code(),
-                    "message": err.to_string(),
-                })));
+                self.pending.push_back(Self::line(err.body()));
             }
         }
     }

@@ -33,6 +33,17 @@ pub struct ClusterConfig {
     pub next_node_id: u64,
 }
 
+/// The most bytes of a cluster's name.
+const MAX_NAME_LEN: usize = 253;
+
+/// Whether `name` can name a cluster: 1 to [`MAX_NAME_LEN`] bytes, no spaces or control
+/// characters (the bootstrap API and `--cluster-name` alike).
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && !name.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ClusterCommand {
     Init {

@@ -34,6 +34,7 @@ use rocksdb::DB;
 
 use crate::cf;
 use crate::txn::within_bytes;
+use crate::txn::ByteBudget;
 use crate::Error;
 use crate::Pair;
 
@@ -174,13 +175,12 @@ fn scan_family(
         IteratorMode::From(from, rocksdb::Direction::Forward),
     );
     let mut out = Vec::new();
-    let mut held = 0usize;
+    let mut budget = ByteBudget::new(bytes);
     for item in iter.take(limit) {
-        if !out.is_empty() && held >= bytes {
+        let (key, value) = item?;
+        if !budget.takes(key.len() + value.len()) {
             break;
         }
-        let (key, value) = item?;
-        held = held.saturating_add(key.len() + value.len());
         out.push((key.into_vec(), value.into_vec()));
     }
     Ok(out)

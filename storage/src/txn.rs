@@ -55,18 +55,35 @@ pub trait KvRead {
     ) -> Result<Vec<Pair>, Error>;
 }
 
-/// The leading `pairs` that fit in `bytes`, and the one that crosses it.
+/// What a scan with a byte budget takes: a pair while the pairs before it hold less than the
+/// budget, so the one that crosses it too, and always the first.
+pub(crate) struct ByteBudget {
+    bytes: usize,
+    held: Option<usize>,
+}
+
+impl ByteBudget {
+    pub(crate) fn new(bytes: usize) -> Self {
+        Self { bytes, held: None }
+    }
+
+    /// Whether a pair of `len` bytes is taken (and counted).
+    pub(crate) fn takes(&mut self, len: usize) -> bool {
+        let held = self.held.unwrap_or(0);
+        let taken = self.held.is_none() || held < self.bytes;
+        if taken {
+            self.held = Some(held.saturating_add(len));
+        }
+        taken
+    }
+}
+
+/// The leading `pairs` a budget of `bytes` takes.
 pub(crate) fn within_bytes(pairs: impl IntoIterator<Item = Pair>, bytes: usize) -> Vec<Pair> {
-    let mut held = 0usize;
-    let mut first = true;
+    let mut budget = ByteBudget::new(bytes);
     pairs
         .into_iter()
-        .take_while(|(key, value)| {
-            let fits = first || held < bytes;
-            first = false;
-            held = held.saturating_add(key.len() + value.len());
-            fits
-        })
+        .take_while(|(key, value)| budget.takes(key.len() + value.len()))
         .collect()
 }
 

@@ -101,22 +101,10 @@ impl KeelProcess {
     /// `patience`) and answers how long that took, or None if it was still running then (it
     /// is killed).
     pub fn terminate(&mut self, patience: Duration) -> Option<Duration> {
-        let mut child = self.child.take()?;
+        self.child.as_ref()?;
         let sent = Instant::now();
-        let signalled = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(signalled.success());
-        while sent.elapsed() < patience {
-            if child.try_wait().unwrap().is_some() {
-                return Some(sent.elapsed());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        child.kill().unwrap();
-        child.wait().unwrap();
-        None
+        self.signal("TERM");
+        self.wait_exit(patience).map(|_| sent.elapsed())
     }
 
     /// Sends `signal` (STOP, CONT...) to the process.
@@ -143,6 +131,16 @@ impl KeelProcess {
         child.kill().unwrap();
         child.wait().unwrap();
         None
+    }
+
+    /// Waits for the process to stop by itself with a failure, and for its log to say `why`.
+    pub fn fails_saying(&mut self, why: &str) {
+        let status = self
+            .wait_exit(Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("keel kept running; expected it to stop saying {why:?}"));
+        assert!(!status.success());
+        let log = self.log();
+        assert!(log.contains(why), "{log}");
     }
 
     pub fn is_running(&self) -> bool {

@@ -959,6 +959,35 @@ async fn a_paused_node_neither_disrupts_the_leader_nor_goes_unreported() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_pending_on_a_paused_leader_goes_to_the_next_one() {
+    let cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.leader().await;
+    let (follower, other) = ((leader + 1) % 3, (leader + 2) % 3);
+    // The follower's forward connection to the leader is open, so the next write is sent on
+    // it at once and waits there for an answer the paused leader never gives.
+    cluster.put_kv(follower, "before", "1").await;
+    cluster.nodes[leader].signal("STOP");
+    // The request timeout (5 s) is ten times an election: the write succeeds through the new
+    // leader instead of timing out on the old one.
+    let revision = cluster.put_kv(follower, "while-paused", "1").await;
+    assert_eq!(
+        cluster.get_kv(other, "while-paused", "linearizable").await,
+        Some("1".into())
+    );
+    // The old leader follows again, and the write applied once: the revision the client was
+    // told is the key's revision everywhere.
+    cluster.nodes[leader].signal("CONT");
+    for i in 0..3 {
+        let (status, kv) = send_json(cluster.get(i, "/v1/kv/while-paused")).await;
+        assert_eq!(
+            (status, &kv["mod_revision"], &kv["version"]),
+            (200, &json!(revision), &json!(1)),
+            "node {i}: {kv}"
+        );
+    }
+}
+
 /// uid of node `i`, as it says.
 async fn uid_of(cluster: &Cluster, i: usize) -> u64 {
     let info = cluster.cluster_info(i).await.expect("cluster info");

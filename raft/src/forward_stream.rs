@@ -86,7 +86,8 @@ pub(crate) struct Forwarder {
 #[derive(Clone)]
 struct Connection {
     requests: mpsc::Sender<Queued>,
-    /// Cancelled to close the connection: a call on it went unanswered.
+    /// Cancelled to close the connection: a call on it went unanswered, or the node at the
+    /// other end no longer leads.
     closed: CancellationToken,
 }
 
@@ -154,6 +155,25 @@ impl Forwarder {
                 })
             }
         }
+    }
+
+    /// Closes the connection to `addr`, whose node no longer leads: calls still waiting on it
+    /// (sent before that node was paused or cut off) end as unreachable, and the connection
+    /// holds no unanswered calls that would keep it from closing when idle. A connection being
+    /// opened is left alone; its caller gives up by itself.
+    pub(crate) fn close(&self, addr: &str) {
+        let slot = self
+            .connections
+            .lock()
+            .expect("forward connections")
+            .get(addr)
+            .cloned();
+        let Some(slot) = slot else { return };
+        if let Ok(connection) = slot.try_lock() {
+            if let Some(connection) = connection.as_ref() {
+                connection.closed.cancel();
+            }
+        };
     }
 
     /// The open connection to `addr`, opening one if there is none (or it closed); `None` if

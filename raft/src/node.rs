@@ -3,7 +3,8 @@
 //! Any node accepts any request. [`RaftNode::propose`] and [`RaftNode::read_barrier`] run
 //! locally when this node leads and are otherwise forwarded to the leader on the
 //! [`crate::forward_stream`]; when the leader changes or is unreachable they wait for the
-//! next one and try again, up to the request deadline. That retry is safe because every
+//! next one and try again, up to the request deadline; a request still waiting on a leader
+//! when another takes over is sent to the new one at once. That retry is safe because every
 //! proposal carries a request id (the client's `Idempotency-Key`, or one this node makes up),
 //! and the state machine answers a repeated id with the first reply instead of applying it
 //! again.
@@ -779,7 +780,14 @@ impl RaftNode {
             };
             if let Some((leader_id, node)) = leader.filter(|(id, _)| *id != self.id) {
                 let remaining = deadline.saturating_duration_since(Instant::now());
-                let answer = self.forwarder.call(&node.addr, &request, remaining).await;
+                let answer = tokio::select! {
+                    answer = self.forwarder.call(&node.addr, &request, remaining) => answer,
+                    () = self.leader_moved_from(leader_id) => {
+                        tracing::debug!(leader_id, "the leader changed while a request to it was pending; sending it to the new one");
+                        self.forwarder.close(&node.addr);
+                        continue;
+                    }
+                };
                 match answer {
                     Ok(Ok(answer)) => return Ok(answer),
                     Ok(Err(NotDone::Failed(err @ Error::NotAMember(_)))) => {
@@ -806,6 +814,24 @@ impl RaftNode {
                 });
             }
             tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+    }
+
+    /// Returns once this node hears of a leader other than `leader`. A request forwarded to a
+    /// leader that was paused or cut off gets no answer, and waiting out its deadline kept the
+    /// client waiting long after the other members had elected a new leader.
+    async fn leader_moved_from(&self, leader: NodeId) {
+        // Server metrics change with the vote and the leader only, not with every write.
+        let mut server = self.raft.server_metrics();
+        loop {
+            let current = server.borrow_watched().current_leader;
+            if current.is_some_and(|current| current != leader) {
+                return;
+            }
+            if server.changed().await.is_err() {
+                // Raft stopped; the request's deadline ends the wait.
+                return std::future::pending().await;
+            }
         }
     }
 

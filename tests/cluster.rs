@@ -932,22 +932,14 @@ async fn a_paused_node_neither_disrupts_the_leader_nor_goes_unreported() {
     );
     // A leader whose quorum went silent says so, in its log and metrics.
     let others = [(leader + 1) % 3, (leader + 2) % 3];
-    for i in others {
-        cluster.nodes[i].signal("STOP");
-    }
-    common::wait_until(
-        "the leader to report its silent quorum",
-        Duration::from_secs(10),
-        || async {
-            cluster.nodes[leader]
-                .log()
-                .contains("no quorum has answered")
-        },
+    pause_until_reported(
+        &cluster,
+        others,
+        leader,
+        "no quorum has answered",
+        "keel_raft_quorum_unheard_milliseconds",
     )
     .await;
-    let metrics = cluster.metrics(leader).await;
-    let unheard = metric_value(&metrics, "keel_raft_quorum_unheard_milliseconds");
-    assert!(unheard.is_some_and(|ms| ms > 900), "{metrics}");
     for i in others {
         cluster.nodes[i].signal("CONT");
     }
@@ -957,6 +949,42 @@ async fn a_paused_node_neither_disrupts_the_leader_nor_goes_unreported() {
         metric_value(&metrics, "keel_raft_leader_changes_total").is_some_and(|n| n >= 1),
         "{metrics}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_follower_that_no_longer_hears_its_leader_says_so() {
+    let cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.leader().await;
+    let (follower, other) = ((leader + 1) % 3, (leader + 2) % 3);
+    let unheard_ms = |info: &serde_json::Value| info["this_node"]["leader_unheard_ms"].as_u64();
+    let info = cluster.cluster_info(leader).await.unwrap();
+    assert_eq!(unheard_ms(&info), None, "a leader follows nobody: {info}");
+    let leader_uid = uid_of(&cluster, leader).await;
+    // With the leader and the other voter paused, no election can succeed (pre-vote), so the
+    // follower keeps naming the leader it last heard of, and says how long ago that was.
+    pause_until_reported(
+        &cluster,
+        [leader, other],
+        follower,
+        "the leader has not been heard from",
+        "keel_raft_leader_unheard_milliseconds",
+    )
+    .await;
+    let info = cluster.cluster_info(follower).await.unwrap();
+    assert_eq!(info["leader"], json!(leader_uid), "{info}");
+    assert!(unheard_ms(&info).is_some_and(|ms| ms > 900), "{info}");
+    // Once a leader is heard again (the old one, or one elected now), the figure drops.
+    cluster.nodes[leader].signal("CONT");
+    cluster.nodes[other].signal("CONT");
+    common::wait_until(
+        "the follower to hear a leader again",
+        Duration::from_secs(10),
+        || async {
+            let info = cluster.cluster_info(follower).await.unwrap();
+            unheard_ms(&info).is_some_and(|ms| ms < 900)
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -986,6 +1014,29 @@ async fn a_request_pending_on_a_paused_leader_goes_to_the_next_one() {
             "node {i}: {kv}"
         );
     }
+}
+
+/// Pauses the nodes `paused` until node `reporter` logs `said`, and checks that its `metric`
+/// counts past the reporting threshold (three election timeouts of 300 ms).
+async fn pause_until_reported(
+    cluster: &Cluster,
+    paused: [usize; 2],
+    reporter: usize,
+    said: &str,
+    metric: &str,
+) {
+    for i in paused {
+        cluster.nodes[i].signal("STOP");
+    }
+    common::wait_until(
+        "the silence to be reported",
+        Duration::from_secs(10),
+        || async { cluster.nodes[reporter].log().contains(said) },
+    )
+    .await;
+    let metrics = cluster.metrics(reporter).await;
+    let unheard = metric_value(&metrics, metric);
+    assert!(unheard.is_some_and(|ms| ms > 900), "{metrics}");
 }
 
 /// uid of node `i`, as it says.

@@ -340,6 +340,9 @@ where
         };
         let Some(answer) = answer else { break };
         let refused = !matches!(answer, Ok(Ok(_)));
+        if !refused {
+            node.heard_from_leader();
+        }
         write
             .feed(encode(&ToLeader::Appended(answer)).ok()?)
             .await

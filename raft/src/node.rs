@@ -182,10 +182,6 @@ pub struct RaftNode {
     /// joining at the same time are added one after the other instead of refused for a change
     /// in progress.
     membership_changes: tokio::sync::Mutex<()>,
-    /// Set once the leader said this node is no longer a member (kept in the log store when
-    /// the leader told it after the change: see [`Self::learn_removed`]). A removed node rarely
-    /// holds the membership that leaves it out: the leader stops replicating to it first.
-    told_removed: std::sync::atomic::AtomicBool,
     /// The log store, for the removal mark.
     log: keel_storage::LogStore<TypeConfig>,
 }
@@ -319,10 +315,9 @@ impl RaftNode {
             proposals: Default::default(),
             auto_ids: AutoRequestIds::new(),
             append_streams_opened,
-            leadership: Default::default(),
+            leadership: Arc::new(Leadership::new(removed)),
             peer_formats,
             membership_changes: Default::default(),
-            told_removed: removed.into(),
             log,
         });
         if removed {
@@ -370,7 +365,7 @@ impl RaftNode {
 
     /// Whether the leader said this node was removed (see [`Self::learn_removed`]).
     pub fn is_removed(&self) -> bool {
-        self.told_removed.load(Ordering::Relaxed)
+        self.leadership.is_removed()
     }
 
     /// Takes the leader's word that this node was removed: told once the change is committed
@@ -382,7 +377,7 @@ impl RaftNode {
                 .mark_removed()
                 .map_err(|e| Error::Fatal(e.to_string()))?;
         }
-        if !self.told_removed.swap(true, Ordering::Relaxed) {
+        if self.leadership.mark_removed() {
             self.warn_removed();
         }
         Ok(())
@@ -405,6 +400,16 @@ impl RaftNode {
     /// How long ago a quorum last acknowledged this node's leadership, if it leads.
     pub fn quorum_unheard_for(&self) -> Option<Duration> {
         crate::leadership::quorum_unheard_for(&self.metrics())
+    }
+
+    /// While this node follows a leader it knows: how long ago that leader was last heard.
+    pub fn leader_unheard_for(&self) -> Option<Duration> {
+        self.leadership.leader_unheard_for(&self.metrics())
+    }
+
+    /// A leader's AppendEntries reached this node and was taken.
+    pub(crate) fn heard_from_leader(&self) {
+        self.leadership.heard_from_leader();
     }
 
     /// How many entries each follower's log is behind this leader's (empty unless it leads).

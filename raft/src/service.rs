@@ -28,6 +28,7 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use openraft::error::RaftError;
 use openraft::raft::AppendEntriesRequest;
+use openraft::raft::AppendEntriesResponse;
 use openraft::raft::TransferLeaderRequest;
 use openraft::raft::VoteRequest;
 use openraft::type_config::alias::SnapshotMetaOf;
@@ -161,7 +162,11 @@ async fn append(State(slot): State<RaftSlot>, headers: HeaderMap, body: Bytes) -
         &headers,
         &body,
         |node, request: AppendEntriesRequest<TypeConfig>| async move {
-            node.raft().append_entries(request).await
+            let response = node.raft().append_entries(request).await;
+            if matches!(response, Ok(AppendEntriesResponse::Success)) {
+                node.heard_from_leader();
+            }
+            response
         },
     )
     .await

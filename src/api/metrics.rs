@@ -91,6 +91,13 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
                 unheard.as_millis() as u64,
             );
         }
+        if let Some(unheard) = raft.leader_unheard_for() {
+            metric(
+                "keel_raft_leader_unheard_milliseconds",
+                "While this node follows: how long ago its leader was last heard. Growing past a few election timeouts means this node is cut off, or fewer than a quorum of voters are up, and it serves nothing that needs the cluster.",
+                unheard.as_millis() as u64,
+            );
+        }
         metric(
             "keel_raft_last_log_index",
             "Index of the last log entry.",

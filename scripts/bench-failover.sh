@@ -5,7 +5,9 @@
 #   scripts/bench-failover.sh [ROUNDS]     (default 5)
 #
 # FAILOVER_SIGNAL=TERM stops the leader as a rolling restart does instead: it hands
-# leadership over before it goes.
+# leadership over before it goes. FAILOVER_SIGNAL=STOP pauses it (a hung process, or one cut
+# off): the first write through a survivor is then sent to the paused leader and must move
+# on to the next one; the paused node is resumed after each round and follows again.
 #
 # Prints the time to the first leader after `cluster.sh start`, one line per round, and the
 # median. The cluster runs on ports 7751..7753 with its data under bench-results/.
@@ -38,9 +40,13 @@ for round in $(seq 1 "$ROUNDS"); do
   t1=$(now_ms)
   results+=($((t1 - t0)))
   echo "round $round: SIG$SIGNAL to node $leader, first write acknowledged after $((t1 - t0)) ms"
-  while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
-  scripts/cluster.sh kill "$leader"
-  scripts/cluster.sh restart "$leader" >/dev/null
+  if [[ $SIGNAL == STOP ]]; then
+    kill -CONT "$pid"
+  else
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+    scripts/cluster.sh kill "$leader"
+    scripts/cluster.sh restart "$leader" >/dev/null
+  fi
   sleep 2
 done
 median=$(printf '%s\n' "${results[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')

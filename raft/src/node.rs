@@ -766,7 +766,21 @@ impl RaftNode {
         }
         let deadline = Instant::now() + timeout;
         let mut last_problem = None;
+        let mut attempted = false;
         loop {
+            // Checked before each new attempt, not after: one made with no time left would
+            // fail at once and hide the problem met before it ("did not answer within 0ns").
+            if std::mem::replace(&mut attempted, true) && Instant::now() >= deadline {
+                return Err(match last_problem {
+                    Some((addr, CallError::Unreachable { reason, .. })) => {
+                        Error::LeaderUnreachable { addr, reason }
+                    }
+                    Some((_, err @ CallError::Timeout { .. })) => Error::Timeout(err.to_string()),
+                    _ => Error::NoLeader {
+                        retry_after: Duration::from_secs(1),
+                    },
+                });
+            }
             let remaining = deadline.saturating_duration_since(Instant::now());
             // A follower that knows its leader forwards at once: asking its own Raft core
             // first cost a round through the core (and a copy of every proposal) per batch.
@@ -807,18 +821,8 @@ impl RaftNode {
                     }
                 }
             }
-            if Instant::now() >= deadline {
-                return Err(match last_problem {
-                    Some((addr, CallError::Unreachable { reason, .. })) => {
-                        Error::LeaderUnreachable { addr, reason }
-                    }
-                    Some((_, err @ CallError::Timeout { .. })) => Error::Timeout(err.to_string()),
-                    _ => Error::NoLeader {
-                        retry_after: Duration::from_secs(1),
-                    },
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(30)).await;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            tokio::time::sleep(remaining.min(Duration::from_millis(30))).await;
         }
     }
 

@@ -919,10 +919,21 @@ async fn a_paused_node_neither_disrupts_the_leader_nor_goes_unreported() {
     // A follower that missed the leader for several election timeouts asks whether it could
     // win before it raises its term; its peers, hearing from the leader, say no.
     let follower = (leader + 1) % 3;
+    let follower_uid = uid_of(&cluster, follower).await;
     cluster.nodes[follower].signal("STOP");
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    cluster.nodes[follower].signal("CONT");
+    // The leader tells of the silent follower at once, not at the next write (none comes).
+    let silent = format!("follower {follower_uid} has not answered this leader");
+    cluster.wait_logged(leader, &silent).await;
+    let metrics = cluster.metrics(leader).await;
+    let series = format!("keel_raft_follower_unheard_milliseconds{{follower=\"{follower_uid}\"}}");
+    assert!(
+        metric_value(&metrics, &series).is_some_and(|ms| ms > 900),
+        "{metrics}"
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.nodes[follower].signal("CONT");
+    let back = format!("follower {follower_uid} answers again");
+    cluster.wait_logged(leader, &back).await;
     cluster.put_kv(follower, "after-pause", "1").await;
     let info = cluster.cluster_info(leader).await.unwrap();
     assert_eq!(
@@ -1028,12 +1039,7 @@ async fn pause_until_reported(
     for i in paused {
         cluster.nodes[i].signal("STOP");
     }
-    common::wait_until(
-        "the silence to be reported",
-        Duration::from_secs(10),
-        || async { cluster.nodes[reporter].log().contains(said) },
-    )
-    .await;
+    cluster.wait_logged(reporter, said).await;
     let metrics = cluster.metrics(reporter).await;
     let unheard = metric_value(&metrics, metric);
     assert!(unheard.is_some_and(|ms| ms > 900), "{metrics}");

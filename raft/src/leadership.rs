@@ -1,6 +1,6 @@
 //! What an operator follows a cluster by, told by each node in its log and metrics: who
-//! leads, this node taking or losing leadership, a leader that no longer hears from a quorum,
-//! and a follower that no longer hears from its leader.
+//! leads, this node taking or losing leadership, a leader that no longer hears from a quorum
+//! or from one of its followers, and a follower that no longer hears from its leader.
 //!
 //! openraft keeps a leader that lost its quorum in the leader state (it cannot know whether
 //! the others are down or only silent), and its own election messages are warnings at every
@@ -8,8 +8,11 @@
 //! all paused reported itself leader for as long as it lasted, and logged nothing but failed
 //! requests. A follower is in the same position with pre-vote: while no other node can win an
 //! election (the leader and a quorum are gone, or this node is cut off), it keeps the leader
-//! it last heard of.
+//! it last heard of. And a follower that went down while no writes came was told by nothing
+//! until the next write failed to reach it, though the cluster was one failure from losing its
+//! quorum.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
@@ -24,6 +27,9 @@ use crate::node::KeelRaft;
 use crate::types::NodeId;
 use crate::types::RaftMetrics;
 
+/// `Leadership::leading_since` while this node does not lead.
+const NOT_LEADING: u64 = u64::MAX;
+
 /// How often the node looks; the log it writes is about changes, not ticks.
 const LOOK_EVERY: Duration = Duration::from_millis(100);
 
@@ -35,6 +41,9 @@ pub(crate) struct Leadership {
     /// Milliseconds after `started` at which a leader's AppendEntries (heartbeats included)
     /// last reached this node and was taken.
     leader_heard_at: AtomicU64,
+    /// Milliseconds after `started` at which this node last took the lead; `NOT_LEADING`
+    /// while it does not lead.
+    leading_since: AtomicU64,
     /// Set once the leader said this node is no longer a member (see
     /// [`crate::node::RaftNode::learn_removed`]). A removed node rarely holds the membership
     /// that leaves it out: the leader stops replicating to it first.
@@ -47,6 +56,7 @@ impl Leadership {
             changes: AtomicU64::new(0),
             started: Instant::now(),
             leader_heard_at: AtomicU64::new(0),
+            leading_since: AtomicU64::new(NOT_LEADING),
             removed: removed.into(),
         }
     }
@@ -84,11 +94,34 @@ impl Leadership {
         Some(self.started.elapsed().saturating_sub(heard))
     }
 
+    /// While this node leads: how long ago each other member last answered it (since this
+    /// node took the lead, for one that has not answered yet).
+    pub(crate) fn followers_unheard_for(&self, metrics: &RaftMetrics) -> Vec<(NodeId, Duration)> {
+        let since = self.leading_since.load(Ordering::Relaxed);
+        let Some(acks) = metrics.heartbeat.as_ref().filter(|_| since != NOT_LEADING) else {
+            return Vec::new();
+        };
+        let led_for = self
+            .started
+            .elapsed()
+            .saturating_sub(Duration::from_millis(since));
+        acks.iter()
+            .filter(|(id, _)| **id != metrics.id)
+            .map(|(id, ack)| {
+                let ago = ack
+                    .as_ref()
+                    .map_or(led_for, |ack| openraft::Instant::elapsed(&**ack));
+                (*id, ago)
+            })
+            .collect()
+    }
+
     /// Follows `raft` until it shuts down. A leader unheard by a quorum, or a follower unheard
     /// by its leader, for `silence` is reported.
     pub(crate) async fn follow(self: Arc<Self>, raft: KeelRaft, silence: Duration) {
         let mut leader: Option<NodeId> = None;
         let mut silent = false;
+        let mut silent_followers = BTreeSet::new();
         let mut tick = tokio::time::interval(LOOK_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -104,7 +137,18 @@ impl Leadership {
                 silent = false;
             }
             let term = metrics.current_term;
-            if metrics.state == ServerState::Leader {
+            let leads = metrics.state == ServerState::Leader;
+            if leads != (self.leading_since.load(Ordering::Relaxed) != NOT_LEADING) {
+                let since = if leads {
+                    self.started.elapsed().as_millis() as u64
+                } else {
+                    NOT_LEADING
+                };
+                self.leading_since.store(since, Ordering::Relaxed);
+                silent_followers.clear();
+            }
+            if leads {
+                self.tell_silent_followers(&metrics, silence, &mut silent_followers);
                 let unheard = quorum_unheard_for(&metrics).filter(|ago| *ago > silence);
                 match (unheard, silent) {
                     (Some(ago), false) => tracing::warn!(
@@ -134,6 +178,55 @@ impl Leadership {
                     _ => {}
                 }
                 silent = unheard.is_some();
+            }
+        }
+    }
+
+    /// Tells followers of this leader that fell silent for `silence`, and those that answer
+    /// again; `silent` holds the ones told.
+    fn tell_silent_followers(
+        &self,
+        metrics: &RaftMetrics,
+        silence: Duration,
+        silent: &mut BTreeSet<NodeId>,
+    ) {
+        let term = metrics.current_term;
+        let unheard = self.followers_unheard_for(metrics);
+        silent.retain(|id| unheard.iter().any(|(member, _)| member == id));
+        let membership = metrics.membership_config.membership();
+        let voters: Vec<NodeId> = membership.voter_ids().collect();
+        let answering = voters
+            .iter()
+            .filter(|voter| {
+                **voter == metrics.id
+                    || unheard
+                        .iter()
+                        .any(|(id, ago)| id == *voter && *ago <= silence)
+            })
+            .count();
+        for &(follower, ago) in &unheard {
+            if ago > silence && silent.insert(follower) {
+                let addr = membership
+                    .get_node(&follower)
+                    .map(|node| node.addr.as_str());
+                let standing = if voters.contains(&follower) {
+                    format!(
+                        "{answering} of {} voters answer, and writes need {}",
+                        voters.len(),
+                        voters.len() / 2 + 1
+                    )
+                } else {
+                    "it is a learner, which no quorum counts".to_string()
+                };
+                tracing::warn!(
+                    term,
+                    follower,
+                    addr,
+                    "follower {follower} has not answered this leader for {ago:.1?}: it is down, \
+                     paused or cut off; {standing}"
+                );
+            } else if ago <= silence && silent.remove(&follower) {
+                tracing::info!(term, follower, "follower {follower} answers again");
             }
         }
     }

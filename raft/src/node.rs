@@ -407,6 +407,11 @@ impl RaftNode {
         self.leadership.leader_unheard_for(&self.metrics())
     }
 
+    /// While this node leads: how long ago each other member last answered it.
+    pub fn followers_unheard_for(&self) -> Vec<(NodeId, Duration)> {
+        self.leadership.followers_unheard_for(&self.metrics())
+    }
+
     /// A leader's AppendEntries reached this node and was taken.
     pub(crate) fn heard_from_leader(&self) {
         self.leadership.heard_from_leader();

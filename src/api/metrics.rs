@@ -149,18 +149,19 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
             raft.forward_streams_opened(),
         );
         let lags = raft.follower_lags();
-        if !lags.is_empty() {
-            let _ = writeln!(
-                labelled,
-                "# HELP keel_raft_follower_lag_entries While this node leads: log entries each follower has not yet stored.\n# TYPE keel_raft_follower_lag_entries gauge"
-            );
-            for (follower, lag) in lags {
-                let _ = writeln!(
-                    labelled,
-                    "keel_raft_follower_lag_entries{{follower=\"{follower}\"}} {lag}"
-                );
-            }
-        }
+        per_follower(
+            &mut labelled,
+            "keel_raft_follower_lag_entries",
+            "While this node leads: log entries each follower has not yet stored.",
+            lags,
+        );
+        let unheard = raft.followers_unheard_for().into_iter();
+        per_follower(
+            &mut labelled,
+            "keel_raft_follower_unheard_milliseconds",
+            "While this node leads: how long ago each follower last answered it. Growing past a few election timeouts means that follower is down, paused or cut off.",
+            unheard.map(|(follower, ago)| (follower, ago.as_millis() as u64)).collect(),
+        );
         let requests = raft.remembered_requests();
         metric(
             "keel_request_ids_remembered",
@@ -220,4 +221,15 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
         )],
         out,
     )
+}
+
+/// A gauge with one series per follower (`follower="uid"`), written only if there are any.
+fn per_follower(out: &mut String, name: &str, help: &str, values: Vec<(u64, u64)>) {
+    if values.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+    for (follower, value) in values {
+        let _ = writeln!(out, "{name}{{follower=\"{follower}\"}} {value}");
+    }
 }

@@ -336,6 +336,15 @@ impl Cluster {
         .await;
     }
 
+    /// Waits until node `i` has logged `text`.
+    pub async fn wait_logged(&self, i: usize, text: &str) {
+        let what = format!("node {i} to log {text:?}");
+        wait_until(&what, Duration::from_secs(10), || async {
+            self.nodes[i].log().contains(text)
+        })
+        .await;
+    }
+
     /// Node `i`'s `/metrics` text.
     pub async fn metrics(&self, i: usize) -> String {
         let response = self.get(i, "/metrics").send().await.unwrap();

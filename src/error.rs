@@ -175,18 +175,31 @@ impl Error {
     }
 }
 
+/// Why a request failed on the server's side, kept with its answer for the API's log of
+/// failed requests, which knows the request.
+#[derive(Clone)]
+pub struct Failure(pub String);
+
+impl Failure {
+    /// `response`, carrying `why` when there is a reason to log.
+    pub fn attach(mut response: Response, why: Option<String>) -> Response {
+        if let Some(why) = why {
+            response.extensions_mut().insert(Failure(why));
+        }
+        response
+    }
+}
+
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = self.status();
-        if status.is_server_error() {
-            tracing::warn!(error = %self, "request failed");
-        }
+        let why = status.is_server_error().then(|| self.to_string());
         let body = self.body();
         let retry_after = match self {
             Error::Unavailable { retry_after, .. } => Some(retry_after),
             _ => None,
         };
-        let mut response = (status, Json(body)).into_response();
+        let mut response = Failure::attach((status, Json(body)).into_response(), why);
         if let Some(after) = retry_after {
             let secs = after.as_secs().max(1).to_string();
             response.headers_mut().insert(

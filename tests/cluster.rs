@@ -1260,6 +1260,13 @@ async fn without_a_quorum_requests_wait_a_bounded_time_then_get_503() {
         started.elapsed() < Duration::from_secs(10),
         "the wait must be bounded"
     );
+    // The log names the request that failed, not only why.
+    cluster
+        .wait_logged(
+            survivor,
+            r#"request failed method=PUT path="/v1/kv/k" status=503"#,
+        )
+        .await;
     let (status, _) = send_json(cluster.get(survivor, "/v1/kv/k")).await;
     assert_eq!(
         status, 503,

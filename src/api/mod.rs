@@ -66,7 +66,8 @@ pub fn router(node: Arc<Node>) -> Router {
             require_credentials,
         )));
     }
-    app.merge(keel_raft::service::router(node.raft_slot()))
+    app.route_layer(axum::middleware::from_fn(log_failures))
+        .merge(keel_raft::service::router(node.raft_slot()))
         .fallback(|uri: axum::http::Uri| async move {
             let under_undermoon = uri
                 .path()
@@ -76,6 +77,23 @@ pub fn router(node: Arc<Node>) -> Router {
             let message = "no such endpoint; see the README for the API".to_string();
             dialect_error(family, StatusCode::NOT_FOUND, message)
         })
+}
+
+/// Logs every answer of 5xx with the request it answers: the error alone did not say which
+/// route, key or cluster an operator should look at.
+async fn log_failures(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let uri = request.uri().clone();
+    let response = next.run(request).await;
+    let status = response.status();
+    if status.is_server_error() {
+        let error = response
+            .extensions()
+            .get::<crate::error::Failure>()
+            .map(|f| f.0.as_str());
+        tracing::warn!(%method, path = uri.path(), status = status.as_u16(), error, "request failed");
+    }
+    response
 }
 
 /// `routes` answering a method they do not take in the family's error format (axum adds the

@@ -54,6 +54,7 @@ use crate::domain::broker::MetaStore;
 use crate::domain::broker::Op;
 use crate::domain::Command;
 use crate::domain::Reply;
+use crate::error::Failure;
 use crate::node::Node;
 use crate::proxy_probe;
 use crate::Error;
@@ -174,15 +175,13 @@ impl IntoResponse for UndermoonError {
                 StatusCode::UNAUTHORIZED,
                 json!({ "error": "UNAUTHORIZED", "message": message }),
             ),
-            UndermoonError::Internal(message) => {
-                tracing::warn!(error = %message, "broker request failed");
-                (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    json!({ "error": "INTERNAL", "message": message }),
-                )
-            }
+            UndermoonError::Internal(message) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                json!({ "error": "INTERNAL", "message": message }),
+            ),
         };
-        (status, Json(body)).into_response()
+        let why = status.is_server_error().then(|| body.to_string());
+        Failure::attach((status, Json(body)).into_response(), why)
     }
 }
 

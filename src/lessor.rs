@@ -100,15 +100,24 @@ impl Lessor {
         Ok(ttl)
     }
 
-    /// Runs the expiry loop for as long as the node runs.
+    /// Runs the expiry loop until the node begins to stop: a read or an expiry still waiting
+    /// for a quorum when the Raft core stops would fail for nothing, and the next leader
+    /// restarts every deadline anyway.
     pub async fn run(self: Arc<Self>, node: Arc<Node>) {
-        let mut ticker = tokio::time::interval(TICK);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticker.tick().await;
-            if let Err(err) = self.tick(&node).await {
-                tracing::debug!(%err, "lessor tick failed");
+        let stopped = node.stopped();
+        let expiring = async {
+            let mut ticker = tokio::time::interval(TICK);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                if let Err(err) = self.tick(&node).await {
+                    tracing::debug!(%err, "lessor tick failed");
+                }
             }
+        };
+        tokio::select! {
+            () = expiring => {}
+            () = stopped => {}
         }
     }
 

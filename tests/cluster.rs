@@ -1459,4 +1459,16 @@ async fn a_leader_told_to_stop_hands_leadership_over() {
             .as_deref(),
         Some("1")
     );
+    // The rest stop one after the other, the last one without a quorum. A stop is routine:
+    // no node logs an error (the new leader's appends reaching a stopped Raft core, and the
+    // lessor's read waiting for a quorum, each logged one).
+    for i in (1..3).map(|step| (leader + step) % 3) {
+        let node = &mut cluster.nodes[i];
+        let exited = tokio::task::block_in_place(|| node.terminate(Duration::from_secs(20)));
+        assert!(exited.is_some(), "node {i} did not exit");
+    }
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        let log = node.log();
+        assert!(!log.contains("ERROR"), "node {i}: {log}");
+    }
 }

@@ -22,6 +22,7 @@
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -47,6 +48,8 @@ use openraft::ReadPolicy;
 use openraft::SnapshotPolicy;
 use serde::Deserialize;
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::append_stream;
 use crate::entry_format;
@@ -184,7 +187,15 @@ pub struct RaftNode {
     membership_changes: tokio::sync::Mutex<()>,
     /// The log store, for the removal mark.
     log: keel_storage::LogStore<TypeConfig>,
+    /// Peer requests being served; closed when the node stops, so that none reaches a Raft
+    /// core that stopped (openraft logs each such request as an error, with its entries).
+    peer_calls: TaskTracker,
+    /// Cancelled when the node stops: peer connections close and new peer requests are refused.
+    stopping: CancellationToken,
 }
+
+/// How long a stopping node waits for the peer requests it is serving.
+const PEER_DRAIN: Duration = Duration::from_secs(1);
 
 /// Request ids for proposals whose client sent none, so that a forward retried after a
 /// leader change is still applied once.
@@ -318,6 +329,8 @@ impl RaftNode {
             leadership: Arc::new(Leadership::new(removed)),
             peer_formats,
             membership_changes: Default::default(),
+            peer_calls: TaskTracker::new(),
+            stopping: CancellationToken::new(),
             log,
         });
         if removed {
@@ -849,6 +862,19 @@ impl RaftNode {
         }
     }
 
+    /// Serves the peer request `call`, unless this node is stopping; a stopping node ends it
+    /// (a connection's whole life, for the streams) before its Raft core stops.
+    pub(crate) async fn serve_peer<T>(&self, call: impl Future<Output = T>) -> Option<T> {
+        if self.stopping.is_cancelled() {
+            return None;
+        }
+        let call = self.peer_calls.track_future(call);
+        tokio::select! {
+            answer = call => Some(answer),
+            () = self.stopping.cancelled() => None,
+        }
+    }
+
     /// The leader as this node last heard of it, unless that is this node or unknown.
     pub fn remote_leader(&self) -> Option<(NodeId, KeelNode)> {
         let metrics = self.raft.metrics();
@@ -1220,15 +1246,28 @@ impl RaftNode {
                 "handed leadership over in {:.0?}",
                 started.elapsed()
             ),
-            outcome => tracing::warn!(
+            Ok(Some(leader)) => tracing::info!(
                 successor,
-                ?outcome,
-                "leadership was not handed over; the others elected a leader, or will once this one is gone"
+                "node {leader} leads now, not the successor asked: an election came first"
+            ),
+            // openraft's timeout error carries a dump of the whole metrics.
+            Ok(None) | Err(_) => tracing::warn!(
+                successor,
+                "leadership was not handed over in {HANDOVER_WAIT:?} (the successor did not \
+                 take it: down, or cut off?); the others elect a leader once this node is gone"
             ),
         }
     }
 
     pub async fn shutdown(&self) {
+        self.stopping.cancel();
+        self.peer_calls.close();
+        if tokio::time::timeout(PEER_DRAIN, self.peer_calls.wait())
+            .await
+            .is_err()
+        {
+            tracing::debug!("peer requests still running {PEER_DRAIN:?} after the stop");
+        }
         if let Err(err) = self.raft.shutdown().await {
             tracing::warn!(%err, "Raft did not shut down cleanly");
         }

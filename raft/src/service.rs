@@ -130,6 +130,11 @@ fn encode<T: Serialize>(value: &T) -> Response {
     }
 }
 
+/// The answer to a peer request that reached a node as it stops.
+fn stopping() -> Response {
+    (StatusCode::SERVICE_UNAVAILABLE, "this node is stopping").into_response()
+}
+
 /// Authenticates, decodes the bincode request, runs `handle` and encodes its answer.
 async fn rpc<Req, Resp, Fut>(
     slot: &RaftSlot,
@@ -147,7 +152,10 @@ where
         Err(refusal) => return refusal.into_response(),
     };
     match bincode::deserialize(body) {
-        Ok(request) => encode(&handle(node, request).await),
+        Ok(request) => match node.clone().serve_peer(handle(node, request)).await {
+            Some(answer) => encode(&answer),
+            None => stopping(),
+        },
         Err(e) => (
             StatusCode::BAD_REQUEST,
             format!("undecodable peer message: {e}"),
@@ -291,7 +299,10 @@ where
     let upgrade = hyper::upgrade::on(request);
     tokio::spawn(async move {
         match upgrade.await {
-            Ok(io) => serve(node, TokioIo::new(io)).await,
+            Ok(io) => {
+                let serving = serve(node.clone(), TokioIo::new(io));
+                node.serve_peer(serving).await;
+            }
             Err(err) => tracing::debug!(%err, protocol, "upgrade failed"),
         }
     });
@@ -310,9 +321,14 @@ async fn snapshot(State(slot): State<RaftSlot>, headers: HeaderMap, body: Body) 
         Ok(node) => node,
         Err(refusal) => return refusal.into_response(),
     };
-    match receive_snapshot(node, body).await {
-        Ok((vote, snapshot)) => encode(&node.raft().install_full_snapshot(vote, snapshot).await),
-        Err(reason) => (StatusCode::BAD_REQUEST, reason).into_response(),
+    let installed = node.serve_peer(async {
+        let (vote, snapshot) = receive_snapshot(node, body).await?;
+        Ok::<_, String>(node.raft().install_full_snapshot(vote, snapshot).await)
+    });
+    match installed.await {
+        Some(Ok(answer)) => encode(&answer),
+        Some(Err(reason)) => (StatusCode::BAD_REQUEST, reason).into_response(),
+        None => stopping(),
     }
 }
 

@@ -1025,6 +1025,13 @@ async fn a_request_pending_on_a_paused_leader_goes_to_the_next_one() {
             "node {i}: {kv}"
         );
     }
+    // The old leader, following now, counts its new leader's silence from when it learnt of
+    // it, not from when it last followed anyone (never: it led since the start).
+    let info = cluster.cluster_info(leader).await.unwrap();
+    let unheard = info["this_node"]["leader_unheard_ms"].as_u64();
+    assert!(unheard.is_some_and(|ms| ms < 900), "{info}");
+    let log = cluster.nodes[leader].log();
+    assert!(!log.contains("has not been heard from"), "{log}");
 }
 
 /// Pauses the nodes `paused` until node `reporter` logs `said`, and checks that its `metric`
@@ -1459,14 +1466,29 @@ async fn a_leader_told_to_stop_hands_leadership_over() {
             .as_deref(),
         Some("1")
     );
-    // The rest stop one after the other, the last one without a quorum. A stop is routine:
-    // no node logs an error (the new leader's appends reaching a stopped Raft core, and the
-    // lessor's read waiting for a quorum, each logged one).
+    // The rest stop one after the other while writes go on, the last one without a quorum.
+    // A stop is routine: no node logs an error (the new leader's appends reaching a stopped
+    // Raft core, and the lessor's read waiting for a quorum, each logged one).
+    let writes = {
+        let client = cluster.client.clone();
+        let urls: Vec<String> = (0..3).map(|i| cluster.nodes[i].url("/v1/kv/")).collect();
+        tokio::spawn(async move {
+            for n in 0u64.. {
+                let url = format!("{}during-stop-{n}", urls[n as usize % 3]);
+                let request = client
+                    .put(url)
+                    .basic_auth(common::USER, Some(common::PASSWORD));
+                let _ = request.json(&json!({"value": "x"})).send().await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
     for i in (1..3).map(|step| (leader + step) % 3) {
         let node = &mut cluster.nodes[i];
         let exited = tokio::task::block_in_place(|| node.terminate(Duration::from_secs(20)));
         assert!(exited.is_some(), "node {i} did not exit");
     }
+    writes.abort();
     for (i, node) in cluster.nodes.iter().enumerate() {
         let log = node.log();
         assert!(!log.contains("ERROR"), "node {i}: {log}");

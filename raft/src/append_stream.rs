@@ -328,6 +328,9 @@ where
             }
         },
     );
+    // openraft reads `requests` on a task of its own, which outlives this function if the
+    // node shuts down meanwhile: the stream must end by itself then.
+    let requests = requests.take_until(node.shutting_down());
     let answers = node.raft().stream_append(Box::pin(requests));
     let mut answers = std::pin::pin!(answers);
     loop {
@@ -341,7 +344,7 @@ where
         let Some(answer) = answer else { break };
         let refused = !matches!(answer, Ok(Ok(_)));
         if !refused {
-            node.heard_from_leader();
+            node.heard_from_leader(&vote);
         }
         write
             .feed(encode(&ToLeader::Appended(answer)).ok()?)

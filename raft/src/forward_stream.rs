@@ -160,7 +160,8 @@ impl Forwarder {
     /// Closes the connection to `addr`, whose node no longer leads: calls still waiting on it
     /// (sent before that node was paused or cut off) end as unreachable, and the connection
     /// holds no unanswered calls that would keep it from closing when idle. A connection being
-    /// opened is left alone; its caller gives up by itself.
+    /// opened, or looked up by another caller at this instant, is left alone: its callers give
+    /// up by themselves, at the change of leader or their deadline.
     pub(crate) fn close(&self, addr: &str) {
         let slot = self
             .connections

@@ -17,6 +17,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -27,23 +28,25 @@ use crate::node::KeelRaft;
 use crate::types::NodeId;
 use crate::types::RaftMetrics;
 
-/// `Leadership::leading_since` while this node does not lead.
-const NOT_LEADING: u64 = u64::MAX;
-
 /// How often the node looks; the log it writes is about changes, not ticks.
 const LOOK_EVERY: Duration = Duration::from_millis(100);
+
+/// Who, and since when (time since the node started).
+type Since<T> = Mutex<Option<(T, Duration)>>;
 
 /// What the node has told so far, when it last heard from a leader, and whether it was
 /// removed from the cluster.
 pub(crate) struct Leadership {
     changes: AtomicU64,
     started: Instant,
-    /// Milliseconds after `started` at which a leader's AppendEntries (heartbeats included)
-    /// last reached this node and was taken.
-    leader_heard_at: AtomicU64,
-    /// Milliseconds after `started` at which this node last took the lead; `NOT_LEADING`
-    /// while it does not lead.
-    leading_since: AtomicU64,
+    /// The leader whose AppendEntries (heartbeats included) last reached this node and was
+    /// taken, and when.
+    heard: Since<NodeId>,
+    /// The leader [`Self::follow`] last saw named, and when it first saw it: a leader not heard
+    /// yet is unheard since then, not since the previous one was heard.
+    seen: Since<NodeId>,
+    /// The term in which this node leads, and since when.
+    leading: Since<u64>,
     /// Set once the leader said this node is no longer a member (see
     /// [`crate::node::RaftNode::learn_removed`]). A removed node rarely holds the membership
     /// that leaves it out: the leader stops replicating to it first.
@@ -55,8 +58,9 @@ impl Leadership {
         Self {
             changes: AtomicU64::new(0),
             started: Instant::now(),
-            leader_heard_at: AtomicU64::new(0),
-            leading_since: AtomicU64::new(NOT_LEADING),
+            heard: Mutex::default(),
+            seen: Mutex::default(),
+            leading: Mutex::default(),
             removed: removed.into(),
         }
     }
@@ -75,36 +79,40 @@ impl Leadership {
         self.changes.load(Ordering::Relaxed)
     }
 
-    /// A leader's AppendEntries reached this node and was taken.
-    pub(crate) fn heard_from_leader(&self) {
-        let now = self.started.elapsed().as_millis() as u64;
-        self.leader_heard_at.fetch_max(now, Ordering::Relaxed);
+    /// The AppendEntries of `leader` reached this node and was taken.
+    pub(crate) fn heard_from(&self, leader: NodeId) {
+        *self.heard.lock().expect("leadership") = Some((leader, self.started.elapsed()));
     }
 
     /// While this node follows a leader it knows: how long ago that leader was last heard
-    /// (since this node started, if never). A removed node follows nobody.
+    /// (since this node first saw it named, if never). A removed node follows nobody. Unknown
+    /// for the moment between a change of leader and the next look of [`Self::follow`].
     pub(crate) fn leader_unheard_for(&self, metrics: &RaftMetrics) -> Option<Duration> {
         if self.is_removed() {
             return None;
         }
-        metrics
+        let leader = metrics
             .current_leader
             .filter(|leader| *leader != metrics.id)?;
-        let heard = Duration::from_millis(self.leader_heard_at.load(Ordering::Relaxed));
-        Some(self.started.elapsed().saturating_sub(heard))
+        let of_leader = |since: &Since<NodeId>| {
+            let since = *since.lock().expect("leadership");
+            since.filter(|(who, _)| *who == leader).map(|(_, at)| at)
+        };
+        let since = of_leader(&self.heard).max(of_leader(&self.seen))?;
+        Some(self.started.elapsed().saturating_sub(since))
     }
 
     /// While this node leads: how long ago each other member last answered it (since this
     /// node took the lead, for one that has not answered yet).
     pub(crate) fn followers_unheard_for(&self, metrics: &RaftMetrics) -> Vec<(NodeId, Duration)> {
-        let since = self.leading_since.load(Ordering::Relaxed);
-        let Some(acks) = metrics.heartbeat.as_ref().filter(|_| since != NOT_LEADING) else {
+        let leading = *self.leading.lock().expect("leadership");
+        let Some((_, since)) = leading.filter(|(term, _)| *term == metrics.current_term) else {
             return Vec::new();
         };
-        let led_for = self
-            .started
-            .elapsed()
-            .saturating_sub(Duration::from_millis(since));
+        let Some(acks) = metrics.heartbeat.as_ref() else {
+            return Vec::new();
+        };
+        let led_for = self.started.elapsed().saturating_sub(since);
         acks.iter()
             .filter(|(id, _)| **id != metrics.id)
             .map(|(id, ack)| {
@@ -133,19 +141,22 @@ impl Leadership {
             if metrics.current_leader != leader {
                 self.tell_new_leader(&metrics, leader);
                 leader = metrics.current_leader;
+                let seen = leader.map(|leader| (leader, self.started.elapsed()));
+                *self.seen.lock().expect("leadership") = seen;
                 // Told as a change of leader, not as a quorum or a leader come back.
                 silent = false;
             }
             let term = metrics.current_term;
             let leads = metrics.state == ServerState::Leader;
-            if leads != (self.leading_since.load(Ordering::Relaxed) != NOT_LEADING) {
-                let since = if leads {
-                    self.started.elapsed().as_millis() as u64
-                } else {
-                    NOT_LEADING
-                };
-                self.leading_since.store(since, Ordering::Relaxed);
-                silent_followers.clear();
+            {
+                let mut leading = self.leading.lock().expect("leadership");
+                let led_term = leading.map(|(term, _)| term);
+                if leads && led_term != Some(term) {
+                    *leading = Some((term, self.started.elapsed()));
+                    silent_followers.clear();
+                } else if !leads {
+                    *leading = None;
+                }
             }
             if leads {
                 self.tell_silent_followers(&metrics, silence, &mut silent_followers);
@@ -194,6 +205,8 @@ impl Leadership {
         let unheard = self.followers_unheard_for(metrics);
         silent.retain(|id| unheard.iter().any(|(member, _)| member == id));
         let membership = metrics.membership_config.membership();
+        // During a change of voters a write needs a quorum of the old and of the new set.
+        let joint = membership.get_joint_config().len() > 1;
         let voters: Vec<NodeId> = membership.voter_ids().collect();
         let answering = voters
             .iter()
@@ -209,7 +222,9 @@ impl Leadership {
                 let addr = membership
                     .get_node(&follower)
                     .map(|node| node.addr.as_str());
-                let standing = if voters.contains(&follower) {
+                let standing = if joint {
+                    "the voters are changing".to_string()
+                } else if voters.contains(&follower) {
                     format!(
                         "{answering} of {} voters answer, and writes need {}",
                         voters.len(),

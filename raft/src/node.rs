@@ -43,12 +43,14 @@ use openraft::error::LinearizableReadError;
 use openraft::error::RaftError;
 use openraft::raft::linearizable_read::Linearizer;
 use openraft::raft::linearizable_read::ReadLogId;
+use openraft::vote::RaftLeaderId;
 use openraft::ChangeMembers;
 use openraft::ReadPolicy;
 use openraft::SnapshotPolicy;
 use serde::Deserialize;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
+use tokio_util::sync::WaitForCancellationFutureOwned;
 use tokio_util::task::TaskTracker;
 
 use crate::append_stream;
@@ -70,6 +72,7 @@ use crate::types::Proposals;
 use crate::types::RaftMetrics;
 use crate::types::Reply;
 use crate::types::TypeConfig;
+use crate::types::Vote;
 use crate::Error;
 
 pub type KeelStateStore = StateStore<TypeConfig, Machine>;
@@ -141,6 +144,16 @@ pub(crate) enum LeaderRequest {
     },
 }
 
+impl LeaderRequest {
+    /// Whether the request may be sent to a new leader while an earlier leader may still carry
+    /// it out: proposals answer a repeated request id with the first reply, a read or a join
+    /// done twice is the same. A removal the old leader committed would be refused by the new
+    /// one ("not a member"), so it waits for the old leader's answer or the deadline.
+    fn may_go_again(&self) -> bool {
+        !matches!(self, LeaderRequest::Remove { .. })
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum LeaderAnswer {
     Reply(#[serde(with = "serde_bytes")] Vec<u8>),
@@ -187,15 +200,18 @@ pub struct RaftNode {
     membership_changes: tokio::sync::Mutex<()>,
     /// The log store, for the removal mark.
     log: keel_storage::LogStore<TypeConfig>,
-    /// Peer requests being served; closed when the node stops, so that none reaches a Raft
-    /// core that stopped (openraft logs each such request as an error, with its entries).
-    peer_calls: TaskTracker,
-    /// Cancelled when the node stops: peer connections close and new peer requests are refused.
-    stopping: CancellationToken,
+    /// Work that calls into the Raft core for others (peer requests, batches of proposals and
+    /// of reads), so that a node shutting down ends it before its Raft core stops: openraft
+    /// logs each call that reaches a stopped core as an error, with its entries.
+    core_calls: TaskTracker,
+    /// Cancelled by [`Self::shutdown`], after the API server closed: peer requests and
+    /// connections still open end, and any that come late are refused.
+    shutting_down: CancellationToken,
 }
 
-/// How long a stopping node waits for the peer requests it is serving.
-const PEER_DRAIN: Duration = Duration::from_secs(1);
+/// How long a node shutting down waits for the calls into its Raft core it ended to be
+/// dropped.
+const CORE_DRAIN: Duration = Duration::from_secs(1);
 
 /// Request ids for proposals whose client sent none, so that a forward retried after a
 /// leader change is still applied once.
@@ -329,8 +345,8 @@ impl RaftNode {
             leadership: Arc::new(Leadership::new(removed)),
             peer_formats,
             membership_changes: Default::default(),
-            peer_calls: TaskTracker::new(),
-            stopping: CancellationToken::new(),
+            core_calls: TaskTracker::new(),
+            shutting_down: CancellationToken::new(),
             log,
         });
         if removed {
@@ -425,9 +441,9 @@ impl RaftNode {
         self.leadership.followers_unheard_for(&self.metrics())
     }
 
-    /// A leader's AppendEntries reached this node and was taken.
-    pub(crate) fn heard_from_leader(&self) {
-        self.leadership.heard_from_leader();
+    /// A leader's AppendEntries, sent under `vote`, reached this node and was taken.
+    pub(crate) fn heard_from_leader(&self, vote: &Vote) {
+        self.leadership.heard_from(*vote.leader_id().node_id());
     }
 
     /// How many entries each follower's log is behind this leader's (empty unless it leads).
@@ -544,7 +560,7 @@ impl RaftNode {
             start
         };
         if start_batch {
-            tokio::spawn(self.clone().run_proposals());
+            self.spawn_until_shutdown(self.clone().run_proposals());
         }
         tokio::time::timeout(self.config.request_timeout * 2, answered)
             .await
@@ -613,7 +629,7 @@ impl RaftNode {
             !std::mem::replace(&mut batch.running, true)
         };
         if start_rounds {
-            tokio::spawn(self.clone().run_read_rounds(lease));
+            self.spawn_until_shutdown(self.clone().run_read_rounds(lease));
         }
         let read_log_id = tokio::time::timeout(self.config.request_timeout * 2, answered)
             .await
@@ -784,11 +800,10 @@ impl RaftNode {
         }
         let deadline = Instant::now() + timeout;
         let mut last_problem = None;
-        let mut attempted = false;
         loop {
             // Checked before each new attempt, not after: one made with no time left would
             // fail at once and hide the problem met before it ("did not answer within 0ns").
-            if std::mem::replace(&mut attempted, true) && Instant::now() >= deadline {
+            if Instant::now() >= deadline {
                 return Err(match last_problem {
                     Some((addr, CallError::Unreachable { reason, .. })) => {
                         Error::LeaderUnreachable { addr, reason }
@@ -818,8 +833,10 @@ impl RaftNode {
             if let Some((leader_id, node)) = leader.filter(|(id, _)| *id != self.id) {
                 let remaining = deadline.saturating_duration_since(Instant::now());
                 let answer = tokio::select! {
+                    // An answer that is ready is taken, whatever else happened meanwhile.
+                    biased;
                     answer = self.forwarder.call(&node.addr, &request, remaining) => answer,
-                    () = self.leader_moved_from(leader_id) => {
+                    () = self.leader_moved_from(leader_id), if request.may_go_again() => {
                         tracing::debug!(leader_id, "the leader changed while a request to it was pending; sending it to the new one");
                         self.forwarder.close(&node.addr);
                         continue;
@@ -862,17 +879,35 @@ impl RaftNode {
         }
     }
 
-    /// Serves the peer request `call`, unless this node is stopping; a stopping node ends it
-    /// (a connection's whole life, for the streams) before its Raft core stops.
+    /// Serves the peer request `call` (a connection's whole life, for the streams), unless
+    /// this node is shutting down; shutting down ends it before the Raft core stops.
     pub(crate) async fn serve_peer<T>(&self, call: impl Future<Output = T>) -> Option<T> {
-        if self.stopping.is_cancelled() {
+        if self.shutting_down.is_cancelled() {
             return None;
         }
-        let call = self.peer_calls.track_future(call);
+        let call = self.core_calls.track_future(call);
         tokio::select! {
             answer = call => Some(answer),
-            () = self.stopping.cancelled() => None,
+            () = self.shutting_down.cancelled() => None,
         }
+    }
+
+    /// Runs `work` on a task of its own until this node shuts down. A batch outlives the
+    /// requests it carries, which the API server drops when it closes.
+    fn spawn_until_shutdown(&self, work: impl Future<Output = ()> + Send + 'static) {
+        let shutting_down = self.shutting_down();
+        tokio::spawn(self.core_calls.track_future(async move {
+            tokio::select! {
+                () = work => {}
+                () = shutting_down => {}
+            }
+        }));
+    }
+
+    /// Resolves once this node shuts down: ends what openraft reads from a peer on a task of
+    /// its own, which [`Self::serve_peer`] cannot drop.
+    pub(crate) fn shutting_down(&self) -> WaitForCancellationFutureOwned {
+        self.shutting_down.clone().cancelled_owned()
     }
 
     /// The leader as this node last heard of it, unless that is this node or unknown.
@@ -1260,13 +1295,13 @@ impl RaftNode {
     }
 
     pub async fn shutdown(&self) {
-        self.stopping.cancel();
-        self.peer_calls.close();
-        if tokio::time::timeout(PEER_DRAIN, self.peer_calls.wait())
+        self.shutting_down.cancel();
+        self.core_calls.close();
+        if tokio::time::timeout(CORE_DRAIN, self.core_calls.wait())
             .await
             .is_err()
         {
-            tracing::debug!("peer requests still running {PEER_DRAIN:?} after the stop");
+            tracing::debug!("calls into Raft still running {CORE_DRAIN:?} after the stop");
         }
         if let Err(err) = self.raft.shutdown().await {
             tracing::warn!(%err, "Raft did not shut down cleanly");

@@ -130,8 +130,8 @@ fn encode<T: Serialize>(value: &T) -> Response {
     }
 }
 
-/// The answer to a peer request that reached a node as it stops.
-fn stopping() -> Response {
+/// The answer to a peer request that reached a node shutting down.
+fn shutting_down() -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, "this node is stopping").into_response()
 }
 
@@ -154,7 +154,7 @@ where
     match bincode::deserialize(body) {
         Ok(request) => match node.clone().serve_peer(handle(node, request)).await {
             Some(answer) => encode(&answer),
-            None => stopping(),
+            None => shutting_down(),
         },
         Err(e) => (
             StatusCode::BAD_REQUEST,
@@ -170,9 +170,14 @@ async fn append(State(slot): State<RaftSlot>, headers: HeaderMap, body: Bytes) -
         &headers,
         &body,
         |node, request: AppendEntriesRequest<TypeConfig>| async move {
+            let vote = request.vote;
             let response = node.raft().append_entries(request).await;
-            if matches!(response, Ok(AppendEntriesResponse::Success)) {
-                node.heard_from_leader();
+            let taken = matches!(
+                response,
+                Ok(AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_))
+            );
+            if taken {
+                node.heard_from_leader(&vote);
             }
             response
         },
@@ -328,7 +333,7 @@ async fn snapshot(State(slot): State<RaftSlot>, headers: HeaderMap, body: Body) 
     match installed.await {
         Some(Ok(answer)) => encode(&answer),
         Some(Err(reason)) => (StatusCode::BAD_REQUEST, reason).into_response(),
-        None => stopping(),
+        None => shutting_down(),
     }
 }
 

@@ -28,7 +28,9 @@ use axum::body::Bytes;
 use axum::extract::Request;
 use axum::extract::State;
 use axum::http::header;
+use axum::http::Method;
 use axum::http::StatusCode;
+use axum::http::Uri;
 use axum::middleware::Next;
 use axum::response::IntoResponse;
 use axum::response::Response;
@@ -66,8 +68,7 @@ pub fn router(node: Arc<Node>) -> Router {
             require_credentials,
         )));
     }
-    app.route_layer(axum::middleware::from_fn(log_failures))
-        .merge(keel_raft::service::router(node.raft_slot()))
+    app.merge(keel_raft::service::router(node.raft_slot()))
         .fallback(|uri: axum::http::Uri| async move {
             let under_undermoon = uri
                 .path()
@@ -79,12 +80,9 @@ pub fn router(node: Arc<Node>) -> Router {
         })
 }
 
-/// Logs every answer of 5xx with the request it answers: the error alone did not say which
+/// Logs an answer of 5xx with the request it answers: the error alone did not say which
 /// route, key or cluster an operator should look at.
-async fn log_failures(request: Request, next: Next) -> Response {
-    let method = request.method().clone();
-    let uri = request.uri().clone();
-    let response = next.run(request).await;
+fn log_failure(method: &Method, uri: &Uri, response: &Response) {
     let status = response.status();
     if status.is_server_error() {
         let error = response
@@ -93,7 +91,6 @@ async fn log_failures(request: Request, next: Next) -> Response {
             .map(|f| f.0.as_str());
         tracing::warn!(%method, path = uri.path(), status = status.as_u16(), error, "request failed");
     }
-    response
 }
 
 /// `routes` answering a method they do not take in the family's error format (axum adds the
@@ -159,24 +156,29 @@ fn plain_error(status: StatusCode, message: String) -> Response {
         .into_response()
 }
 
+/// Every route family's guard: checks credentials (unless the family is open), answers errors
+/// axum wrote in the family's dialect, and logs failures. One middleware does all three, as
+/// each layer costs every request (a layer of its own for the log cost 2.5 % of put (64)).
 async fn require_credentials(
     State(guard): State<Arc<(Arc<Node>, &'static str)>>,
     request: Request,
     next: Next,
 ) -> Response {
     let (node, family) = guard.as_ref();
+    let (method, uri) = (request.method().clone(), request.uri().clone());
     let header = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok());
-    if let Err(denied) = authorize(node, family, header).await {
-        return if *family == "undermoon" {
+    let response = match authorize(node, family, header).await {
+        Err(denied) if *family == "undermoon" => {
             undermoon::UndermoonError::from(denied).into_response()
-        } else {
-            denied.into_response()
-        };
-    }
-    in_dialect(family, next.run(request).await).await
+        }
+        Err(denied) => denied.into_response(),
+        Ok(()) => in_dialect(family, next.run(request).await).await,
+    };
+    log_failure(&method, &uri, &response);
+    response
 }
 
 async fn authorize(node: &Node, family: &str, header: Option<&str>) -> Result<(), Error> {

@@ -47,8 +47,15 @@ async fn writes_on_any_node_are_read_linearizably_on_every_node() {
     assert_eq!(rest["kvs"].as_array().unwrap().len(), 1);
     assert_eq!(rest["more"], false);
 
+    // The state is open to probes; the machine's details need the cluster's credentials.
     let (_, status) = send_json(cluster.client.get(cluster.nodes[2].url("/v1/bootstrap"))).await;
     assert_eq!(status["bootstrap_status"]["state"], "completed");
+    assert_eq!(
+        status["local_node_info"],
+        json!({"uid": status["local_node_info"]["uid"]}),
+        "{status}"
+    );
+    let (_, status) = send_json(cluster.get(2, "/v1/bootstrap")).await;
     let info = &status["local_node_info"];
     assert!(info["uid"].as_u64().unwrap() >= 1, "{info}");
     assert!(info["cores"].as_u64().unwrap() >= 1, "{info}");

@@ -11,6 +11,8 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::Path;
 use axum::extract::State;
+use axum::http::header;
+use axum::http::HeaderMap;
 use axum::routing::get;
 use axum::routing::post;
 use axum::Json;
@@ -19,13 +21,15 @@ use serde::Deserialize;
 use serde_json::json;
 use serde_json::Value;
 
+use super::authorize;
 use super::parse_json_or;
 use crate::machine_info;
 use crate::node::BootstrapPlan;
 use crate::node::Node;
 use crate::Error;
 
-/// `GET /v1/bootstrap` answers without credentials, always.
+/// `GET /v1/bootstrap` answers without credentials, always: with the machine's details only
+/// to credentials, once the cluster has them.
 pub fn public_routes(node: Arc<Node>) -> Router {
     Router::new()
         .route("/v1/bootstrap", get(status))
@@ -40,10 +44,26 @@ pub fn member_routes(node: Arc<Node>) -> Router {
         .with_state(node)
 }
 
-async fn status(State(node): State<Arc<Node>>) -> Json<Value> {
+async fn status(State(node): State<Arc<Node>>, headers: HeaderMap) -> Json<Value> {
+    let uid = node.raft().map(|raft| raft.id()).ok();
+    // The state stays open to readiness probes. The machine's paths, addresses and sizes are
+    // for the cluster's operators once it has credentials (the seed asks for them then).
+    let header = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok());
+    // None are needed by an idle node, the embedded default, or a member that has not yet
+    // applied the cluster's credentials. A probe that sends none is no refusal to count.
+    let needed = node.is_member() && matches!(node.credentials(), Ok(Some(Some(_))));
+    let shown =
+        !needed || (header.is_some() && authorize(&node, "bootstrap", header).await.is_ok());
+    if !shown {
+        return Json(json!({
+            "bootstrap_status": node.status(),
+            "local_node_info": { "uid": uid },
+        }));
+    }
     let data_dir =
         std::fs::canonicalize(&node.settings.data_dir).unwrap_or(node.settings.data_dir.clone());
-    let uid = node.raft().map(|raft| raft.id()).ok();
     let storage_size = machine_info::filesystem_size_mib(&data_dir);
     Json(json!({
         "bootstrap_status": node.status(),

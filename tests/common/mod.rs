@@ -241,7 +241,9 @@ impl Cluster {
             async move { client.get(&url).send().await.is_ok() }
         })
         .await;
-        let (_, status) = send_json(self.client.get(&url)).await;
+        // A member shows its paths only to credentials; an idle node takes them all the same.
+        let request = self.client.get(&url).basic_auth(USER, Some(PASSWORD));
+        let (_, status) = send_json(request).await;
         let own_dir = std::fs::canonicalize(&self.nodes[i].dir).unwrap();
         assert_eq!(
             status["local_node_info"]["persistent_storage_path"],

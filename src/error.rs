@@ -134,6 +134,11 @@ impl From<keel_raft::Error> for Error {
                 message,
                 retry_after: Duration::from_secs(5),
             },
+            Raft::ShuttingDown => Error::Unavailable {
+                code: "shutting_down",
+                message,
+                retry_after: Duration::from_secs(1),
+            },
         }
     }
 }

@@ -948,6 +948,12 @@ async fn a_paused_node_neither_disrupts_the_leader_nor_goes_unreported() {
         (&json!("leader"), before),
         "{info}"
     );
+    // The paused node knows it was the one that stopped, and blames no leader for it.
+    cluster
+        .wait_logged(follower, "this process did not run for")
+        .await;
+    let log = cluster.nodes[follower].log();
+    assert!(!log.contains("has not been heard from"), "{log}");
     // A leader whose quorum went silent says so, in its log and metrics.
     let others = [(leader + 1) % 3, (leader + 2) % 3];
     pause_until_reported(
@@ -1278,7 +1284,7 @@ async fn without_a_quorum_requests_wait_a_bounded_time_then_get_503() {
     cluster
         .wait_logged(
             survivor,
-            r#"request failed method=PUT path="/v1/kv/k" status=503"#,
+            "request failed method=PUT uri=/v1/kv/k status=503",
         )
         .await;
     let (status, _) = send_json(cluster.get(survivor, "/v1/kv/k")).await;
@@ -1454,6 +1460,30 @@ async fn a_node_told_to_stop_ends_its_watches_and_exits() {
 
 /// A leader told to stop hands leadership to a follower before it goes, so the cluster does
 /// not wait out an election timeout without a leader (a rolling restart's usual case).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_pending_when_its_node_stops_is_told_so() {
+    let mut cluster = Cluster::start(3, &["--request-timeout-ms", "20000"]).await;
+    let leader = cluster.leader().await;
+    for i in (0..3).filter(|i| *i != leader) {
+        cluster.nodes[i].kill();
+    }
+    // Without a quorum the write waits; the node stops before it is answered.
+    let write = cluster
+        .put(leader, "/v1/kv/pending")
+        .json(&json!({"value": "?"}));
+    let pending = tokio::spawn(send_json(write));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let node = &mut cluster.nodes[leader];
+    let exited = tokio::task::block_in_place(|| node.terminate(Duration::from_secs(30)));
+    assert!(exited.is_some(), "the node did not exit");
+    let (status, answer) = pending.await.unwrap();
+    assert_eq!(
+        (status, &answer["error_code"]),
+        (503, &json!("shutting_down")),
+        "{answer}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_leader_told_to_stop_hands_leadership_over() {
     let mut cluster = Cluster::start(3, &[]).await;

@@ -40,6 +40,12 @@ pub enum Error {
         "this node (uid {0}) is no longer a member of the cluster: it was removed; stop it, or empty its data directory and join it again"
     )]
     NotAMember(u64),
+    /// This node shut down before the request was answered; a write may have been applied.
+    /// Only ever answered by the node itself, never sent to a peer.
+    #[error(
+        "this node is shutting down and did not learn whether the request took effect; ask another node, with the same Idempotency-Key for a write"
+    )]
+    ShuttingDown,
 }
 
 impl Error {
@@ -51,6 +57,7 @@ impl Error {
                 | Error::Timeout(_)
                 | Error::LeaderUnreachable { .. }
                 | Error::Indeterminate
+                | Error::ShuttingDown
         )
     }
 }

@@ -12,6 +12,7 @@
 //! until the next write failed to reach it, though the cluster was one failure from losing its
 //! quorum.
 
+use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
@@ -31,6 +32,9 @@ use crate::types::RaftMetrics;
 /// How often the node looks; the log it writes is about changes, not ticks.
 const LOOK_EVERY: Duration = Duration::from_millis(100);
 
+/// A gap between two looks that means the process itself did not run.
+const STALL: Duration = Duration::from_millis(500);
+
 /// Who, and since when (time since the node started).
 type Since<T> = Mutex<Option<(T, Duration)>>;
 
@@ -45,8 +49,11 @@ pub(crate) struct Leadership {
     /// The leader [`Self::follow`] last saw named, and when it first saw it: a leader not heard
     /// yet is unheard since then, not since the previous one was heard.
     seen: Since<NodeId>,
-    /// The term in which this node leads, and since when.
-    leading: Since<u64>,
+    /// The term in which this node leads, and since when each member that has not answered
+    /// it yet was first seen not answering (a member added later is silent from its adding).
+    unanswered: Mutex<Option<(u64, BTreeMap<NodeId, Duration>)>>,
+    /// Set when the node begins to stop: silences are then expected, and not told.
+    stopping: AtomicBool,
     /// Set once the leader said this node is no longer a member (see
     /// [`crate::node::RaftNode::learn_removed`]). A removed node rarely holds the membership
     /// that leaves it out: the leader stops replicating to it first.
@@ -60,7 +67,8 @@ impl Leadership {
             started: Instant::now(),
             heard: Mutex::default(),
             seen: Mutex::default(),
-            leading: Mutex::default(),
+            unanswered: Mutex::default(),
+            stopping: AtomicBool::new(false),
             removed: removed.into(),
         }
     }
@@ -72,6 +80,11 @@ impl Leadership {
     /// Marks this node removed; true the first time.
     pub(crate) fn mark_removed(&self) -> bool {
         !self.removed.swap(true, Ordering::Relaxed)
+    }
+
+    /// The node begins to stop.
+    pub(crate) fn stop_telling(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
     }
 
     /// Times this node saw a new leader since it started.
@@ -102,26 +115,51 @@ impl Leadership {
         Some(self.started.elapsed().saturating_sub(since))
     }
 
-    /// While this node leads: how long ago each other member last answered it (since this
-    /// node took the lead, for one that has not answered yet).
+    /// While this node leads: how long ago each other member last answered it (since it was
+    /// first seen not answering, for one that has not answered yet; left out until
+    /// [`Self::follow`] has seen it).
     pub(crate) fn followers_unheard_for(&self, metrics: &RaftMetrics) -> Vec<(NodeId, Duration)> {
-        let leading = *self.leading.lock().expect("leadership");
-        let Some((_, since)) = leading.filter(|(term, _)| *term == metrics.current_term) else {
+        let (Some(acks), ServerState::Leader) = (metrics.heartbeat.as_ref(), metrics.state) else {
             return Vec::new();
         };
-        let Some(acks) = metrics.heartbeat.as_ref() else {
-            return Vec::new();
-        };
-        let led_for = self.started.elapsed().saturating_sub(since);
+        let unanswered = self.unanswered.lock().expect("leadership");
+        let since = unanswered
+            .as_ref()
+            .filter(|(term, _)| *term == metrics.current_term)
+            .map(|(_, since)| since);
+        let now = self.started.elapsed();
         acks.iter()
             .filter(|(id, _)| **id != metrics.id)
-            .map(|(id, ack)| {
-                let ago = ack
-                    .as_ref()
-                    .map_or(led_for, |ack| openraft::Instant::elapsed(&**ack));
-                (*id, ago)
+            .filter_map(|(id, ack)| {
+                let ago = match ack {
+                    Some(ack) => openraft::Instant::elapsed(&**ack),
+                    None => now.saturating_sub(*since?.get(id)?),
+                };
+                Some((*id, ago))
             })
             .collect()
+    }
+
+    /// Notes, while this node leads, when each member that has not answered it was first seen
+    /// so: on a new term, every member starts afresh.
+    fn note_unanswered(&self, metrics: &RaftMetrics) {
+        let mut unanswered = self.unanswered.lock().expect("leadership");
+        let (Some(acks), ServerState::Leader) = (metrics.heartbeat.as_ref(), metrics.state) else {
+            *unanswered = None;
+            return;
+        };
+        let term = metrics.current_term;
+        if unanswered.as_ref().map(|(led, _)| *led) != Some(term) {
+            *unanswered = Some((term, BTreeMap::new()));
+        }
+        let Some((_, since)) = unanswered.as_mut() else {
+            return;
+        };
+        let now = self.started.elapsed();
+        since.retain(|id, _| matches!(acks.get(id), Some(None)));
+        for (id, _) in acks.iter().filter(|(_, ack)| ack.is_none()) {
+            since.entry(*id).or_insert(now);
+        }
     }
 
     /// Follows `raft` until it shuts down. A leader unheard by a quorum, or a follower unheard
@@ -132,12 +170,29 @@ impl Leadership {
         let mut silent_followers = BTreeSet::new();
         let mut tick = tokio::time::interval(LOOK_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut looked = Instant::now();
+        let mut judge_from = looked;
         loop {
             tick.tick().await;
             let metrics = raft.metrics().borrow_watched().clone();
-            if metrics.state == ServerState::Shutdown {
+            if metrics.state == ServerState::Shutdown || self.stopping.load(Ordering::Relaxed) {
                 return;
             }
+            // A process that did not run (paused, or starved of CPU) sees only silence at
+            // first: what it knows is that old. It judges again once it had time to hear the
+            // others (an election timeout), and says why its view was stale.
+            let stalled = looked.elapsed();
+            looked = Instant::now();
+            if stalled > STALL {
+                tracing::warn!(
+                    "this process did not run for {stalled:.1?} (paused, or starved of CPU); \
+                     what it knew of the cluster is that old"
+                );
+                judge_from = looked + silence / 3;
+                silent = false;
+                silent_followers.clear();
+            }
+            self.note_unanswered(&metrics);
             if metrics.current_leader != leader {
                 self.tell_new_leader(&metrics, leader);
                 leader = metrics.current_leader;
@@ -147,18 +202,13 @@ impl Leadership {
                 silent = false;
             }
             let term = metrics.current_term;
-            let leads = metrics.state == ServerState::Leader;
-            {
-                let mut leading = self.leading.lock().expect("leadership");
-                let led_term = leading.map(|(term, _)| term);
-                if leads && led_term != Some(term) {
-                    *leading = Some((term, self.started.elapsed()));
-                    silent_followers.clear();
-                } else if !leads {
-                    *leading = None;
-                }
+            if metrics.state != ServerState::Leader {
+                silent_followers.clear();
             }
-            if leads {
+            if looked < judge_from {
+                continue;
+            }
+            if metrics.state == ServerState::Leader {
                 self.tell_silent_followers(&metrics, silence, &mut silent_followers);
                 let unheard = quorum_unheard_for(&metrics).filter(|ago| *ago > silence);
                 match (unheard, silent) {
@@ -251,10 +301,18 @@ impl Leadership {
         match metrics.current_leader {
             Some(leader) => {
                 self.changes.fetch_add(1, Ordering::Relaxed);
+                let heard = self.heard.lock().expect("leadership").map(|(who, _)| who);
                 if leader == metrics.id {
                     tracing::info!(term, "this node leads");
-                } else {
+                } else if heard == Some(leader) {
                     tracing::info!(term, leader, "following the leader");
+                } else {
+                    // As on a restart: the vote this node kept names the leader it had.
+                    tracing::info!(
+                        term,
+                        leader,
+                        "the last leader this node knows of is node {leader}; not heard from yet"
+                    );
                 }
             }
             None if before == Some(metrics.id) => {

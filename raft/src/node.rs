@@ -565,7 +565,7 @@ impl RaftNode {
         tokio::time::timeout(self.config.request_timeout * 2, answered)
             .await
             .map_err(|_| Error::Timeout("no leader answered this write in time".into()))?
-            .map_err(|_| Error::Fatal("the batch carrying this write was dropped".into()))?
+            .map_err(|_| self.dropped("the batch carrying this write"))?
     }
 
     /// Carries batches of queued proposals to the leader until none is waiting.
@@ -634,7 +634,7 @@ impl RaftNode {
         let read_log_id = tokio::time::timeout(self.config.request_timeout * 2, answered)
             .await
             .map_err(|_| Error::Timeout("no ReadIndex round answered this read".into()))?
-            .map_err(|_| Error::Fatal("the ReadIndex round was dropped".into()))??;
+            .map_err(|_| self.dropped("the ReadIndex round"))??;
         let linearizer = Linearizer::new(self.id, read_log_id, None);
         let deadline = self.config.request_timeout;
         match tokio::time::timeout(deadline, linearizer.await_ready(&self.raft)).await {
@@ -902,6 +902,15 @@ impl RaftNode {
                 () = shutting_down => {}
             }
         }));
+    }
+
+    /// Why the batch `what` ended without an answer: ended by a shutdown, or lost.
+    fn dropped(&self, what: &str) -> Error {
+        if self.shutting_down.is_cancelled() {
+            Error::ShuttingDown
+        } else {
+            Error::Fatal(format!("{what} was dropped"))
+        }
     }
 
     /// Resolves once this node shuts down: ends what openraft reads from a peer on a task of
@@ -1239,6 +1248,8 @@ impl RaftNode {
     /// would leave the cluster without one until an election timeout passed and an election
     /// was held; handed over, the next leader starts at once.
     pub async fn hand_over_leadership(&self) {
+        // Silences from here on are this node's stop, or the others' of the same stop.
+        self.leadership.stop_telling();
         let metrics = self.metrics();
         if metrics.current_leader != Some(self.id) {
             return;

@@ -89,7 +89,7 @@ fn log_failure(method: &Method, uri: &Uri, response: &Response) {
             .extensions()
             .get::<crate::error::Failure>()
             .map(|f| f.0.as_str());
-        tracing::warn!(%method, path = uri.path(), status = status.as_u16(), error, "request failed");
+        tracing::warn!(%method, %uri, status = status.as_u16(), error, "request failed");
     }
 }
 

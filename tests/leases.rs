@@ -177,6 +177,18 @@ async fn keys_die_with_their_lease() {
     );
     let (status, _) = send_json(cluster.post(0, "/v1/leases").json(&json!({"ttl": 0}))).await;
     assert_eq!(status, 400);
+    // A parameter the lease routes do not take is refused, not ignored.
+    let misplaced = cluster
+        .post(0, "/v1/leases?ttl=5")
+        .json(&json!({"ttl": 60}));
+    let keepalive = cluster.post(0, &format!("/v1/leases/{lease}/keepalive?ttl=5"));
+    for request in [misplaced, keepalive, cluster.get(1, "/v1/leases?limit=1")] {
+        let (status, error) = send_json(request).await;
+        assert_eq!(
+            (status, &error["error_code"]),
+            (400, &json!("invalid_query"))
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -25,6 +25,7 @@ use serde_json::Value;
 use super::on_leader;
 use super::parse_json;
 use super::LeaderOnly;
+use super::Params;
 use super::Relayable;
 use crate::domain::lease;
 use crate::domain::lease::Lease;
@@ -46,6 +47,12 @@ pub fn routes(node: Arc<Node>) -> Router {
         .route("/v1/leases/{id}/keepalive", post(keepalive))
         .with_state(node)
 }
+
+/// The lease routes take no query parameters: one sent by mistake (`?ttl=10` for the body's
+/// field) is refused rather than ignored.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoParams {}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -98,7 +105,11 @@ fn lease_not_found(id: u64) -> Error {
     }
 }
 
-async fn grant(State(node): State<Arc<Node>>, body: Bytes) -> Result<Json<Value>, Error> {
+async fn grant(
+    State(node): State<Arc<Node>>,
+    _: Params<NoParams>,
+    body: Bytes,
+) -> Result<Json<Value>, Error> {
     let body: GrantBody = parse_json(&body)?;
     let ttl_ms = check_ttl(body.ttl)?;
     let id = body.id.filter(|id| *id != 0).unwrap_or_else(new_lease_id);
@@ -121,6 +132,7 @@ async fn grant(State(node): State<Arc<Node>>, body: Bytes) -> Result<Json<Value>
 async fn revoke(
     State(node): State<Arc<Node>>,
     Path(id): Path<String>,
+    _: Params<NoParams>,
 ) -> Result<Json<Value>, Error> {
     let id = parse_id(&id)?;
     match node
@@ -135,7 +147,7 @@ async fn revoke(
     }
 }
 
-async fn list(State(node): State<Arc<Node>>) -> Result<Json<Value>, Error> {
+async fn list(State(node): State<Arc<Node>>, _: Params<NoParams>) -> Result<Json<Value>, Error> {
     let raft = node.raft()?;
     raft.read_barrier(Consistency::Linearizable).await?;
     let leases: Vec<Value> = lease::all(&raft.reader())?.iter().map(lease_json).collect();
@@ -170,6 +182,7 @@ pub(crate) async fn refresh(
 async fn keepalive(
     State(node): State<Arc<Node>>,
     Path(id): Path<String>,
+    _: Params<NoParams>,
     parts: Parts,
     body: Bytes,
 ) -> Result<Response, Error> {

@@ -415,12 +415,7 @@ async fn an_idle_watch_reports_its_progress() {
         .unwrap();
     let mut ahead = ahead.bytes_stream();
     for stream in [&mut body, &mut ahead] {
-        let first = tokio::time::timeout(Duration::from_secs(15), stream.next())
-            .await
-            .expect("no line in 15 s on an idle watch")
-            .unwrap()
-            .unwrap();
-        let line: Value = serde_json::from_slice(&first).unwrap();
+        let line = next_line(stream, 15, "an idle watch").await;
         assert_eq!(line, json!({ "progress_revision": revision }));
     }
     // Cut off from the quorum, the node cannot vouch for progress: the stream ends saying why.
@@ -428,16 +423,25 @@ async fn an_idle_watch_reports_its_progress() {
     for i in others {
         cluster.nodes[i].signal("STOP");
     }
-    let next = tokio::time::timeout(Duration::from_secs(20), body.next())
-        .await
-        .expect("no line in 20 s on a watch cut off from the quorum")
-        .unwrap()
-        .unwrap();
-    let line: Value = serde_json::from_slice(&next).unwrap();
+    let line = next_line(&mut body, 20, "a watch cut off from the quorum").await;
     for i in others {
         cluster.nodes[i].signal("CONT");
     }
     assert!(line["error_code"].is_string(), "{line}");
     let ended = tokio::time::timeout(Duration::from_secs(5), body.next()).await;
     assert!(matches!(ended, Ok(None)), "the stream went on: {ended:?}");
+}
+
+/// The next line of a watch `stream` (each chunk is one line), within `secs` seconds.
+async fn next_line(
+    stream: &mut (impl futures::Stream<Item = reqwest::Result<axum::body::Bytes>> + Unpin),
+    secs: u64,
+    what: &str,
+) -> Value {
+    let chunk = tokio::time::timeout(Duration::from_secs(secs), stream.next())
+        .await
+        .unwrap_or_else(|_| panic!("no line in {secs} s on {what}"))
+        .expect("the stream ended")
+        .expect("the stream broke");
+    serde_json::from_slice(&chunk).unwrap()
 }

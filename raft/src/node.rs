@@ -426,19 +426,20 @@ impl RaftNode {
         self.leadership.changes()
     }
 
-    /// How long ago a quorum last acknowledged this node's leadership, if it leads.
-    pub fn quorum_unheard_for(&self) -> Option<Duration> {
-        crate::leadership::quorum_unheard_for(&self.metrics())
+    /// How long ago a quorum last acknowledged this node's leadership, if it leads
+    /// (`metrics` is this node's).
+    pub fn quorum_unheard_for(&self, metrics: &RaftMetrics) -> Option<Duration> {
+        crate::leadership::quorum_unheard_for(metrics)
     }
 
     /// While this node follows a leader it knows: how long ago that leader was last heard.
-    pub fn leader_unheard_for(&self) -> Option<Duration> {
-        self.leadership.leader_unheard_for(&self.metrics())
+    pub fn leader_unheard_for(&self, metrics: &RaftMetrics) -> Option<Duration> {
+        self.leadership.leader_unheard_for(metrics)
     }
 
     /// While this node leads: how long ago each other member last answered it.
-    pub fn followers_unheard_for(&self) -> Vec<(NodeId, Duration)> {
-        self.leadership.followers_unheard_for(&self.metrics())
+    pub fn followers_unheard_for(&self, metrics: &RaftMetrics) -> Vec<(NodeId, Duration)> {
+        self.leadership.followers_unheard_for(metrics)
     }
 
     /// A leader's AppendEntries, sent under `vote`, reached this node and was taken.
@@ -447,8 +448,7 @@ impl RaftNode {
     }
 
     /// How many entries each follower's log is behind this leader's (empty unless it leads).
-    pub fn follower_lags(&self) -> Vec<(NodeId, u64)> {
-        let metrics = self.metrics();
+    pub fn follower_lags(&self, metrics: &RaftMetrics) -> Vec<(NodeId, u64)> {
         let last = metrics.last_log_index.unwrap_or(0);
         let Some(replication) = &metrics.replication else {
             return Vec::new();
@@ -494,19 +494,15 @@ impl RaftNode {
     /// Waits until the Raft core stops on a failure it cannot go on from (a full or failing
     /// disk), and says what it was; never returns if the core is shut down on purpose.
     pub async fn failure(&self) -> String {
-        let stopped = |metrics: &RaftMetrics| metrics.running_state.is_err();
-        // An error means the core is gone without saying why (it panicked): a core that stops
-        // says so in its last metrics first.
-        let waited = self
-            .raft
-            .wait(None)
-            .metrics(stopped, "the Raft core to stop")
-            .await;
+        // The server metrics change with the vote and the leader only (the full metrics, with
+        // every write), and their channel closes when the core task ends, however it ends.
+        let mut server = self.raft.server_metrics();
+        while server.changed().await.is_ok() {}
+        // A core that stops says so in its last metrics; one that says nothing panicked.
         match self.metrics().running_state {
             Err(openraft::error::Fatal::Stopped) => std::future::pending().await,
             Err(fatal) => fatal.to_string(),
-            Ok(()) if waited.is_err() => "the Raft core ended unexpectedly (a panic?)".into(),
-            Ok(()) => std::future::pending().await,
+            Ok(()) => "the Raft core ended unexpectedly (a panic?)".into(),
         }
     }
 
@@ -879,29 +875,29 @@ impl RaftNode {
         }
     }
 
-    /// Serves the peer request `call` (a connection's whole life, for the streams), unless
-    /// this node is shutting down; shutting down ends it before the Raft core stops.
+    /// `call` into the Raft core, ended (`None`) when this node shuts down, and counted among
+    /// the calls a shutdown waits for; one that comes after the shutdown never starts.
+    fn until_shutdown<T>(&self, call: impl Future<Output = T>) -> impl Future<Output = Option<T>> {
+        let shutting_down = self.shutting_down();
+        self.core_calls.track_future(async move {
+            tokio::select! {
+                biased;
+                () = shutting_down => None,
+                answer = call => Some(answer),
+            }
+        })
+    }
+
+    /// Serves the peer request `call` (a connection's whole life, for the streams) until this
+    /// node shuts down.
     pub(crate) async fn serve_peer<T>(&self, call: impl Future<Output = T>) -> Option<T> {
-        if self.shutting_down.is_cancelled() {
-            return None;
-        }
-        let call = self.core_calls.track_future(call);
-        tokio::select! {
-            answer = call => Some(answer),
-            () = self.shutting_down.cancelled() => None,
-        }
+        self.until_shutdown(call).await
     }
 
     /// Runs `work` on a task of its own until this node shuts down. A batch outlives the
     /// requests it carries, which the API server drops when it closes.
     fn spawn_until_shutdown(&self, work: impl Future<Output = ()> + Send + 'static) {
-        let shutting_down = self.shutting_down();
-        tokio::spawn(self.core_calls.track_future(async move {
-            tokio::select! {
-                () = work => {}
-                () = shutting_down => {}
-            }
-        }));
+        tokio::spawn(self.until_shutdown(work));
     }
 
     /// Why the batch `what` ended without an answer: ended by a shutdown, or lost.

@@ -21,7 +21,7 @@ use serde::Deserialize;
 use serde_json::json;
 use serde_json::Value;
 
-use super::authorize;
+use super::credentials_to_check;
 use super::parse_json_or;
 use crate::machine_info;
 use crate::node::BootstrapPlan;
@@ -51,11 +51,12 @@ async fn status(State(node): State<Arc<Node>>, headers: HeaderMap) -> Json<Value
     let header = headers
         .get(header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok());
-    // None are needed by an idle node, the embedded default, or a member that has not yet
-    // applied the cluster's credentials. A probe that sends none is no refusal to count.
-    let needed = node.is_member() && matches!(node.credentials(), Ok(Some(Some(_))));
-    let shown =
-        !needed || (header.is_some() && authorize(&node, "bootstrap", header).await.is_ok());
+    let shown = match credentials_to_check(&node, "bootstrap") {
+        // A probe that sends none is no refusal to count.
+        Ok(Some(credentials)) => header.is_some() && node.verifier.check(credentials, header).await,
+        // None needed, or a member that has not applied its cluster's credentials yet.
+        Ok(None) | Err(_) => true,
+    };
     if !shown {
         return Json(json!({
             "bootstrap_status": node.status(),

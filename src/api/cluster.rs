@@ -90,7 +90,7 @@ async fn cluster(State(node): State<Arc<Node>>) -> Result<Json<Value>, Error> {
             "role": if removed { "removed" } else { role(metrics.state) },
             // Growing past a few election timeouts: the leader above is only the last one
             // this node heard of.
-            "leader_unheard_ms": raft.leader_unheard_for().map(|ago| ago.as_millis() as u64),
+            "leader_unheard_ms": raft.leader_unheard_for(&metrics).map(|ago| ago.as_millis() as u64),
         },
     })))
 }

@@ -84,14 +84,14 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
             "Times this node saw a new leader since it started.",
             raft.leader_changes(),
         );
-        if let Some(unheard) = raft.quorum_unheard_for() {
+        if let Some(unheard) = raft.quorum_unheard_for(&m) {
             metric(
                 "keel_raft_quorum_unheard_milliseconds",
                 "While this node leads: how long ago a quorum last answered it. Growing past a few election timeouts means the leader lost its quorum and serves nothing that needs the cluster.",
                 unheard.as_millis() as u64,
             );
         }
-        if let Some(unheard) = raft.leader_unheard_for() {
+        if let Some(unheard) = raft.leader_unheard_for(&m) {
             metric(
                 "keel_raft_leader_unheard_milliseconds",
                 "While this node follows: how long ago its leader was last heard. Growing past a few election timeouts means this node is cut off, or fewer than a quorum of voters are up, and it serves nothing that needs the cluster.",
@@ -148,14 +148,14 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
             "Connections this node opened to leaders to forward writes and reads while following; a steady climb means they keep breaking.",
             raft.forward_streams_opened(),
         );
-        let lags = raft.follower_lags();
+        let lags = raft.follower_lags(&m);
         per_follower(
             &mut labelled,
             "keel_raft_follower_lag_entries",
             "While this node leads: log entries each follower has not yet stored.",
             lags,
         );
-        let unheard = raft.followers_unheard_for().into_iter();
+        let unheard = raft.followers_unheard_for(&m).into_iter();
         per_follower(
             &mut labelled,
             "keel_raft_follower_unheard_milliseconds",

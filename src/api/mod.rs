@@ -36,6 +36,7 @@ use axum::response::IntoResponse;
 use axum::response::Response;
 use axum::Router;
 
+use crate::domain::cluster::Credentials;
 use crate::node::Node;
 use crate::Error;
 
@@ -181,21 +182,25 @@ async fn require_credentials(
     response
 }
 
+/// The credentials a request to `family` must carry: none for an open family, an idle node
+/// (only the bootstrap call can do anything there, and it must be open) or the loopback-only
+/// embedded default; an error while a member has not applied its cluster's first command
+/// (nothing to check against, so it serves nothing).
+fn credentials_to_check<'a>(
+    node: &'a Node,
+    family: &str,
+) -> Result<Option<&'a Credentials>, Error> {
+    if node.settings.open_routes.iter().any(|open| open == family) || !node.is_member() {
+        return Ok(None);
+    }
+    match node.credentials()? {
+        Some(credentials) => Ok(credentials.as_ref()),
+        None => Err(node.not_ready()),
+    }
+}
+
 async fn authorize(node: &Node, family: &str, header: Option<&str>) -> Result<(), Error> {
-    if node.settings.open_routes.iter().any(|open| open == family) {
-        return Ok(());
-    }
-    if !node.is_member() {
-        // An idle node: only the bootstrap call can do anything, and it must be open.
-        return Ok(());
-    }
-    let Some(credentials) = node.credentials()? else {
-        // A member whose cluster's first command is not applied yet has nothing to check
-        // credentials against, so it serves nothing.
-        return Err(node.not_ready());
-    };
-    let Some(credentials) = credentials else {
-        // The loopback-only embedded default.
+    let Some(credentials) = credentials_to_check(node, family)? else {
         return Ok(());
     };
     if node.verifier.check(credentials, header).await {

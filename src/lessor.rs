@@ -25,6 +25,7 @@ use openraft::Instant as _;
 use openraft::ServerState;
 
 use crate::domain::lease;
+use crate::domain::lease::Lease;
 use crate::domain::lease::LeaseCommand;
 use crate::domain::Command;
 use crate::node::Node;
@@ -51,8 +52,8 @@ pub struct Lessor {
     deadlines: Mutex<Deadlines>,
 }
 
-/// Why a refresh could not be done here.
-pub enum RefreshError {
+/// Why the lessor could not answer here.
+pub enum LessorError {
     /// This node does not lead; the request belongs on the leader.
     NotLeader,
     NotFound,
@@ -61,8 +62,38 @@ pub enum RefreshError {
 
 impl Lessor {
     /// Moves lease `id`'s deadline to now + TTL; returns the TTL.
-    pub fn refresh(&self, node: &Node, id: u64) -> Result<Duration, RefreshError> {
-        let raft = node.raft().map_err(RefreshError::Failed)?;
+    pub fn refresh(&self, node: &Node, id: u64) -> Result<Duration, LessorError> {
+        self.with_live_lease(node, id, |lease, deadlines, now| {
+            let ttl = Duration::from_millis(lease.ttl_ms);
+            deadlines.insert((lease.id, lease.granted_at), now + ttl);
+            ttl
+        })
+    }
+
+    /// Lease `id` and the time left before it expires unless refreshed. A lease granted since
+    /// the last tick has no deadline yet; the tick will give it now + TTL, so it has its whole
+    /// TTL left.
+    pub fn time_to_live(&self, node: &Node, id: u64) -> Result<(Lease, Duration), LessorError> {
+        self.with_live_lease(node, id, |lease, deadlines, now| {
+            let left = deadlines
+                .get(&(lease.id, lease.granted_at))
+                .map_or(Duration::from_millis(lease.ttl_ms), |deadline| {
+                    deadline.saturating_duration_since(now)
+                });
+            (lease, left)
+        })
+    }
+
+    /// Runs `act` on lease `id` and the deadlines, here on a leader that may speak for the
+    /// deadlines: one in its term's lessor, that has heard from a quorum within the minimum
+    /// election timeout. A lease past its deadline is being expired, so it is not found.
+    fn with_live_lease<T>(
+        &self,
+        node: &Node,
+        id: u64,
+        act: impl FnOnce(Lease, &mut HashMap<Grant, Instant>, Instant) -> T,
+    ) -> Result<T, LessorError> {
+        let raft = node.raft().map_err(LessorError::Failed)?;
         let metrics = raft.metrics();
         // A single voter is its own quorum; openraft records no acknowledgement for it.
         let sole_voter = metrics
@@ -80,24 +111,20 @@ impl Lessor {
             || deadlines.term != Some(metrics.current_term)
             || !quorum_heard_from
         {
-            return Err(RefreshError::NotLeader);
+            return Err(LessorError::NotLeader);
         }
         let lease = lease::get(&raft.reader(), id)
-            .map_err(|e| RefreshError::Failed(e.into()))?
-            .ok_or(RefreshError::NotFound)?;
-        let grant = (lease.id, lease.granted_at);
+            .map_err(|e| LessorError::Failed(e.into()))?
+            .ok_or(LessorError::NotFound)?;
         let now = Instant::now();
         if deadlines
             .by_lease
-            .get(&grant)
+            .get(&(lease.id, lease.granted_at))
             .is_some_and(|deadline| *deadline <= now)
         {
-            // Already past its deadline: it is being expired.
-            return Err(RefreshError::NotFound);
+            return Err(LessorError::NotFound);
         }
-        let ttl = Duration::from_millis(lease.ttl_ms);
-        deadlines.by_lease.insert(grant, now + ttl);
-        Ok(ttl)
+        Ok(act(lease, &mut deadlines.by_lease, now))
     }
 
     /// Runs the expiry loop until the node begins to stop: a read or an expiry still waiting

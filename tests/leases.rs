@@ -149,6 +149,17 @@ async fn refreshes_keep_a_node_alive_across_a_leader_kill() {
     assert!(!registered_ids(&cluster, survivors[0]).await.contains(&id));
 }
 
+/// The time lease `lease` (60 s, attached to `session/a`) has left, asked of node `node`.
+async fn remaining_ms(cluster: &Cluster, node: usize, lease: u64) -> u64 {
+    let (status, answer) = send_json(cluster.get(node, &format!("/v1/leases/{lease}"))).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        (&answer["id"], &answer["ttl"], &answer["keys"]),
+        (&json!(lease), &json!(60), &json!(["session/a"]))
+    );
+    answer["remaining_ms"].as_u64().unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn keys_die_with_their_lease() {
     let cluster = Cluster::start(3, &[]).await;
@@ -161,12 +172,39 @@ async fn keys_die_with_their_lease() {
     assert_eq!(send_json(put).await.0, 200);
     let (_, kv) = send_json(cluster.get(2, "/v1/kv/session/a")).await;
     assert_eq!(kv["lease"], lease);
+    // Its time to live counts down on the leader's clock, from any node, and a keep-alive
+    // starts it again.
+    let first = remaining_ms(&cluster, 0, lease).await;
+    assert!(first <= 60_000, "{first}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let later = [
+        remaining_ms(&cluster, 1, lease).await,
+        remaining_ms(&cluster, 2, lease).await,
+    ];
+    assert!(
+        later.iter().all(|left| *left + 1000 <= first),
+        "{first} then {later:?}"
+    );
     let (status, _) = send_json(cluster.post(2, &format!("/v1/leases/{lease}/keepalive"))).await;
     assert_eq!(status, 200);
+    let refreshed = remaining_ms(&cluster, 1, lease).await;
+    assert!(refreshed > later[0] + 900, "{later:?} then {refreshed}");
     let (status, revoked) = send_json(cluster.delete(1, &format!("/v1/leases/{lease}"))).await;
     assert_eq!(status, 200);
     assert_eq!(revoked["keys"], json!(["session/a"]));
     assert_eq!(cluster.get_kv(0, "session/a", "linearizable").await, None);
+    for node in 0..3 {
+        let (status, error) = send_json(cluster.get(node, &format!("/v1/leases/{lease}"))).await;
+        assert_eq!(
+            (status, &error["error_code"]),
+            (404, &json!("lease_not_found"))
+        );
+    }
+    let (status, error) = send_json(cluster.get(0, "/v1/leases/x")).await;
+    assert_eq!(
+        (status, &error["error_code"]),
+        (400, &json!("invalid_lease"))
+    );
     let put = cluster
         .put(0, &format!("/v1/kv/session/b?lease={lease}"))
         .json(&json!({"value": "1"}));
@@ -182,7 +220,13 @@ async fn keys_die_with_their_lease() {
         .post(0, "/v1/leases?ttl=5")
         .json(&json!({"ttl": 60}));
     let keepalive = cluster.post(0, &format!("/v1/leases/{lease}/keepalive?ttl=5"));
-    for request in [misplaced, keepalive, cluster.get(1, "/v1/leases?limit=1")] {
+    let time_to_live = cluster.get(2, &format!("/v1/leases/{lease}?keys=true"));
+    for request in [
+        misplaced,
+        keepalive,
+        time_to_live,
+        cluster.get(1, "/v1/leases?limit=1"),
+    ] {
         let (status, error) = send_json(request).await;
         assert_eq!(
             (status, &error["error_code"]),

@@ -1,8 +1,8 @@
-//! Leases over HTTP (`/v1/leases`): grant, keep alive, revoke, list. Keys are attached with
+//! Leases over HTTP (`/v1/leases`): grant, keep alive, time to live, revoke, list. Keys are attached with
 //! `PUT /v1/kv/{key}?lease={id}` and deleted when the lease ends.
 //!
-//! A keep-alive is answered by the leader from memory (no log entry); on a follower it is
-//! relayed to the leader.
+//! A keep-alive and a time to live are answered by the leader from memory (no log entry), where
+//! the lessor keeps the deadlines; on a follower they are relayed to the leader.
 
 use std::sync::Arc;
 
@@ -12,7 +12,6 @@ use axum::extract::State;
 use axum::http::request::Parts;
 use axum::response::IntoResponse;
 use axum::response::Response;
-use axum::routing::delete;
 use axum::routing::get;
 use axum::routing::post;
 use axum::Json;
@@ -33,7 +32,7 @@ use crate::domain::lease::LeaseCommand;
 use crate::domain::lease::LeaseError;
 use crate::domain::Command;
 use crate::domain::Reply;
-use crate::lessor::RefreshError;
+use crate::lessor::LessorError;
 use crate::node::Node;
 use crate::Error;
 
@@ -43,7 +42,7 @@ pub const MAX_TTL_SECS: u64 = 24 * 3600;
 pub fn routes(node: Arc<Node>) -> Router {
     Router::new()
         .route("/v1/leases", get(list).post(grant))
-        .route("/v1/leases/{id}", delete(revoke))
+        .route("/v1/leases/{id}", get(time_to_live).delete(revoke))
         .route("/v1/leases/{id}/keepalive", post(keepalive))
         .with_state(node)
 }
@@ -154,7 +153,6 @@ async fn list(State(node): State<Arc<Node>>, _: Params<NoParams>) -> Result<Json
     Ok(Json(json!({ "leases": leases })))
 }
 
-/// Refreshes lease `id` on the leader, relaying `request` there if needed.
 /// Restarts lease `id`'s TTL and answers `{"id": answered_id, "ttl"}`: served by the leader,
 /// which holds the deadlines, and relayed there from a follower. `not_found` is the error for
 /// a lease that expired or never was, in the caller's terms.
@@ -165,15 +163,45 @@ pub(crate) async fn refresh(
     answered_id: u64,
     not_found: impl Fn() -> Error,
 ) -> Result<Response, Error> {
-    let attempt = || match node.lessor.refresh(node, id) {
-        Ok(ttl) => Ok(Some(ttl)),
-        Err(RefreshError::NotLeader) => Ok(None),
-        Err(RefreshError::NotFound) => Err(not_found()),
-        Err(RefreshError::Failed(err)) => Err(err),
-    };
+    let attempt = || on_lessor(node.lessor.refresh(node, id), &not_found);
     match on_leader(node, request, attempt).await? {
         LeaderOnly::Here(ttl) => {
             Ok(Json(json!({ "id": answered_id, "ttl": ttl.as_secs() })).into_response())
+        }
+        LeaderOnly::Relayed(response) => Ok(response),
+    }
+}
+
+/// A lessor's answer as [`on_leader`] takes it: none when the request belongs on the leader.
+fn on_lessor<T>(
+    answer: Result<T, LessorError>,
+    not_found: impl Fn() -> Error,
+) -> Result<Option<T>, Error> {
+    match answer {
+        Ok(answer) => Ok(Some(answer)),
+        Err(LessorError::NotLeader) => Ok(None),
+        Err(LessorError::NotFound) => Err(not_found()),
+        Err(LessorError::Failed(err)) => Err(err),
+    }
+}
+
+/// Lease `id` with the time it has left (`remaining_ms`) unless refreshed, like etcd's
+/// LeaseTimeToLive: served by the leader, which holds the deadlines, and relayed there from a
+/// follower.
+async fn time_to_live(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+    _: Params<NoParams>,
+    parts: Parts,
+) -> Result<Response, Error> {
+    let id = parse_id(&id)?;
+    let attempt = || on_lessor(node.lessor.time_to_live(&node, id), || lease_not_found(id));
+    match on_leader(&node, &Relayable::new(&parts, Bytes::new()), attempt).await? {
+        LeaderOnly::Here((lease, left)) => {
+            let mut answer = lease_json(&lease);
+            let remaining_ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
+            answer["remaining_ms"] = json!(remaining_ms);
+            Ok(Json(answer).into_response())
         }
         LeaderOnly::Relayed(response) => Ok(response),
     }

@@ -1287,6 +1287,10 @@ async fn without_a_quorum_requests_wait_a_bounded_time_then_get_503() {
             "request failed method=PUT uri=/v1/kv/k status=503",
         )
         .await;
+    // ... and counts it by route family and status.
+    let metrics = cluster.metrics(survivor).await;
+    let failed = r#"keel_http_requests_total{family="kv",code="503"}"#;
+    assert_eq!(metric_value(&metrics, failed), Some(1), "{metrics}");
     let (status, _) = send_json(cluster.get(survivor, "/v1/kv/k")).await;
     assert_eq!(
         status, 503,

@@ -1,6 +1,7 @@
 //! `GET /metrics` in Prometheus text format: the node's Raft state, for dashboards and
-//! alerts (leader changes, apply lag, snapshot progress), and the undermoon broker's size and
-//! health as this node has applied it (failed proxies, running migrations).
+//! alerts (leader changes, apply lag, snapshot progress), the requests it answered by route
+//! family and status, and the undermoon broker's size and health as this node has applied it
+//! (failed proxies, running migrations).
 
 use std::fmt::Write;
 use std::sync::Arc;
@@ -14,15 +15,16 @@ use keel_raft::machine::MAX_REMEMBERED_REQUESTS;
 use keel_raft::machine::REQUEST_ID_WINDOW;
 use openraft::ServerState;
 
+use super::answers::Answers;
 use crate::node::Node;
 
-pub fn routes(node: Arc<Node>) -> Router {
+pub fn routes(node: Arc<Node>, answers: Arc<Answers>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
-        .with_state(node)
+        .with_state((node, answers))
 }
 
-async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
+async fn metrics(State((node, answers)): State<(Arc<Node>, Arc<Answers>)>) -> impl IntoResponse {
     let mut out = String::new();
     // Series with labels, written after the others.
     let mut labelled = String::new();
@@ -213,6 +215,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
             );
         }
     }
+    requests_answered(&mut labelled, &answers);
     out.push_str(&labelled);
     (
         [(
@@ -221,6 +224,18 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
         )],
         out,
     )
+}
+
+/// The counter of answers, one series per route family and status code.
+fn requests_answered(out: &mut String, answers: &Answers) {
+    let name = "keel_http_requests_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Requests this node answered, by route family and status code (peer traffic not included).\n# TYPE {name} counter"
+    );
+    for ((family, code), count) in answers.counts() {
+        let _ = writeln!(out, "{name}{{family=\"{family}\",code=\"{code}\"}} {count}");
+    }
 }
 
 /// A gauge with one series per follower (`follower="uid"`), written only if there are any.

@@ -12,6 +12,7 @@
 //! requires HTTP Basic unless the operator opened it with `--open-routes`. Membership changes
 //! (joins hand out the cluster secret) cannot be opened.
 
+mod answers;
 mod bootstrap;
 mod cluster;
 mod clusterflux;
@@ -28,9 +29,7 @@ use axum::body::Bytes;
 use axum::extract::Request;
 use axum::extract::State;
 use axum::http::header;
-use axum::http::Method;
 use axum::http::StatusCode;
-use axum::http::Uri;
 use axum::middleware::Next;
 use axum::response::IntoResponse;
 use axum::response::Response;
@@ -39,14 +38,22 @@ use axum::Router;
 use crate::domain::cluster::Credentials;
 use crate::node::Node;
 use crate::Error;
+use answers::Answers;
 
 /// The whole HTTP surface of `node`.
 pub fn router(node: Arc<Node>) -> Router {
-    let public = with_method_errors(bootstrap::public_routes(node.clone()), "bootstrap")
-        .route_layer(axum::middleware::map_response(|response: Response| {
-            in_dialect("bootstrap", response)
-        }));
-    let mut app = Router::new().merge(public);
+    let answers = Arc::new(Answers::default());
+    let guarded = |routes: Router, family: &'static str, checks_credentials: bool| {
+        let guard = Arc::new(Guard {
+            node: node.clone(),
+            family,
+            checks_credentials,
+            answers: answers.clone(),
+        });
+        with_method_errors(routes, family)
+            .route_layer(axum::middleware::from_fn_with_state(guard, guard_family))
+    };
+    let mut app = guarded(bootstrap::public_routes(node.clone()), "bootstrap", false);
     for (family, routes) in [
         ("cluster", cluster::routes(node.clone())),
         // Never open: joining hands out the cluster secret.
@@ -60,14 +67,9 @@ pub fn router(node: Arc<Node>) -> Router {
         ),
         ("clusterflux", clusterflux::routes(node.clone())),
         ("undermoon", undermoon::routes(node.clone())),
-        ("metrics", metrics::routes(node.clone())),
+        ("metrics", metrics::routes(node.clone(), answers.clone())),
     ] {
-        let guard = Arc::new((node.clone(), family));
-        let routes = with_method_errors(routes, family);
-        app = app.merge(routes.route_layer(axum::middleware::from_fn_with_state(
-            guard,
-            require_credentials,
-        )));
+        app = app.merge(guarded(routes, family, true));
     }
     app.merge(keel_raft::service::router(node.raft_slot()))
         .fallback(|uri: axum::http::Uri| async move {
@@ -79,19 +81,6 @@ pub fn router(node: Arc<Node>) -> Router {
             let message = "no such endpoint; see the README for the API".to_string();
             dialect_error(family, StatusCode::NOT_FOUND, message)
         })
-}
-
-/// Logs an answer of 5xx with the request it answers: the error alone did not say which
-/// route, key or cluster an operator should look at.
-fn log_failure(method: &Method, uri: &Uri, response: &Response) {
-    let status = response.status();
-    if status.is_server_error() {
-        let error = response
-            .extensions()
-            .get::<crate::error::Failure>()
-            .map(|f| f.0.as_str());
-        tracing::warn!(%method, %uri, status = status.as_u16(), error, "request failed");
-    }
 }
 
 /// `routes` answering a method they do not take in the family's error format (axum adds the
@@ -157,28 +146,44 @@ fn plain_error(status: StatusCode, message: String) -> Response {
         .into_response()
 }
 
+/// What a route family's guard knows; see [`guard_family`].
+struct Guard {
+    node: Arc<Node>,
+    family: &'static str,
+    /// False for the bootstrap call, which must be open to make a cluster.
+    checks_credentials: bool,
+    answers: Arc<Answers>,
+}
+
 /// Every route family's guard: checks credentials (unless the family is open), answers errors
-/// axum wrote in the family's dialect, and logs failures. One middleware does all three, as
-/// each layer costs every request (a layer of its own for the log cost 2.5 % of put (64)).
-async fn require_credentials(
-    State(guard): State<Arc<(Arc<Node>, &'static str)>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let (node, family) = guard.as_ref();
+/// axum wrote in the family's dialect, and counts and logs the answers. One middleware does it
+/// all, as each layer costs every request (a layer of its own for the log cost 2.5 % of
+/// put (64)).
+async fn guard_family(State(guard): State<Arc<Guard>>, request: Request, next: Next) -> Response {
+    let Guard {
+        node,
+        family,
+        checks_credentials,
+        answers,
+    } = guard.as_ref();
     let (method, uri) = (request.method().clone(), request.uri().clone());
     let header = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok());
-    let response = match authorize(node, family, header).await {
+    let authorized = if *checks_credentials {
+        authorize(node, family, header).await
+    } else {
+        Ok(())
+    };
+    let response = match authorized {
         Err(denied) if *family == "undermoon" => {
             undermoon::UndermoonError::from(denied).into_response()
         }
         Err(denied) => denied.into_response(),
         Ok(()) => in_dialect(family, next.run(request).await).await,
     };
-    log_failure(&method, &uri, &response);
+    answers.record(family, &method, &uri, &response);
     response
 }
 

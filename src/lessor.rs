@@ -8,10 +8,10 @@
 //! then starts every deadline at now + TTL: a lease refreshed just before the old leader
 //! died cannot expire early because the new one never saw that refresh.
 //!
-//! A refresh is refused once the deadline has passed (the lease is being expired, as etcd
-//! does), and by a leader that has not heard from a quorum within the minimum election
-//! timeout: a deposed leader cut off from the majority must not promise a TTL that the new
-//! leader's clock will not honour. Deadlines are kept per grant (id and granting log index),
+//! A refresh, or a question of the time a lease has left, is refused once the deadline has
+//! passed (the lease is being expired, as etcd does), and by a leader that has not heard from a
+//! quorum within the minimum election timeout: a deposed leader cut off from the majority must
+//! not promise a TTL that the new leader's clock will not honour. Deadlines are kept per grant (id and granting log index),
 //! so an id revoked and granted again starts afresh.
 
 use std::collections::HashMap;
@@ -63,35 +63,30 @@ pub enum LessorError {
 impl Lessor {
     /// Moves lease `id`'s deadline to now + TTL; returns the TTL.
     pub fn refresh(&self, node: &Node, id: u64) -> Result<Duration, LessorError> {
-        self.with_live_lease(node, id, |lease, deadlines, now| {
+        self.with_live_lease(node, id, |lease, deadline, now| {
             let ttl = Duration::from_millis(lease.ttl_ms);
-            deadlines.insert((lease.id, lease.granted_at), now + ttl);
+            *deadline = now + ttl;
             ttl
         })
     }
 
-    /// Lease `id` and the time left before it expires unless refreshed. A lease granted since
-    /// the last tick has no deadline yet; the tick will give it now + TTL, so it has its whole
-    /// TTL left.
+    /// Lease `id` and the time it has left unless refreshed.
     pub fn time_to_live(&self, node: &Node, id: u64) -> Result<(Lease, Duration), LessorError> {
-        self.with_live_lease(node, id, |lease, deadlines, now| {
-            let left = deadlines
-                .get(&(lease.id, lease.granted_at))
-                .map_or(Duration::from_millis(lease.ttl_ms), |deadline| {
-                    deadline.saturating_duration_since(now)
-                });
-            (lease, left)
+        self.with_live_lease(node, id, |lease, deadline, now| {
+            (lease, deadline.saturating_duration_since(now))
         })
     }
 
-    /// Runs `act` on lease `id` and the deadlines, here on a leader that may speak for the
-    /// deadlines: one in its term's lessor, that has heard from a quorum within the minimum
-    /// election timeout. A lease past its deadline is being expired, so it is not found.
+    /// Runs `act` on lease `id`, its deadline and the time now, on a leader that may speak for
+    /// the deadlines: one whose lessor has set them in the current term and that has heard
+    /// from a quorum within the minimum election timeout. A lease granted since the last tick
+    /// gets its deadline here (now + TTL, which the tick keeps), so what is answered is what
+    /// the lessor holds to. A lease past its deadline is being expired, so it is not found.
     fn with_live_lease<T>(
         &self,
         node: &Node,
         id: u64,
-        act: impl FnOnce(Lease, &mut HashMap<Grant, Instant>, Instant) -> T,
+        act: impl FnOnce(Lease, &mut Instant, Instant) -> T,
     ) -> Result<T, LessorError> {
         let raft = node.raft().map_err(LessorError::Failed)?;
         let metrics = raft.metrics();
@@ -117,14 +112,14 @@ impl Lessor {
             .map_err(|e| LessorError::Failed(e.into()))?
             .ok_or(LessorError::NotFound)?;
         let now = Instant::now();
-        if deadlines
+        let deadline = deadlines
             .by_lease
-            .get(&(lease.id, lease.granted_at))
-            .is_some_and(|deadline| *deadline <= now)
-        {
+            .entry((lease.id, lease.granted_at))
+            .or_insert(now + Duration::from_millis(lease.ttl_ms));
+        if *deadline <= now {
             return Err(LessorError::NotFound);
         }
-        Ok(act(lease, &mut deadlines.by_lease, now))
+        Ok(act(lease, deadline, now))
     }
 
     /// Runs the expiry loop until the node begins to stop: a read or an expiry still waiting

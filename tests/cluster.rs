@@ -6,6 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 use std::time::Instant;
 
+use common::metric_value;
 use common::send_json;
 use common::Cluster;
 use common::PASSWORD;
@@ -65,9 +66,14 @@ async fn writes_on_any_node_are_read_linearizably_on_every_node() {
         "{info}"
     );
 
+    let (status, _) = send_json(cluster.get(0, "/v1/no-such-route")).await;
+    assert_eq!(status, 404);
     let metrics = cluster.metrics(0).await;
     assert!(metrics.contains("keel_raft_voters 3"), "{metrics}");
     let metric = |name: &str| metric_value(&metrics, name);
+    // Answers are counted by route family and status, a path no route serves too.
+    let unknown_route = r#"keel_http_requests_total{family="none",code="404"}"#;
+    assert_eq!(metric(unknown_route), Some(1), "{metrics}");
     // The joins went through the log with request ids, so the exactly-once mirror holds some.
     let remembered = metric("keel_request_ids_remembered");
     assert!(remembered.is_some_and(|ids| ids > 0), "{metrics}");
@@ -111,13 +117,6 @@ async fn writes_on_any_node_are_read_linearizably_on_every_node() {
         followers.len() == 2 && followers.iter().all(|o| matches!(o, Some(1..=2))),
         "forward streams opened by the followers: {followers:?}"
     );
-}
-
-fn metric_value(metrics: &str, name: &str) -> Option<u64> {
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|value| value.parse().ok())
 }
 
 /// Writes keys `{prefix}00000` up to `writes` from `workers` concurrent clients, worker `w`

@@ -2,12 +2,21 @@
 //! (`keel_http_requests_total`), and a log line for each failure (5xx) naming the request it
 //! answers.
 //!
-//! The log keeps to a budget of [`FAILURES_LOGGED_PER_SECOND`]: a client looping on a route
-//! that fails (a node removed from its cluster, a lost quorum) would otherwise write one line
-//! per request, burying the lines that say why. The lines held back are counted in the next
-//! one logged (`held_back`), and every answer in the counts.
+//! A request a follower relays to the leader (a lease keep-alive, a registry or broker call)
+//! is counted where the client sent it, not again on the leader, so that the counts of all
+//! nodes add up to the requests clients made; the leader still logs a failure, with the reason
+//! the follower's line lacks. Each family counts in atomics of its own: the count is taken on
+//! every request, writes included.
+//!
+//! The log keeps to a budget of [`FAILURES_LOGGED_PER_SECOND`] for the whole node: a client
+//! looping on a route that fails (a node removed from its cluster, a lost quorum) would
+//! otherwise write one line per request, burying the lines that say why. The next line logged
+//! says how many were held back (of any route); a burst's last held-back lines are counted
+//! only in the metric.
 
-use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 use std::time::Instant;
@@ -21,24 +30,63 @@ use crate::error::Failure;
 /// Failed requests logged in any one second; more are counted, not logged.
 pub const FAILURES_LOGGED_PER_SECOND: u32 = 10;
 
+/// Status codes as `http` has them: 100 to 999.
+const STATUS_CODES: std::ops::RangeInclusive<u16> = 100..=999;
+
+/// The answers of every route family of a node.
 #[derive(Default)]
 pub struct Answers {
-    /// Answers by route family and status code.
-    counts: Mutex<BTreeMap<(&'static str, u16), u64>>,
-    failure_log: Mutex<LogBudget>,
+    families: Mutex<Vec<Arc<FamilyAnswers>>>,
+    failure_log: Arc<Mutex<LogBudget>>,
 }
 
 impl Answers {
-    /// Counts `response` to a request of `family`, and logs it if it is a failure the budget
-    /// has room for.
-    pub fn record(&self, family: &'static str, method: &Method, uri: &Uri, response: &Response) {
-        let status = response.status();
-        *self
-            .counts
+    /// The counts of route family `family`, to record its answers in.
+    pub fn family(&self, family: &'static str) -> Arc<FamilyAnswers> {
+        let answers = Arc::new(FamilyAnswers {
+            family,
+            by_status: STATUS_CODES.map(|_| AtomicU64::new(0)).collect(),
+            failure_log: self.failure_log.clone(),
+        });
+        self.families
             .lock()
-            .expect("answer counts")
-            .entry((family, status.as_u16()))
-            .or_default() += 1;
+            .expect("answer families")
+            .push(answers.clone());
+        answers
+    }
+
+    /// The counts so far: family, status code and count, for every status answered.
+    pub fn counts(&self) -> Vec<(&'static str, u16, u64)> {
+        let families = self.families.lock().expect("answer families");
+        let mut counts = Vec::new();
+        for answers in families.iter() {
+            let answered = STATUS_CODES.zip(answers.by_status.iter());
+            counts.extend(answered.filter_map(|(code, count)| {
+                let count = count.load(Ordering::Relaxed);
+                (count > 0).then_some((answers.family, code, count))
+            }));
+        }
+        counts
+    }
+}
+
+/// One route family's answers.
+pub struct FamilyAnswers {
+    family: &'static str,
+    /// By status code, from the first of [`STATUS_CODES`].
+    by_status: Box<[AtomicU64]>,
+    failure_log: Arc<Mutex<LogBudget>>,
+}
+
+impl FamilyAnswers {
+    /// Counts `response` unless the request was `relayed` here by a follower, and logs it if
+    /// it is a failure the budget has room for.
+    pub fn record(&self, relayed: bool, method: &Method, uri: &Uri, response: &Response) {
+        let status = response.status();
+        let slot = usize::from(status.as_u16() - STATUS_CODES.start());
+        if !relayed {
+            self.by_status[slot].fetch_add(1, Ordering::Relaxed);
+        }
         if !status.is_server_error() {
             return;
         }
@@ -50,14 +98,8 @@ impl Answers {
         if let Some(held_back) = admitted {
             let error = response.extensions().get::<Failure>().map(|f| f.0.as_str());
             let status = status.as_u16();
-            tracing::warn!(%method, %uri, status, error, held_back, "request failed");
+            tracing::warn!(%method, %uri, status, error, relayed, held_back, "request failed");
         }
-    }
-
-    /// The counts so far, by family and status.
-    pub fn counts(&self) -> Vec<((&'static str, u16), u64)> {
-        let counts = self.counts.lock().expect("answer counts");
-        counts.iter().map(|(key, count)| (*key, *count)).collect()
     }
 }
 

@@ -231,9 +231,9 @@ fn requests_answered(out: &mut String, answers: &Answers) {
     let name = "keel_http_requests_total";
     let _ = writeln!(
         out,
-        "# HELP {name} Requests this node answered, by route family and status code (peer traffic not included).\n# TYPE {name} counter"
+        "# HELP {name} Requests from clients this node answered, by route family (none: an unknown path) and status code. A request a follower relays to the leader is counted on the follower only.\n# TYPE {name} counter"
     );
-    for ((family, code), count) in answers.counts() {
+    for (family, code, count) in answers.counts() {
         let _ = writeln!(out, "{name}{{family=\"{family}\",code=\"{code}\"}} {count}");
     }
 }

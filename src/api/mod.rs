@@ -29,7 +29,9 @@ use axum::body::Bytes;
 use axum::extract::Request;
 use axum::extract::State;
 use axum::http::header;
+use axum::http::Method;
 use axum::http::StatusCode;
+use axum::http::Uri;
 use axum::middleware::Next;
 use axum::response::IntoResponse;
 use axum::response::Response;
@@ -39,6 +41,7 @@ use crate::domain::cluster::Credentials;
 use crate::node::Node;
 use crate::Error;
 use answers::Answers;
+use answers::FamilyAnswers;
 
 /// The whole HTTP surface of `node`.
 pub fn router(node: Arc<Node>) -> Router {
@@ -48,7 +51,7 @@ pub fn router(node: Arc<Node>) -> Router {
             node: node.clone(),
             family,
             checks_credentials,
-            answers: answers.clone(),
+            answers: answers.family(family),
         });
         with_method_errors(routes, family)
             .route_layer(axum::middleware::from_fn_with_state(guard, guard_family))
@@ -71,15 +74,18 @@ pub fn router(node: Arc<Node>) -> Router {
     ] {
         app = app.merge(guarded(routes, family, true));
     }
+    let unknown_routes = answers.family("none");
     app.merge(keel_raft::service::router(node.raft_slot()))
-        .fallback(|uri: axum::http::Uri| async move {
+        .fallback(move |method: Method, uri: Uri| async move {
             let under_undermoon = uri
                 .path()
                 .strip_prefix(undermoon::PREFIX)
                 .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
             let family = if under_undermoon { "undermoon" } else { "keel" };
             let message = "no such endpoint; see the README for the API".to_string();
-            dialect_error(family, StatusCode::NOT_FOUND, message)
+            let response = dialect_error(family, StatusCode::NOT_FOUND, message);
+            unknown_routes.record(false, &method, &uri, &response);
+            response
         })
 }
 
@@ -152,7 +158,7 @@ struct Guard {
     family: &'static str,
     /// False for the bootstrap call, which must be open to make a cluster.
     checks_credentials: bool,
-    answers: Arc<Answers>,
+    answers: Arc<FamilyAnswers>,
 }
 
 /// Every route family's guard: checks credentials (unless the family is open), answers errors
@@ -167,6 +173,7 @@ async fn guard_family(State(guard): State<Arc<Guard>>, request: Request, next: N
         answers,
     } = guard.as_ref();
     let (method, uri) = (request.method().clone(), request.uri().clone());
+    let relayed = request.headers().contains_key(RELAYED_HEADER);
     let header = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -183,7 +190,7 @@ async fn guard_family(State(guard): State<Arc<Guard>>, request: Request, next: N
         Err(denied) => denied.into_response(),
         Ok(()) => in_dialect(family, next.run(request).await).await,
     };
-    answers.record(family, &method, &uri, &response);
+    answers.record(relayed, &method, &uri, &response);
     response
 }
 

@@ -164,6 +164,14 @@ pub struct Cluster {
     _dir: tempfile::TempDir,
 }
 
+/// The value of series `name` (with its labels, if any) in `/metrics` text.
+pub fn metric_value(metrics: &str, name: &str) -> Option<u64> {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.parse().ok())
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(20))

@@ -191,7 +191,6 @@ impl Lessor {
         if expired.is_empty() {
             return Ok(());
         }
-        tracing::info!(leases = ?expired, "leases expired");
         node.propose(
             &Command::Lease(LeaseCommand::Expire {
                 leases: expired.clone(),
@@ -199,6 +198,8 @@ impl Lessor {
             None,
         )
         .await?;
+        // Told once committed: a leader without a quorum proposes the same expiry every tick.
+        tracing::info!(leases = ?expired, "leases expired");
         let mut deadlines = self.deadlines.lock().expect("lessor");
         for grant in expired {
             deadlines.by_lease.remove(&grant);

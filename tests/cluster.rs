@@ -699,6 +699,18 @@ async fn credentials_are_required_and_bad_requests_get_clear_errors() {
             "{refusal}"
         );
     }
+    // An action that does not exist is refused as such, member or not.
+    let (status, error) = send_json(
+        cluster
+            .post(0, "/v1/bootstrap/create_clustr")
+            .json(&json!({})),
+    )
+    .await;
+    assert_eq!(
+        (status, &error["error_code"]),
+        (400, &json!("config_error")),
+        "{error}"
+    );
 
     for body in ["not json", "{\"value\": 5}", "{\"other\": \"x\"}"] {
         let (status, error) = send_json(cluster.put(0, "/v1/kv/k").body(body)).await;

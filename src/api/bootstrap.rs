@@ -141,6 +141,16 @@ async fn start(
     Path(action): Path<String>,
     body: Bytes,
 ) -> Result<Json<Value>, Error> {
+    // A misspelt action is refused as such, on a member too.
+    let creates = match action.as_str() {
+        "create_cluster" => true,
+        "join_cluster" => false,
+        other => {
+            return Err(config_error(format!(
+                "unknown bootstrap action {other:?}; use create_cluster or join_cluster"
+            )))
+        }
+    };
     node.bootstrap_refusal()?;
     let request: BootstrapRequest = parse_json_or(&body, "config_error")?;
     if request.action.as_deref().is_some_and(|a| a != action) {
@@ -163,48 +173,40 @@ async fn start(
         .credentials
         .map(|c| (c.username, c.password))
         .filter(|(user, password)| !user.is_empty() && !password.is_empty());
-    let plan = match action.as_str() {
-        "create_cluster" => {
-            let name = request.cluster.name.unwrap_or_default();
-            if !crate::domain::cluster::is_valid_name(&name) {
-                return Err(config_error(
-                    "cluster.name must be 1 to 253 characters without spaces, e.g. \"my.cluster\"",
-                ));
-            }
-            if credentials.is_none() {
-                return Err(config_error(
-                    "credentials.username and credentials.password are required",
-                ));
-            }
-            BootstrapPlan::Create { name, credentials }
+    let plan = if creates {
+        let name = request.cluster.name.unwrap_or_default();
+        if !crate::domain::cluster::is_valid_name(&name) {
+            return Err(config_error(
+                "cluster.name must be 1 to 253 characters without spaces, e.g. \"my.cluster\"",
+            ));
         }
-        "join_cluster" => {
-            if request.cluster.nodes.is_empty() {
-                return Err(config_error(
-                    "cluster.nodes must list at least one member address",
-                ));
-            }
-            let Some((username, password)) = credentials else {
-                return Err(config_error(
-                    "credentials.username and credentials.password are required",
-                ));
-            };
-            let port = node.settings.listen.port();
-            BootstrapPlan::Join {
-                members: request
-                    .cluster
-                    .nodes
-                    .iter()
-                    .map(|m| member_address(m, port))
-                    .collect(),
-                username,
-                password,
-            }
+        if credentials.is_none() {
+            return Err(config_error(
+                "credentials.username and credentials.password are required",
+            ));
         }
-        other => {
-            return Err(config_error(format!(
-                "unknown bootstrap action {other:?}; use create_cluster or join_cluster"
-            )))
+        BootstrapPlan::Create { name, credentials }
+    } else {
+        if request.cluster.nodes.is_empty() {
+            return Err(config_error(
+                "cluster.nodes must list at least one member address",
+            ));
+        }
+        let Some((username, password)) = credentials else {
+            return Err(config_error(
+                "credentials.username and credentials.password are required",
+            ));
+        };
+        let port = node.settings.listen.port();
+        BootstrapPlan::Join {
+            members: request
+                .cluster
+                .nodes
+                .iter()
+                .map(|m| member_address(m, port))
+                .collect(),
+            username,
+            password,
         }
     };
     node.begin_bootstrap(plan)?;

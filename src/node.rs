@@ -777,12 +777,6 @@ impl Node {
         }
     }
 
-    /// The address of the current leader, unless it is this node or unknown.
-    pub fn remote_leader_addr(&self) -> Option<String> {
-        let (_, leader) = self.raft().ok()?.remote_leader()?;
-        Some(leader.addr)
-    }
-
     /// Why a member serves nothing yet: it has not applied its cluster's creation, because
     /// that is still under way or, for a node whose bootstrap failed after it got its uid,
     /// until it is restarted.

@@ -11,6 +11,7 @@ use common::send_json;
 use common::Cluster;
 use common::PASSWORD;
 use common::USER;
+use futures::future::join_all;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1030,10 +1031,23 @@ async fn a_request_pending_on_a_paused_leader_goes_to_the_next_one() {
     // The follower's forward connection to the leader is open, so the next write is sent on
     // it at once and waits there for an answer the paused leader never gives.
     cluster.put_kv(follower, "before", "1").await;
+    let (status, lease) =
+        send_json(cluster.post(other, "/v1/leases").json(&json!({"ttl": 60}))).await;
+    assert_eq!(status, 200, "{lease}");
+    let lease = lease["id"].as_u64().unwrap();
     cluster.nodes[leader].signal("STOP");
     // The request timeout (5 s) is ten times an election: the write succeeds through the new
-    // leader instead of timing out on the old one.
-    let revision = cluster.put_kv(follower, "while-paused", "1").await;
+    // leader instead of timing out on the old one, and so do a keep-alive and a time to live,
+    // which the other follower relays over HTTP.
+    let keepalive = send_json(cluster.post(other, &format!("/v1/leases/{lease}/keepalive")));
+    let time_to_live = send_json(cluster.get(other, &format!("/v1/leases/{lease}")));
+    let (revision, keepalive, time_to_live) = tokio::join!(
+        cluster.put_kv(follower, "while-paused", "1"),
+        keepalive,
+        time_to_live
+    );
+    assert_eq!(keepalive.0, 200, "{}", keepalive.1);
+    assert_eq!(time_to_live.0, 200, "{}", time_to_live.1);
     assert_eq!(
         cluster.get_kv(other, "while-paused", "linearizable").await,
         Some("1".into())
@@ -1298,10 +1312,27 @@ async fn without_a_quorum_requests_wait_a_bounded_time_then_get_503() {
             "request failed method=PUT uri=/v1/kv/k status=503",
         )
         .await;
-    // ... and counts it by route family and status.
+    // Each request gets its answer within its own timeout, however many wait together: one
+    // queued behind batches that wait out their time must not then wait out its own.
+    let timed = |request: reqwest::RequestBuilder| async move {
+        let started = Instant::now();
+        let response = request.send().await.unwrap();
+        (response.status(), started.elapsed())
+    };
+    let writes = (0..6).map(|i| {
+        let write = cluster.put(survivor, &format!("/v1/kv/k{i}"));
+        timed(write.json(&json!({"value": "lost?"})))
+    });
+    let reads = (0..6).map(|_| timed(cluster.get(survivor, "/v1/kv/k")));
+    let (writes, reads) = tokio::join!(join_all(writes), join_all(reads));
+    for (status, took) in writes.into_iter().chain(reads) {
+        assert_eq!(status, 503);
+        assert!(took < Duration::from_millis(2600), "{took:?}");
+    }
+    // ... and counts them by route family and status.
     let metrics = cluster.metrics(survivor).await;
     let failed = r#"keel_http_requests_total{family="kv",code="503"}"#;
-    assert_eq!(metric_value(&metrics, failed), Some(1), "{metrics}");
+    assert_eq!(metric_value(&metrics, failed), Some(13), "{metrics}");
     let (status, _) = send_json(cluster.get(survivor, "/v1/kv/k")).await;
     assert_eq!(
         status, 503,

@@ -253,17 +253,26 @@ const BATCHES_IN_FLIGHT: usize = 3;
 /// Most proposals in one log entry.
 pub(crate) const MAX_ENTRY_PROPOSALS: usize = 64;
 
+const WRITE_TIMED_OUT: &str = "no leader answered this write in time";
+const READ_TIMED_OUT: &str = "no ReadIndex round answered this read in time";
+
 /// An entry takes no more proposals once their commands reach this size, so that a batch of
 /// `max_payload_entries` entries stays far below the peer streams' frame limit.
 const MAX_ENTRY_COMMAND_BYTES: usize = 1 << 20;
 
 type ProposeResult = Result<Vec<u8>, Error>;
 
+/// A request waiting for its batch: where its answer goes, and when its caller is owed one.
+struct Waiting<T> {
+    answer: tokio::sync::oneshot::Sender<T>,
+    deadline: Instant,
+}
+
 /// Proposals that travel together: one batch carries every proposal that arrived while the
 /// earlier batches were in flight.
 #[derive(Default)]
 struct ProposalBatch {
-    waiting: Vec<(Proposal, tokio::sync::oneshot::Sender<ProposeResult>)>,
+    waiting: Vec<(Proposal, Waiting<ProposeResult>)>,
     in_flight: usize,
 }
 
@@ -273,8 +282,36 @@ type ReadIndexResult = Result<ReadLogId<TypeConfig>, Error>;
 /// started, so the leadership it confirms is as recent as each of them needs.
 #[derive(Default)]
 struct ReadBatch {
-    waiting: Vec<tokio::sync::oneshot::Sender<ReadIndexResult>>,
+    waiting: Vec<Waiting<ReadIndexResult>>,
     running: bool,
+}
+
+/// The requests of a batch still owed an answer, and how long the batch may take: until the
+/// earliest of their deadlines, counted from when each request came, not from when its batch
+/// left. Counted from the batch, a request queued behind batches that take their whole time
+/// (no leader, no quorum) would wait twice the request timeout. The later requests of a batch
+/// that runs out of time fail with it, a little early: sent again, its proposals would go
+/// into the log once more while the leader waits for a quorum. A request whose caller gave up
+/// is not sent; one whose deadline passed while it queued is answered at once.
+fn still_owed<T, R>(
+    batch: Vec<(T, Waiting<R>)>,
+    timed_out: impl Fn() -> R,
+) -> (Vec<(T, Waiting<R>)>, Duration) {
+    let now = Instant::now();
+    let mut owed = Vec::with_capacity(batch.len());
+    for (request, waiting) in batch {
+        if waiting.answer.is_closed() {
+            continue;
+        }
+        if waiting.deadline <= now {
+            let _ = waiting.answer.send(timed_out());
+            continue;
+        }
+        owed.push((request, waiting));
+    }
+    let earliest = owed.iter().map(|(_, waiting)| waiting.deadline).min();
+    let time = earliest.map_or(Duration::ZERO, |deadline| deadline - now);
+    (owed, time)
 }
 
 impl RaftNode {
@@ -548,9 +585,10 @@ impl RaftNode {
             command: command.into(),
         };
         let (answer, answered) = tokio::sync::oneshot::channel();
+        let deadline = Instant::now() + self.config.request_timeout;
         let start_batch = {
             let mut batch = self.proposals.lock().expect("proposal batch");
-            batch.waiting.push((proposal, answer));
+            batch.waiting.push((proposal, Waiting { answer, deadline }));
             let start = batch.in_flight < BATCHES_IN_FLIGHT;
             batch.in_flight += usize::from(start);
             start
@@ -558,9 +596,10 @@ impl RaftNode {
         if start_batch {
             self.spawn_until_shutdown(self.clone().run_proposals());
         }
+        // The batch answers by the deadline; this is a backstop.
         tokio::time::timeout(self.config.request_timeout * 2, answered)
             .await
-            .map_err(|_| Error::Timeout("no leader answered this write in time".into()))?
+            .map_err(|_| Error::Timeout(WRITE_TIMED_OUT.into()))?
             .map_err(|_| self.dropped("the batch carrying this write"))?
     }
 
@@ -575,13 +614,15 @@ impl RaftNode {
                 }
                 std::mem::take(&mut batch.waiting)
             };
+            let timed_out = || Err(Error::Timeout(WRITE_TIMED_OUT.into()));
+            let (batch, time) = still_owed(batch, timed_out);
+            if batch.is_empty() {
+                continue;
+            }
             let (proposals, answers): (Vec<Proposal>, Vec<_>) = batch.into_iter().unzip();
             let count = proposals.len();
             let results = match self
-                .on_leader(
-                    LeaderRequest::ProposeBatch(proposals),
-                    self.config.request_timeout,
-                )
+                .on_leader(LeaderRequest::ProposeBatch(proposals), time)
                 .await
             {
                 Ok(LeaderAnswer::Replies(replies)) if replies.len() == count => replies
@@ -596,8 +637,8 @@ impl RaftNode {
                 ],
                 Err(err) => vec![Err(err); count],
             };
-            for (answer, result) in answers.into_iter().zip(results) {
-                let _ = answer.send(result);
+            for (waiting, result) in answers.into_iter().zip(results) {
+                let _ = waiting.answer.send(result);
             }
         }
     }
@@ -617,19 +658,21 @@ impl RaftNode {
             Consistency::Linearizable => false,
         };
         let (answer, answered) = tokio::sync::oneshot::channel();
+        let deadline = Instant::now() + self.config.request_timeout;
         let start_rounds = {
             let mut batch = self.read_batches[usize::from(lease)]
                 .lock()
                 .expect("read batch");
-            batch.waiting.push(answer);
+            batch.waiting.push(Waiting { answer, deadline });
             !std::mem::replace(&mut batch.running, true)
         };
         if start_rounds {
             self.spawn_until_shutdown(self.clone().run_read_rounds(lease));
         }
+        // The round answers by the deadline; this is a backstop.
         let read_log_id = tokio::time::timeout(self.config.request_timeout * 2, answered)
             .await
-            .map_err(|_| Error::Timeout("no ReadIndex round answered this read".into()))?
+            .map_err(|_| Error::Timeout(READ_TIMED_OUT.into()))?
             .map_err(|_| self.dropped("the ReadIndex round"))??;
         let linearizer = Linearizer::new(self.id, read_log_id, None);
         let deadline = self.config.request_timeout;
@@ -655,11 +698,14 @@ impl RaftNode {
                 }
                 std::mem::take(&mut batch.waiting)
             };
+            let timed_out = || Err(Error::Timeout(READ_TIMED_OUT.into()));
+            let batch = batch.into_iter().map(|waiting| ((), waiting)).collect();
+            let (batch, time) = still_owed(batch, timed_out);
+            if batch.is_empty() {
+                continue;
+            }
             let result = match self
-                .on_leader(
-                    LeaderRequest::ReadIndex { lease },
-                    self.config.request_timeout,
-                )
+                .on_leader(LeaderRequest::ReadIndex { lease }, time)
                 .await
             {
                 Ok(LeaderAnswer::ReadIndex(read_log_id)) => Ok(read_log_id),
@@ -668,8 +714,8 @@ impl RaftNode {
                 ))),
                 Err(err) => Err(err),
             };
-            for answer in batch {
-                let _ = answer.send(result.clone());
+            for ((), waiting) in batch {
+                let _ = waiting.answer.send(result.clone());
             }
         }
     }
@@ -860,7 +906,7 @@ impl RaftNode {
     /// Returns once this node hears of a leader other than `leader`. A request forwarded to a
     /// leader that was paused or cut off gets no answer, and waiting out its deadline kept the
     /// client waiting long after the other members had elected a new leader.
-    async fn leader_moved_from(&self, leader: NodeId) {
+    pub async fn leader_moved_from(&self, leader: NodeId) {
         // Server metrics change with the vote and the leader only, not with every write.
         let mut server = self.raft.server_metrics();
         loop {

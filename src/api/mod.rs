@@ -268,6 +268,8 @@ pub(crate) struct Relayable {
     body: Bytes,
     /// How long the leader may take; the node's request timeout unless set longer.
     timeout: Option<Duration>,
+    /// Whether the request may go to a new leader once the old one may have received it.
+    may_go_again: bool,
 }
 
 impl Relayable {
@@ -284,6 +286,16 @@ impl Relayable {
             headers: parts.headers.clone(),
             body,
             timeout: None,
+            may_go_again: true,
+        }
+    }
+
+    /// For requests that must not be carried out twice: one is sent to a new leader only if
+    /// the old one was never reached. Refreshes and reads may go to each leader in turn.
+    pub(crate) fn at_most_once(self) -> Self {
+        Self {
+            may_go_again: false,
+            ..self
         }
     }
 
@@ -295,14 +307,20 @@ impl Relayable {
         }
     }
 
-    async fn relay(&self, node: &Node, leader: &str) -> Result<Response, Error> {
+    /// The leader's answer, within `timeout`.
+    async fn relay(
+        &self,
+        node: &Node,
+        leader: &str,
+        timeout: Duration,
+    ) -> Result<Response, RelayFailed> {
         let mut request = node
             .http
             .request(
                 self.method.clone(),
                 format!("http://{leader}{}", self.path_and_query),
             )
-            .timeout(self.timeout.unwrap_or(node.settings.raft.request_timeout))
+            .timeout(timeout)
             .header(RELAYED_HEADER, "1")
             .body(self.body.clone());
         for name in [header::AUTHORIZATION, header::CONTENT_TYPE] {
@@ -310,17 +328,23 @@ impl Relayable {
                 request = request.header(name, value);
             }
         }
-        let answer = request.send().await.map_err(|e| Error::Unavailable {
+        let unavailable = |message| Error::Unavailable {
             code: "leader_unavailable",
-            message: format!("the leader at {leader} did not answer: {e}"),
+            message,
             retry_after: Duration::from_secs(1),
+        };
+        let answer = request.send().await.map_err(|e| {
+            let error = unavailable(format!("the leader at {leader} did not answer: {e}"));
+            if e.is_connect() {
+                RelayFailed::NotDelivered(error)
+            } else {
+                RelayFailed::NoAnswer(error)
+            }
         })?;
         let status = answer.status();
         let content_type = answer.headers().get(header::CONTENT_TYPE).cloned();
-        let body = answer.bytes().await.map_err(|e| Error::Unavailable {
-            code: "leader_unavailable",
-            message: format!("the leader's answer broke off: {e}"),
-            retry_after: Duration::from_secs(1),
+        let body = answer.bytes().await.map_err(|e| {
+            RelayFailed::NoAnswer(unavailable(format!("the leader's answer broke off: {e}")))
         })?;
         let mut response = (status, body).into_response();
         if let Some(content_type) = content_type {
@@ -332,6 +356,13 @@ impl Relayable {
     }
 }
 
+/// Why a relay brought no answer: the leader was never reached (the connection was refused),
+/// or it may have received the request.
+enum RelayFailed {
+    NotDelivered(Error),
+    NoAnswer(Error),
+}
+
 /// The outcome of [`on_leader`]: served here, or the leader's answer relayed.
 pub(crate) enum LeaderOnly<T> {
     Here(T),
@@ -340,26 +371,49 @@ pub(crate) enum LeaderOnly<T> {
 
 /// Serves a request that only the leader can answer (lease refreshes live in the leader's
 /// memory). `attempt` serves it if this node leads and returns `None` otherwise; then the
-/// request is relayed to the leader, or, during an election, retried until the deadline.
+/// request is relayed to the leader, or, during an election, retried until the deadline. A
+/// relay to a leader that is down, paused or cut off goes to the next leader as soon as this
+/// node hears of one (unless the request is [`Relayable::at_most_once`]), as forwarded writes
+/// do: waiting for the old leader kept keep-alives failing for the whole request timeout at
+/// every failover.
 pub(crate) async fn on_leader<T>(
     node: &Node,
     request: &Relayable,
     mut attempt: impl FnMut() -> Result<Option<T>, Error>,
 ) -> Result<LeaderOnly<T>, Error> {
-    let deadline = Instant::now() + node.settings.raft.request_timeout;
+    let time = request
+        .timeout
+        .unwrap_or(node.settings.raft.request_timeout);
+    let deadline = Instant::now() + time;
     let relayed = request.headers.contains_key(RELAYED_HEADER);
+    let mut last_problem = None;
     loop {
         if let Some(done) = attempt()? {
             return Ok(LeaderOnly::Here(done));
         }
-        if let Some(leader) = node.remote_leader_addr().filter(|_| !relayed) {
-            return request.relay(node, &leader).await.map(LeaderOnly::Relayed);
+        let raft = node.raft()?;
+        if let Some((leader_id, leader)) = raft.remote_leader().filter(|_| !relayed) {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let outcome = tokio::select! {
+                // An answer that is ready is taken, whatever else happened meanwhile.
+                biased;
+                outcome = request.relay(node, &leader.addr, remaining) => outcome,
+                () = raft.leader_moved_from(leader_id), if request.may_go_again => continue,
+            };
+            match outcome {
+                Ok(response) => return Ok(LeaderOnly::Relayed(response)),
+                Err(RelayFailed::NotDelivered(err)) => last_problem = Some(err),
+                Err(RelayFailed::NoAnswer(err)) if request.may_go_again => last_problem = Some(err),
+                Err(RelayFailed::NoAnswer(err)) => return Err(err),
+            }
         }
         if Instant::now() >= deadline {
-            return Err(keel_raft::Error::NoLeader {
-                retry_after: Duration::from_secs(1),
-            }
-            .into());
+            return Err(last_problem.unwrap_or_else(|| {
+                keel_raft::Error::NoLeader {
+                    retry_after: Duration::from_secs(1),
+                }
+                .into()
+            }));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

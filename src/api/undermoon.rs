@@ -335,7 +335,8 @@ impl Api {
         };
         // The leader may wait for proxies (auto scaling) before it answers.
         let request = Relayable::new(parts, body)
-            .with_timeout(PROXY_SYNC_WAIT + self.node.settings.raft.request_timeout * 2);
+            .with_timeout(PROXY_SYNC_WAIT + self.node.settings.raft.request_timeout * 2)
+            .at_most_once();
         match on_leader(&self.node, &request, is_leader).await? {
             LeaderOnly::Relayed(response) => Ok(response),
             LeaderOnly::Here(()) => {

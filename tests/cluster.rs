@@ -1329,10 +1329,23 @@ async fn without_a_quorum_requests_wait_a_bounded_time_then_get_503() {
         assert_eq!(status, 503);
         assert!(took < Duration::from_millis(2600), "{took:?}");
     }
-    // ... and counts them by route family and status.
+    // ... and counts them by route family and status, with a client that gave up first as
+    // 499 (nginx's "client closed request").
     let metrics = cluster.metrics(survivor).await;
     let failed = r#"keel_http_requests_total{family="kv",code="503"}"#;
     assert_eq!(metric_value(&metrics, failed), Some(13), "{metrics}");
+    let impatient = cluster
+        .put(survivor, "/v1/kv/k")
+        .json(&json!({"value": "lost?"}));
+    let gave_up = impatient.timeout(Duration::from_millis(200)).send().await;
+    assert!(gave_up.is_err_and(|err| err.is_timeout()));
+    let closed = r#"keel_http_requests_total{family="kv",code="499"}"#;
+    common::wait_until(
+        "the abandoned request counted",
+        Duration::from_secs(5),
+        || async { metric_value(&cluster.metrics(survivor).await, closed) == Some(1) },
+    )
+    .await;
     let (status, _) = send_json(cluster.get(survivor, "/v1/kv/k")).await;
     assert_eq!(
         status, 503,

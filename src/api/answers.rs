@@ -70,6 +70,11 @@ impl Answers {
     }
 }
 
+/// What a request whose client went away before the answer counts as: nginx's "client closed
+/// request". A client that gives up sooner than the node (a timeout shorter than
+/// `--request-timeout-ms` during a quorum outage) leaves no other trace.
+pub const CLIENT_CLOSED_REQUEST: u16 = 499;
+
 /// One route family's answers.
 pub struct FamilyAnswers {
     family: &'static str,
@@ -83,9 +88,8 @@ impl FamilyAnswers {
     /// it is a failure the budget has room for.
     pub fn record(&self, relayed: bool, method: &Method, uri: &Uri, response: &Response) {
         let status = response.status();
-        let slot = usize::from(status.as_u16() - STATUS_CODES.start());
         if !relayed {
-            self.by_status[slot].fetch_add(1, Ordering::Relaxed);
+            self.count(status.as_u16());
         }
         if !status.is_server_error() {
             return;
@@ -99,6 +103,41 @@ impl FamilyAnswers {
             let error = response.extensions().get::<Failure>().map(|f| f.0.as_str());
             let status = status.as_u16();
             tracing::warn!(%method, %uri, status, error, relayed, held_back, "request failed");
+        }
+    }
+
+    /// Counts a request as [`CLIENT_CLOSED_REQUEST`] unless it is answered (recorded) first:
+    /// hyper drops a request's future when its client closes the connection.
+    pub fn until_answered(&self, relayed: bool) -> Unanswered<'_> {
+        Unanswered {
+            answers: self,
+            counts: !relayed,
+        }
+    }
+
+    fn count(&self, status: u16) {
+        let slot = usize::from(status - STATUS_CODES.start());
+        self.by_status[slot].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A request not answered yet; see [`FamilyAnswers::until_answered`].
+pub struct Unanswered<'a> {
+    answers: &'a FamilyAnswers,
+    counts: bool,
+}
+
+impl Unanswered<'_> {
+    /// The request was answered: it is counted with its status instead.
+    pub fn answered(mut self) {
+        self.counts = false;
+    }
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if self.counts {
+            self.answers.count(CLIENT_CLOSED_REQUEST);
         }
     }
 }

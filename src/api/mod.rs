@@ -174,6 +174,7 @@ async fn guard_family(State(guard): State<Arc<Guard>>, request: Request, next: N
     } = guard.as_ref();
     let (method, uri) = (request.method().clone(), request.uri().clone());
     let relayed = request.headers().contains_key(RELAYED_HEADER);
+    let unanswered = answers.until_answered(relayed);
     let header = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -190,6 +191,7 @@ async fn guard_family(State(guard): State<Arc<Guard>>, request: Request, next: N
         Err(denied) => denied.into_response(),
         Ok(()) => in_dialect(family, next.run(request).await).await,
     };
+    unanswered.answered();
     answers.record(relayed, &method, &uri, &response);
     response
 }

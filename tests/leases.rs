@@ -238,7 +238,7 @@ async fn keys_die_with_their_lease() {
     );
     let (status, _) = send_json(cluster.post(0, "/v1/leases").json(&json!({"ttl": 0}))).await;
     assert_eq!(status, 400);
-    // A parameter the lease routes do not take is refused, not ignored.
+    // A parameter the lease routes (and others) do not take is refused, not ignored.
     let misplaced = cluster
         .post(0, "/v1/leases?ttl=5")
         .json(&json!({"ttl": 60}));
@@ -249,6 +249,8 @@ async fn keys_die_with_their_lease() {
         keepalive,
         time_to_live,
         cluster.get(1, "/v1/leases?limit=1"),
+        cluster.get(1, "/v1/cluster?verbose=1"),
+        cluster.get(2, "/clusters/c/versions/0?timout=1"),
     ] {
         let (status, error) = send_json(request).await;
         assert_eq!(

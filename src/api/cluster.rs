@@ -22,6 +22,8 @@ use serde_json::json;
 use serde_json::Value;
 
 use super::parse_json;
+use super::NoParams;
+use super::Params;
 use crate::domain::cluster::ClusterCommand;
 use crate::domain::cluster::ClusterReply;
 use crate::domain::Command;
@@ -57,7 +59,7 @@ fn role(state: ServerState) -> &'static str {
     }
 }
 
-async fn cluster(State(node): State<Arc<Node>>) -> Result<Json<Value>, Error> {
+async fn cluster(State(node): State<Arc<Node>>, _: Params<NoParams>) -> Result<Json<Value>, Error> {
     let raft = node.raft()?;
     let metrics = raft.metrics();
     let membership = metrics.membership_config.membership();

@@ -339,7 +339,9 @@ async fn write_versioned(
     }
 }
 
+/// A misspelt `timeout` is refused, not left to the default wait.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct WaitParams {
     timeout: Option<u64>,
 }

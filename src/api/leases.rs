@@ -24,6 +24,7 @@ use serde_json::Value;
 use super::on_leader;
 use super::parse_json;
 use super::LeaderOnly;
+use super::NoParams;
 use super::Params;
 use super::Relayable;
 use crate::domain::lease;
@@ -46,12 +47,6 @@ pub fn routes(node: Arc<Node>) -> Router {
         .route("/v1/leases/{id}/keepalive", post(keepalive))
         .with_state(node)
 }
-
-/// The lease routes take no query parameters: one sent by mistake (`?ttl=10` for the body's
-/// field) is refused rather than ignored.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NoParams {}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -226,6 +226,12 @@ async fn authorize(node: &Node, family: &str, header: Option<&str>) -> Result<()
     }
 }
 
+/// The query of a route that takes no parameters: one sent by mistake (`?ttl=10` for a body's
+/// field, a misspelt option) is refused rather than ignored.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NoParams {}
+
 /// Query parameters, refused in the API's own error format when they do not parse.
 pub(crate) struct Params<T>(pub T);
 

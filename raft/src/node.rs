@@ -144,16 +144,6 @@ pub(crate) enum LeaderRequest {
     },
 }
 
-impl LeaderRequest {
-    /// Whether the request may be sent to a new leader while an earlier leader may still carry
-    /// it out: proposals answer a repeated request id with the first reply, a read or a join
-    /// done twice is the same. A removal the old leader committed would be refused by the new
-    /// one ("not a member"), so it waits for the old leader's answer or the deadline.
-    fn may_go_again(&self) -> bool {
-        !matches!(self, LeaderRequest::Remove { .. })
-    }
-}
-
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum LeaderAnswer {
     Reply(#[serde(with = "serde_bytes")] Vec<u8>),
@@ -824,11 +814,28 @@ impl RaftNode {
         is_learner
     }
 
-    /// Removes a node from the cluster (voter or learner).
-    pub async fn remove(&self, id: NodeId) -> Result<(), Error> {
-        self.on_leader(LeaderRequest::Remove { id }, Duration::from_secs(30))
+    /// Removes node `id`, a member (voter or learner) when the caller checked.
+    ///
+    /// A request may reach the leader more than once: it goes to the next leader when the one
+    /// it waits on is replaced, as every request to the leader does, and the earlier one may
+    /// have carried it out before it stopped. The next leader then finds no such member and
+    /// refuses; so does any leader when two removals of one node race. Either way the node is
+    /// gone, as asked, so a refusal after which this node, up to date with the leader, knows
+    /// no such member is a success.
+    pub async fn remove(self: &Arc<Self>, id: NodeId) -> Result<(), Error> {
+        match self
+            .on_leader(LeaderRequest::Remove { id }, Duration::from_secs(30))
             .await
-            .map(|_| ())
+        {
+            Ok(_) => Ok(()),
+            Err(refused @ Error::Membership(_)) => {
+                self.read_barrier(Consistency::Linearizable).await?;
+                let metrics = self.metrics();
+                let member = metrics.membership_config.membership().get_node(&id);
+                member.map_or(Ok(()), |_| Err(refused))
+            }
+            Err(err) => Err(err),
+        }
     }
 
     /// Carries out `request` on the leader, wherever it is; see the module documentation.
@@ -878,7 +885,7 @@ impl RaftNode {
                     // An answer that is ready is taken, whatever else happened meanwhile.
                     biased;
                     answer = self.forwarder.call(&node.addr, &request, remaining) => answer,
-                    () = self.leader_moved_from(leader_id), if request.may_go_again() => {
+                    () = self.leader_moved_from(leader_id) => {
                         tracing::debug!(leader_id, "the leader changed while a request to it was pending; sending it to the new one");
                         self.forwarder.close(&node.addr);
                         continue;

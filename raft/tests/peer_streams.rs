@@ -389,3 +389,22 @@ async fn a_peer_that_is_down_is_retried_with_backoff() {
         "{tried} connection attempts in {watched:?}"
     );
 }
+
+/// A removal that reaches a leader after the node is gone (the leader it was first sent to
+/// carried it out and was replaced before answering, or another removal came first) succeeds:
+/// the node is gone, as asked. Asked through the follower, which forwards it, and the leader,
+/// at once; then once more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_that_finds_the_node_gone_already_succeeds() {
+    let [leader, follower] = two_nodes(true, true).await;
+    let third = start(3, true).await;
+    leader.raft.add_voter(3, third.addr.clone()).await.unwrap();
+    let (through_follower, through_leader) =
+        tokio::join!(follower.raft.remove(3), leader.raft.remove(3));
+    through_follower.unwrap();
+    through_leader.unwrap();
+    leader.raft.remove(3).await.unwrap();
+    let metrics = leader.raft.metrics();
+    let voters: Vec<u64> = metrics.membership_config.membership().voter_ids().collect();
+    assert_eq!(voters, [1, 2]);
+}

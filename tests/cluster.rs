@@ -288,6 +288,18 @@ async fn a_follower_down_for_many_writes_catches_up_by_snapshot() {
     cluster.wait_http(follower).await;
     let target = leader_info["commit_index"].as_u64().unwrap();
     cluster.wait_applied(follower, target).await;
+    // Its log says it follows the leader again: a restarted node names the leader its vote
+    // kept before it hears from it, and a last word of "not heard from yet" reads as trouble.
+    common::wait_until(
+        "the restarted follower to say it follows",
+        Duration::from_secs(10),
+        || {
+            let log = cluster.nodes[follower].log();
+            let since_restart = &log[log.rfind("keel is serving").unwrap()..];
+            std::future::ready(since_restart.contains("following the leader"))
+        },
+    )
+    .await;
     // Its own snapshots (every 100 entries) would hold a snapshot too: what proves the
     // catch-up is the install it counts.
     let metrics = cluster.metrics(follower).await;

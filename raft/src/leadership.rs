@@ -166,6 +166,8 @@ impl Leadership {
     /// by its leader, for `silence` is reported.
     pub(crate) async fn follow(self: Arc<Self>, raft: KeelRaft, silence: Duration) {
         let mut leader: Option<NodeId> = None;
+        // A leader named but not heard from yet (as after a restart), told once it is.
+        let mut awaited: Option<NodeId> = None;
         let mut silent = false;
         let mut silent_followers = BTreeSet::new();
         let mut tick = tokio::time::interval(LOOK_EVERY);
@@ -194,7 +196,7 @@ impl Leadership {
             }
             self.note_unanswered(&metrics);
             if metrics.current_leader != leader {
-                self.tell_new_leader(&metrics, leader);
+                awaited = self.tell_new_leader(&metrics, leader);
                 leader = metrics.current_leader;
                 let seen = leader.map(|leader| (leader, self.started.elapsed()));
                 *self.seen.lock().expect("leadership") = seen;
@@ -202,6 +204,10 @@ impl Leadership {
                 silent = false;
             }
             let term = metrics.current_term;
+            if awaited.is_some() && self.heard_leader() == awaited {
+                tracing::info!(term, leader = awaited, "following the leader");
+                awaited = None;
+            }
             if metrics.state != ServerState::Leader {
                 silent_followers.clear();
             }
@@ -296,15 +302,16 @@ impl Leadership {
         }
     }
 
-    fn tell_new_leader(&self, metrics: &RaftMetrics, before: Option<NodeId>) {
+    /// Tells who leads now that it changed from `before`; returns the leader if it is named
+    /// but not heard from yet.
+    fn tell_new_leader(&self, metrics: &RaftMetrics, before: Option<NodeId>) -> Option<NodeId> {
         let term = metrics.current_term;
         match metrics.current_leader {
             Some(leader) => {
                 self.changes.fetch_add(1, Ordering::Relaxed);
-                let heard = self.heard.lock().expect("leadership").map(|(who, _)| who);
                 if leader == metrics.id {
                     tracing::info!(term, "this node leads");
-                } else if heard == Some(leader) {
+                } else if self.heard_leader() == Some(leader) {
                     tracing::info!(term, leader, "following the leader");
                 } else {
                     // As on a restart: the vote this node kept names the leader it had.
@@ -313,6 +320,7 @@ impl Leadership {
                         leader,
                         "the last leader this node knows of is node {leader}; not heard from yet"
                     );
+                    return Some(leader);
                 }
             }
             None if before == Some(metrics.id) => {
@@ -320,6 +328,12 @@ impl Leadership {
             }
             None => tracing::info!(term, "no leader known"),
         }
+        None
+    }
+
+    /// The leader this node last heard from.
+    fn heard_leader(&self) -> Option<NodeId> {
+        self.heard.lock().expect("leadership").map(|(who, _)| who)
     }
 }
 

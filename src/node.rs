@@ -415,19 +415,23 @@ impl Node {
 
     fn refuse_bootstrap(&self, status: &BootstrapStatus) -> Result<(), Error> {
         let state = status.state;
-        let message = if self.is_member() || state == BootstrapState::Completed {
-            "this node already belongs to a cluster; to bootstrap it anew, stop it and empty its data directory".to_string()
+        let (code, message) = if self.is_member() || state == BootstrapState::Completed {
+            (
+                "already_bootstrapped",
+                "this node already belongs to a cluster; to bootstrap it anew, stop it and empty its data directory".to_string(),
+            )
         } else if matches!(state, BootstrapState::Idle | BootstrapState::Error) {
             return Ok(());
         } else {
             let state = serde_json::to_value(state).unwrap_or_default();
-            format!(
+            let message = format!(
                 "a bootstrap is already running ({}); poll GET /v1/bootstrap until it is completed or error",
                 state.as_str().unwrap_or_default()
-            )
+            );
+            ("bootstrap_in_progress", message)
         };
         Err(Error::Conflict {
-            code: "bootstrap_in_progress",
+            code,
             message,
             details: serde_json::json!({ "state": state }),
         })
@@ -834,7 +838,10 @@ async fn request_uid(
     if status == reqwest::StatusCode::UNAUTHORIZED {
         return Err(BootstrapError::new(
             "access_denied",
-            format!("{member} refused the credentials"),
+            format!(
+                "{member} refused the credentials: give the cluster's user and password \
+                 (--user and --password, or the join_cluster body's credentials) and join again"
+            ),
         ));
     }
     if !status.is_success() {

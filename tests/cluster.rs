@@ -422,6 +422,26 @@ async fn a_fourth_node_joins_and_is_removed_online() {
         (404, &json!("node_not_found")),
         "{refusal}"
     );
+    let forced = cluster.post(0, &format!("/v1/nodes/{uid}/actions/remove?force=true"));
+    let (status, refusal) = send_json(forced).await;
+    assert_eq!(
+        (status, &refusal["error_code"]),
+        (400, &json!("invalid_query")),
+        "{refusal}"
+    );
+    // The removed node says so in its metrics too, for the alert that has it stopped.
+    let metrics = cluster.metrics(3).await;
+    assert_eq!(
+        metric_value(&metrics, "keel_raft_removed"),
+        Some(1),
+        "{metrics}"
+    );
+    let metrics = cluster.metrics(0).await;
+    assert_eq!(
+        metric_value(&metrics, "keel_raft_removed"),
+        Some(0),
+        "{metrics}"
+    );
     assert_eq!(
         send_json(cluster.post(0, "/v1/nodes/abc/actions/remove"))
             .await
@@ -704,7 +724,11 @@ async fn credentials_are_required_and_bad_requests_get_clear_errors() {
     for body in [again, json!({})] {
         let (status, refusal) =
             send_json(cluster.post(0, "/v1/bootstrap/create_cluster").json(&body)).await;
-        assert_eq!(status, 409, "{refusal}");
+        assert_eq!(
+            (status, &refusal["error_code"]),
+            (409, &json!("already_bootstrapped")),
+            "{refusal}"
+        );
         assert_eq!(refusal["state"], "completed", "{refusal}");
         let message = refusal["message"].as_str().unwrap();
         assert!(

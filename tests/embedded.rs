@@ -63,6 +63,12 @@ async fn keel_serve_without_flags_is_a_ready_single_node_cluster_that_keeps_its_
                 (409, &json!("membership_change_refused")),
                 "{refusal}"
             );
+            // Nor does it remove its last voter, and it says so.
+            let remove = client.post(format!("{base}/v1/nodes/1/actions/remove"));
+            let (status, refusal) = common::send_json(remove).await;
+            assert_eq!(status, 409, "{refusal}");
+            let message = refusal["message"].as_str().unwrap();
+            assert!(message.contains("last voter"), "{refusal}");
         }
         let (_, kv) = common::send_json(client.get(format!("{base}/v1/kv/greeting"))).await;
         assert_eq!(kv["value"], "hello", "round {round}");

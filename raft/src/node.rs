@@ -1279,6 +1279,13 @@ impl RaftNode {
             .voter_ids()
             .filter(|voter| *voter != id)
             .collect();
+        if left.is_empty() {
+            return Err(NotDone::Failed(Error::Membership(format!(
+                "node {id} is the cluster's last voter, and a cluster cannot go on without one: \
+                 add another voter first (then remove this one), or stop the node and empty its \
+                 data directory to end the cluster"
+            ))));
+        }
         let (up, down): (Vec<NodeId>, Vec<NodeId>) = left
             .iter()
             .partition(|voter| self.acked_lately(&metrics, **voter, within).is_some());

@@ -154,6 +154,7 @@ async fn add_member(State(node): State<Arc<Node>>, body: Bytes) -> Result<Json<V
 async fn remove(
     State(node): State<Arc<Node>>,
     Path(uid): Path<String>,
+    _: Params<NoParams>,
 ) -> Result<Json<Value>, Error> {
     let uid: u64 = uid
         .parse()

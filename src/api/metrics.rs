@@ -136,6 +136,11 @@ async fn metrics(State((node, answers)): State<(Arc<Node>, Arc<Answers>)>) -> im
             m.membership_config.membership().voter_ids().count() as u64,
         );
         metric(
+            "keel_raft_removed",
+            "1 if this node was removed from its cluster: it serves nothing and should be stopped (its other Raft figures are as they were at its removal).",
+            raft.is_removed().into(),
+        );
+        metric(
             "keel_raft_append_streams_opened_total",
             "Replication connections this node opened to followers while leading; a steady climb means they keep breaking.",
             raft.append_streams_opened(),

@@ -787,17 +787,27 @@ impl Node {
     pub fn not_ready(&self) -> Error {
         let status = self.status();
         match (status.state, self.raft()) {
-            (BootstrapState::Error, Ok(raft)) => Error::Unavailable {
-                code: "not_bootstrapped",
-                message: format!(
-                    "this node holds uid {} of a cluster but its bootstrap did not finish ({}; \
-                     see GET /v1/bootstrap): restart it to finish, or empty its data directory \
-                     to start over",
-                    raft.id(),
-                    status.error_code.as_deref().unwrap_or("error"),
-                ),
-                retry_after: Duration::from_secs(5),
-            },
+            (BootstrapState::Error, Ok(raft)) => {
+                // A restart asks the same members again: if they are gone, it cannot finish.
+                let asks = self
+                    .read_identity()
+                    .ok()
+                    .flatten()
+                    .and_then(|identity| identity.pending_join)
+                    .map(|join| format!(" (a join asks {} again)", join.members.join(", ")))
+                    .unwrap_or_default();
+                Error::Unavailable {
+                    code: "not_bootstrapped",
+                    message: format!(
+                        "this node holds uid {} of a cluster but its bootstrap did not finish \
+                         ({}; see GET /v1/bootstrap): restart it to finish{asks}, or empty its \
+                         data directory to start over",
+                        raft.id(),
+                        status.error_code.as_deref().unwrap_or("error"),
+                    ),
+                    retry_after: Duration::from_secs(5),
+                }
+            }
             _ => keel_raft::Error::NotInitialized.into(),
         }
     }

@@ -198,7 +198,8 @@ impl Lessor {
             None,
         )
         .await?;
-        // Told once committed: a leader without a quorum proposes the same expiry every tick.
+        // Told once committed: a leader without a quorum proposes the same expiry again after
+        // each attempt times out.
         tracing::info!(leases = ?expired, "leases expired");
         let mut deadlines = self.deadlines.lock().expect("lessor");
         for grant in expired {

@@ -250,7 +250,6 @@ async fn keys_die_with_their_lease() {
         time_to_live,
         cluster.get(1, "/v1/leases?limit=1"),
         cluster.get(1, "/v1/cluster?verbose=1"),
-        cluster.get(2, "/clusters/c/versions/0?timout=1"),
     ] {
         let (status, error) = send_json(request).await;
         assert_eq!(

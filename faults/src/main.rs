@@ -1,6 +1,7 @@
 //! keel's Jepsen-style fault suite.
 //!
-//! Runs a cluster of real `keel` processes, each in its own network namespace, drives it with
+//! Runs a cluster of real `keel` processes, each in its own network namespace (as root) or
+//! behind userspace proxies (otherwise, or with `--net proxy`), drives it with
 //! concurrent clients (registers with read/write/compare-and-set, a grow-only set, a watcher
 //! that follows every change across reconnects, the undermoon broker's global epoch) while a
 //! nemesis kills, pauses, partitions, drops packets, skews clocks and changes membership; then

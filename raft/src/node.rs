@@ -7,7 +7,9 @@
 //! when another takes over is sent to the new one at once. That retry is safe because every
 //! proposal carries a request id (the client's `Idempotency-Key`, or one this node makes up),
 //! and the state machine answers a repeated id with the first reply instead of applying it
-//! again.
+//! again. A ReadIndex round done twice is just later, adding a voter that is one already
+//! changes nothing, and a removal that finds the node gone already succeeds
+//! ([`RaftNode::remove`]).
 //!
 //! Concurrent proposals on one node travel together: a batch is one forward from a follower,
 //! and one message to the Raft core on the leader, which appends it to the log in one write
@@ -243,9 +245,6 @@ const BATCHES_IN_FLIGHT: usize = 3;
 /// Most proposals in one log entry.
 pub(crate) const MAX_ENTRY_PROPOSALS: usize = 64;
 
-const WRITE_TIMED_OUT: &str = "no leader answered this write in time";
-const READ_TIMED_OUT: &str = "no ReadIndex round answered this read in time";
-
 /// An entry takes no more proposals once their commands reach this size, so that a batch of
 /// `max_payload_entries` entries stays far below the peer streams' frame limit.
 const MAX_ENTRY_COMMAND_BYTES: usize = 1 << 20;
@@ -276,33 +275,36 @@ struct ReadBatch {
     running: bool,
 }
 
-/// The requests of a batch still owed an answer, and how long the batch may take: until the
-/// earliest of their deadlines, counted from when each request came, not from when its batch
-/// left. Counted from the batch, a request queued behind batches that take their whole time
-/// (no leader, no quorum) would wait twice the request timeout. The later requests of a batch
-/// that runs out of time fail with it, a little early: sent again, its proposals would go
-/// into the log once more while the leader waits for a quorum. A request whose caller gave up
-/// is not sent; one whose deadline passed while it queued is answered at once.
-fn still_owed<T, R>(
-    batch: Vec<(T, Waiting<R>)>,
-    timed_out: impl Fn() -> R,
-) -> (Vec<(T, Waiting<R>)>, Duration) {
-    let now = Instant::now();
-    let mut owed = Vec::with_capacity(batch.len());
-    for (request, waiting) in batch {
-        if waiting.answer.is_closed() {
-            continue;
-        }
-        if waiting.deadline <= now {
-            let _ = waiting.answer.send(timed_out());
-            continue;
-        }
-        owed.push((request, waiting));
-    }
-    let earliest = owed.iter().map(|(_, waiting)| waiting.deadline).min();
-    let time = earliest.map_or(Duration::ZERO, |deadline| deadline - now);
+/// The requests of a batch whose callers still wait, and how long the batch may take: until
+/// the latest of their deadlines. Each caller stops waiting at its own deadline, counted from
+/// when it asked; counted from when its batch left instead, a request queued behind batches
+/// that take their whole time (no leader, no quorum) waited twice the request timeout. A
+/// request whose caller stopped waiting is not sent. `None` when no caller waits.
+fn still_owed<W, R>(
+    batch: Vec<W>,
+    waiting: impl Fn(&W) -> &Waiting<R>,
+) -> (Vec<W>, Option<Duration>) {
+    let owed: Vec<W> = batch
+        .into_iter()
+        .filter(|request| !waiting(request).answer.is_closed())
+        .collect();
+    let latest = owed.iter().map(|request| waiting(request).deadline).max();
+    let time = latest.map(|deadline| deadline.saturating_duration_since(Instant::now()));
     (owed, time)
 }
+
+/// Waits for the answer to a request queued with `deadline`, at most a moment past it: its
+/// batch, which ends by then, answers with its reason, which is worth more than "timed out".
+async fn answer_by<T>(
+    deadline: Instant,
+    answered: tokio::sync::oneshot::Receiver<T>,
+) -> Option<Result<T, tokio::sync::oneshot::error::RecvError>> {
+    let by = tokio::time::Instant::from_std(deadline + ANSWER_GRACE);
+    tokio::time::timeout_at(by, answered).await.ok()
+}
+
+/// How long past its deadline a request waits for its batch's answer.
+const ANSWER_GRACE: Duration = Duration::from_millis(100);
 
 impl RaftNode {
     /// Starts the Raft node `id` on `store`, applying commands through `domain`.
@@ -586,10 +588,9 @@ impl RaftNode {
         if start_batch {
             self.spawn_until_shutdown(self.clone().run_proposals());
         }
-        // The batch answers by the deadline; this is a backstop.
-        tokio::time::timeout(self.config.request_timeout * 2, answered)
+        answer_by(deadline, answered)
             .await
-            .map_err(|_| Error::Timeout(WRITE_TIMED_OUT.into()))?
+            .ok_or_else(|| Error::Timeout("no leader answered this write in time".into()))?
             .map_err(|_| self.dropped("the batch carrying this write"))?
     }
 
@@ -604,11 +605,9 @@ impl RaftNode {
                 }
                 std::mem::take(&mut batch.waiting)
             };
-            let timed_out = || Err(Error::Timeout(WRITE_TIMED_OUT.into()));
-            let (batch, time) = still_owed(batch, timed_out);
-            if batch.is_empty() {
+            let (batch, Some(time)) = still_owed(batch, |(_, waiting)| waiting) else {
                 continue;
-            }
+            };
             let (proposals, answers): (Vec<Proposal>, Vec<_>) = batch.into_iter().unzip();
             let count = proposals.len();
             let results = match self
@@ -659,14 +658,13 @@ impl RaftNode {
         if start_rounds {
             self.spawn_until_shutdown(self.clone().run_read_rounds(lease));
         }
-        // The round answers by the deadline; this is a backstop.
-        let read_log_id = tokio::time::timeout(self.config.request_timeout * 2, answered)
+        let read_log_id = answer_by(deadline, answered)
             .await
-            .map_err(|_| Error::Timeout(READ_TIMED_OUT.into()))?
+            .ok_or_else(|| Error::Timeout("no ReadIndex round answered this read in time".into()))?
             .map_err(|_| self.dropped("the ReadIndex round"))??;
         let linearizer = Linearizer::new(self.id, read_log_id, None);
-        let deadline = self.config.request_timeout;
-        match tokio::time::timeout(deadline, linearizer.await_ready(&self.raft)).await {
+        let catch_up = tokio::time::Instant::from_std(deadline);
+        match tokio::time::timeout_at(catch_up, linearizer.await_ready(&self.raft)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(fatal)) => Err(Error::Fatal(fatal.to_string())),
             Err(_) => Err(Error::Timeout(
@@ -688,12 +686,9 @@ impl RaftNode {
                 }
                 std::mem::take(&mut batch.waiting)
             };
-            let timed_out = || Err(Error::Timeout(READ_TIMED_OUT.into()));
-            let batch = batch.into_iter().map(|waiting| ((), waiting)).collect();
-            let (batch, time) = still_owed(batch, timed_out);
-            if batch.is_empty() {
+            let (batch, Some(time)) = still_owed(batch, |waiting| waiting) else {
                 continue;
-            }
+            };
             let result = match self
                 .on_leader(LeaderRequest::ReadIndex { lease }, time)
                 .await
@@ -704,7 +699,7 @@ impl RaftNode {
                 ))),
                 Err(err) => Err(err),
             };
-            for ((), waiting) in batch {
+            for waiting in batch {
                 let _ = waiting.answer.send(result.clone());
             }
         }
@@ -820,21 +815,25 @@ impl RaftNode {
     /// it waits on is replaced, as every request to the leader does, and the earlier one may
     /// have carried it out before it stopped. The next leader then finds no such member and
     /// refuses; so does any leader when two removals of one node race. Either way the node is
-    /// gone, as asked, so a refusal after which this node, up to date with the leader, knows
-    /// no such member is a success.
+    /// gone, as asked, so that refusal is a success once this node, up to date with the leader,
+    /// knows no such member either (or learns that it is the node removed).
     pub async fn remove(self: &Arc<Self>, id: NodeId) -> Result<(), Error> {
-        match self
+        let refused = match self
             .on_leader(LeaderRequest::Remove { id }, Duration::from_secs(30))
             .await
         {
-            Ok(_) => Ok(()),
-            Err(refused @ Error::Membership(_)) => {
-                self.read_barrier(Consistency::Linearizable).await?;
+            Ok(_) => return Ok(()),
+            Err(refused) if is_not_a_member(&refused) => refused,
+            Err(err) => return Err(err),
+        };
+        match self.read_barrier(Consistency::Linearizable).await {
+            Ok(()) => {
                 let metrics = self.metrics();
                 let member = metrics.membership_config.membership().get_node(&id);
                 member.map_or(Ok(()), |_| Err(refused))
             }
-            Err(err) => Err(err),
+            Err(Error::NotAMember(removed)) if removed == id => Ok(()),
+            Err(_) => Err(refused),
         }
     }
 
@@ -1053,7 +1052,7 @@ impl RaftNode {
                     ChangeMembers::RemoveNodes(ids)
                 } else {
                     return Err(NotDone::Failed(Error::Membership(format!(
-                        "node {id} is not a member of this cluster"
+                        "node {id} {NOT_A_MEMBER}"
                     ))));
                 };
                 let addr = membership.get_node(id).map(|node| node.addr.clone());
@@ -1382,6 +1381,14 @@ const HANDOVER_WAIT: Duration = Duration::from_secs(2);
 /// The longest one call of a join to a member may take: a member that accepts the
 /// connection and then stalls must not use up the whole join.
 pub const JOIN_CALL: Duration = Duration::from_secs(30);
+
+/// How a leader refuses to remove a node that is not a member. Matched by its text, as
+/// leaders of earlier builds word it: a variant of its own would not decode on their nodes.
+const NOT_A_MEMBER: &str = "is not a member of this cluster";
+
+fn is_not_a_member(err: &Error) -> bool {
+    matches!(err, Error::Membership(message) if message.ends_with(NOT_A_MEMBER))
+}
 
 /// Whether `err` is openraft refusing a membership change because another is in progress, as
 /// a leader of an earlier build (without [`when_membership_settles`]) answers. Matched by

@@ -339,9 +339,9 @@ async fn write_versioned(
     }
 }
 
-/// A misspelt `timeout` is refused, not left to the default wait.
+/// Other parameters are ignored: ClusterFlux's clients are not keel's, and one that adds a
+/// parameter of its own (a cache-buster, a trace id) must still be served.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct WaitParams {
     timeout: Option<u64>,
 }

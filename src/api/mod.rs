@@ -389,23 +389,31 @@ pub(crate) async fn on_leader<T>(
     request: &Relayable,
     mut attempt: impl FnMut() -> Result<Option<T>, Error>,
 ) -> Result<LeaderOnly<T>, Error> {
-    let time = request
-        .timeout
-        .unwrap_or(node.settings.raft.request_timeout);
-    let deadline = Instant::now() + time;
+    // Finding the leader takes at most the request timeout; a relay takes the request's own
+    // time if it has one (the leader may wait on other systems).
+    let deadline = Instant::now() + node.settings.raft.request_timeout;
     let relayed = request.headers.contains_key(RELAYED_HEADER);
     let mut last_problem = None;
     loop {
         if let Some(done) = attempt()? {
             return Ok(LeaderOnly::Here(done));
         }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(last_problem.unwrap_or_else(|| {
+                keel_raft::Error::NoLeader {
+                    retry_after: Duration::from_secs(1),
+                }
+                .into()
+            }));
+        }
         let raft = node.raft()?;
         if let Some((leader_id, leader)) = raft.remote_leader().filter(|_| !relayed) {
-            let remaining = deadline.saturating_duration_since(Instant::now());
+            let time = request.timeout.unwrap_or(deadline - now);
             let outcome = tokio::select! {
                 // An answer that is ready is taken, whatever else happened meanwhile.
                 biased;
-                outcome = request.relay(node, &leader.addr, remaining) => outcome,
+                outcome = request.relay(node, &leader.addr, time) => outcome,
                 () = raft.leader_moved_from(leader_id), if request.may_go_again => continue,
             };
             match outcome {
@@ -414,14 +422,6 @@ pub(crate) async fn on_leader<T>(
                 Err(RelayFailed::NoAnswer(err)) if request.may_go_again => last_problem = Some(err),
                 Err(RelayFailed::NoAnswer(err)) => return Err(err),
             }
-        }
-        if Instant::now() >= deadline {
-            return Err(last_problem.unwrap_or_else(|| {
-                keel_raft::Error::NoLeader {
-                    retry_after: Duration::from_secs(1),
-                }
-                .into()
-            }));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

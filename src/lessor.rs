@@ -11,8 +11,8 @@
 //! A refresh, or a question of the time a lease has left, is refused once the deadline has
 //! passed (the lease is being expired, as etcd does), and by a leader that has not heard from a
 //! quorum within the minimum election timeout: a deposed leader cut off from the majority must
-//! not promise a TTL that the new leader's clock will not honour. Deadlines are kept per grant (id and granting log index),
-//! so an id revoked and granted again starts afresh.
+//! not promise a TTL that the new leader's clock will not honour. Deadlines are kept per grant
+//! (id and granting log index), so an id revoked and granted again starts afresh.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -107,6 +107,10 @@ pub struct BootstrapStatus {
     pub error_code: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_details: Option<serde_json::Value>,
+    /// After a join that failed once the node had its uid: the members a restart asks again
+    /// (its identity keeps them), for the requests it cannot serve meanwhile.
+    #[serde(skip)]
+    pub rejoins_through: Option<Vec<String>>,
 }
 
 impl BootstrapStatus {
@@ -118,6 +122,7 @@ impl BootstrapStatus {
         self.end_time = None;
         self.error_code = None;
         self.error_details = None;
+        self.rejoins_through = None;
     }
 }
 
@@ -249,6 +254,7 @@ impl Node {
                 end_time: None,
                 error_code: None,
                 error_details: None,
+                rejoins_through: None,
             }),
             verifier: auth::Verifier::default(),
             lessor: Arc::default(),
@@ -665,6 +671,10 @@ impl Node {
                 JOIN_PATIENCE,
             )
             .await;
+        if joined.is_err() {
+            let mut status = self.status.lock().expect("bootstrap status");
+            status.rejoins_through = Some(pending.members.clone());
+        }
         match joined {
             Ok(()) => self.write_identity(&identity),
             // Refused for good (an earlier build, an address the leader cannot reach...): the
@@ -789,12 +799,9 @@ impl Node {
         match (status.state, self.raft()) {
             (BootstrapState::Error, Ok(raft)) => {
                 // A restart asks the same members again: if they are gone, it cannot finish.
-                let asks = self
-                    .read_identity()
-                    .ok()
-                    .flatten()
-                    .and_then(|identity| identity.pending_join)
-                    .map(|join| format!(" (a join asks {} again)", join.members.join(", ")))
+                let asks = status
+                    .rejoins_through
+                    .map(|members| format!(" (a join asks {} again)", members.join(", ")))
                     .unwrap_or_default();
                 Error::Unavailable {
                     code: "not_bootstrapped",

@@ -927,9 +927,13 @@ impl RaftNode {
         }
     }
 
-    /// `call` into the Raft core, ended (`None`) when this node shuts down, and counted among
-    /// the calls a shutdown waits for; one that comes after the shutdown never starts.
-    fn until_shutdown<T>(&self, call: impl Future<Output = T>) -> impl Future<Output = Option<T>> {
+    /// `call` into the Raft core (a peer request, a connection's whole life for the streams,
+    /// a batch), ended (`None`) when this node shuts down, and counted among the calls a
+    /// shutdown waits for; one that comes after the shutdown never starts.
+    pub(crate) fn until_shutdown<T>(
+        &self,
+        call: impl Future<Output = T>,
+    ) -> impl Future<Output = Option<T>> {
         let shutting_down = self.shutting_down();
         self.core_calls.track_future(async move {
             tokio::select! {
@@ -938,12 +942,6 @@ impl RaftNode {
                 answer = call => Some(answer),
             }
         })
-    }
-
-    /// Serves the peer request `call` (a connection's whole life, for the streams) until this
-    /// node shuts down.
-    pub(crate) async fn serve_peer<T>(&self, call: impl Future<Output = T>) -> Option<T> {
-        self.until_shutdown(call).await
     }
 
     /// Runs `work` on a task of its own until this node shuts down. A batch outlives the
@@ -962,7 +960,7 @@ impl RaftNode {
     }
 
     /// Resolves once this node shuts down: ends what openraft reads from a peer on a task of
-    /// its own, which [`Self::serve_peer`] cannot drop.
+    /// its own, which [`Self::until_shutdown`] cannot drop.
     pub(crate) fn shutting_down(&self) -> WaitForCancellationFutureOwned {
         self.shutting_down.clone().cancelled_owned()
     }

@@ -152,7 +152,7 @@ where
         Err(refusal) => return refusal.into_response(),
     };
     match bincode::deserialize(body) {
-        Ok(request) => match node.clone().serve_peer(handle(node, request)).await {
+        Ok(request) => match node.clone().until_shutdown(handle(node, request)).await {
             Some(answer) => encode(&answer),
             None => shutting_down(),
         },
@@ -306,7 +306,7 @@ where
         match upgrade.await {
             Ok(io) => {
                 let serving = serve(node.clone(), TokioIo::new(io));
-                node.serve_peer(serving).await;
+                node.until_shutdown(serving).await;
             }
             Err(err) => tracing::debug!(%err, protocol, "upgrade failed"),
         }
@@ -326,7 +326,7 @@ async fn snapshot(State(slot): State<RaftSlot>, headers: HeaderMap, body: Body) 
         Ok(node) => node,
         Err(refusal) => return refusal.into_response(),
     };
-    let installed = node.serve_peer(async {
+    let installed = node.until_shutdown(async {
         let (vote, snapshot) = receive_snapshot(node, body).await?;
         Ok::<_, String>(node.raft().install_full_snapshot(vote, snapshot).await)
     });

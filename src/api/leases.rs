@@ -1,5 +1,5 @@
-//! Leases over HTTP (`/v1/leases`): grant, keep alive, time to live, revoke, list. Keys are attached with
-//! `PUT /v1/kv/{key}?lease={id}` and deleted when the lease ends.
+//! Leases over HTTP (`/v1/leases`): grant, keep alive, time to live, revoke, list. Keys are
+//! attached with `PUT /v1/kv/{key}?lease={id}` and deleted when the lease ends.
 //!
 //! A keep-alive and a time to live are answered by the leader from memory (no log entry), where
 //! the lessor keeps the deadlines; on a follower they are relayed to the leader.
